@@ -1,0 +1,3 @@
+"""cftrunner: continuous fine-tuning cycles on Prem Studio as a resumable state machine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,104 @@
+"""The exception tree of cftrunner; every error the package raises derives from CftrunnerError.
+
+    CftrunnerError
+    ├── InputError            bad input or usage: nothing was run (CLI exit 2)
+    │   ├── PromptsError      the prompts file cannot be used
+    │   ├── RunExistsError    `start --run-id` of an id that already exists
+    │   └── RunNotFoundError  no run with that id
+    ├── StaleStateError       a compare-and-set found another state than the one it moves from
+    ├── ApiError              the HTTP boundary (mapped from requests in exactly one place)
+    │   ├── TransientError    worth trying again later: connection trouble, timeouts, 408, 429, 5xx
+    │   ├── RejectedError     a 4xx: the server refused the request, so it surely did not happen
+    │   │   └── AuthError     401/403: stops the whole run instead of failing items
+    │   └── BadResponseError  a 2xx whose body cannot be read
+    ├── JudgeOutputError      a judge answer that is not a valid judgment
+    └── RunStopped            the run cannot go on now; its state is intact and `resume` continues it
+
+Each ApiError says whether the request may have reached the server (`maybe_happened`); that single
+bit decides between sending again and reconciling against remote state first.
+"""
+
+from __future__ import annotations
+
+
+class CftrunnerError(Exception):
+    """cftrunner failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__ or self.__class__.__name__)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InputError(CftrunnerError):
+    """Bad input or usage."""
+
+
+class PromptsError(InputError):
+    """The prompts file cannot be used."""
+
+
+class RunExistsError(InputError):
+    """A run with that id already exists."""
+
+
+class RunNotFoundError(InputError):
+    """No run with that id."""
+
+
+class StaleStateError(CftrunnerError):
+    """The run or item is no longer in the state this change moves it from."""
+
+
+class JudgeOutputError(CftrunnerError):
+    """The judge answer is not a valid judgment."""
+
+
+class RunStopped(CftrunnerError):
+    """The run cannot go on now; its state is kept and `cftrunner resume` continues it."""
+
+
+class ApiError(CftrunnerError):
+    """The Prem API call failed."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        method: str = "",
+        path: str = "",
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        maybe_happened: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.maybe_happened = maybe_happened
+
+    @property
+    def kind(self) -> str:
+        """A short stable label for logs and failure counts (`http_503`, `timeout`, ...)."""
+        if self.status_code is not None:
+            return f"http_{self.status_code}"
+        return type(self).__name__
+
+
+class TransientError(ApiError):
+    """The Prem API is unavailable for now."""
+
+
+class RejectedError(ApiError):
+    """The Prem API rejected the request."""
+
+
+class AuthError(RejectedError):
+    """The Prem API rejected the API key."""
+
+
+class BadResponseError(ApiError):
+    """The Prem API answered with a body that cannot be read."""
