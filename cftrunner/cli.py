@@ -1,0 +1,206 @@
+"""The `cftrunner` command: thin wrappers over the library, and the one map from errors to exit codes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+
+from cftrunner import logs, service
+from cftrunner.exceptions import CftrunnerError, InputError, RunStopped
+from cftrunner.judge import DEFAULT_JUDGE_MODEL
+from cftrunner.runner import RunSpec
+from cftrunner.settings import Settings
+
+EXIT_LAUNCHED = 0
+EXIT_FAILED = 1  # the run ended FAILED
+EXIT_USAGE = 2  # bad input or usage; nothing was run
+EXIT_STOPPED = 3  # the run stopped with its state intact; `resume` continues it
+EXIT_SOFTWARE = 70  # a bug in cftrunner (EX_SOFTWARE)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(func: F) -> F:
+    """The options every command that touches the state database or the API takes."""
+    for option in reversed([
+        click.option("--db", "db", metavar="URL",
+                     help="SQLAlchemy URL of the state database [env CFTRUNNER_DB; "
+                          "default sqlite:///state/cftrunner.db]"),
+        click.option("--base-url", metavar="URL",
+                     help="Prem API base URL [env CFTRUNNER_BASE_URL; "
+                          "default https://studio.premai.io]"),
+        click.option("--api-key-file", metavar="PATH", help="Read the API key from this file."),
+        click.option("--api-key", metavar="KEY",
+                     help="The API key [env API_KEY or PREMAI_API_KEY]; prefer the environment, "
+                          "since a command line is visible to other users of the host."),
+        click.option("--log-level", type=click.Choice(logs.LEVELS), default="info",
+                     show_default=True, help="Least severe log event written to stderr."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _settings(ctx_options: dict[str, Any]) -> Settings:
+    settings = service.settings_from(
+        db=ctx_options.pop("db", None), base_url=ctx_options.pop("base_url", None),
+        api_key=ctx_options.pop("api_key", None),
+        api_key_file=ctx_options.pop("api_key_file", None))
+    logs.configure(ctx_options.pop("log_level", "info"), secrets=[settings.api_key])
+    return settings
+
+
+def _finish(summary_state: str, run_id: str, job_id: str | None, reason: str | None) -> int:
+    if summary_state == "LAUNCHED":
+        click.echo(f"run {run_id}: LAUNCHED job {job_id}")
+        return EXIT_LAUNCHED
+    raise click.ClickException(f"run {run_id} FAILED: {reason}")
+
+
+@click.group()
+@click.version_option(package_name="cftrunner")
+def cli() -> None:
+    """Run continuous fine-tuning cycles on Prem Studio that survive crashes and never repeat
+    a remote effect. Exit status: 0 launched, 1 run failed, 2 bad input, 3 stopped (resume it)."""
+
+
+@cli.command()
+@click.option("--project-id", required=True, help="The Prem project whose dataset is improved.")
+@click.option("--model-alias", required=True, help="The fine-tuned model that answers the prompts.")
+@click.option("--prompts", "prompts_file", required=True, metavar="FILE",
+              help='JSON: {"test_prompts": [...]} or a list of strings.')
+@click.option("--judge-model", default=DEFAULT_JUDGE_MODEL, show_default=True)
+@click.option("--split-percentage", type=click.IntRange(1, 99), default=80, show_default=True,
+              help="Share of the snapshot used for training.")
+@click.option("--run-id", help="Choose the run id (default: time-based and random).")
+@connection_options
+def start(project_id: str, model_alias: str, prompts_file: str, judge_model: str,
+          split_percentage: int, run_id: str | None, **options: Any) -> int:
+    """Start a cycle and drive it to LAUNCHED; the run id is the first line of output.
+
+    Example: cftrunner start --project-id P --model-alias my-model-v3 --prompts prompts.json
+    """
+    settings = _settings(options)
+    spec = RunSpec(project_id=project_id, model_alias=model_alias, prompts_source=prompts_file,
+                   judge_model=judge_model, split_percentage=split_percentage, run_id=run_id)
+    run = service.start(settings, spec, on_created=lambda rid: click.echo(rid))
+    return _finish(run.state.value, run.id, run.job_id, run.failure_reason)
+
+
+@cli.command()
+@click.argument("run_id")
+@connection_options
+def resume(run_id: str, **options: Any) -> int:
+    """Continue a run from its last checkpoint; a finished run is shown and left alone.
+
+    Example: cftrunner resume 20261121-223000-a1b2c3
+    """
+    run = service.resume(_settings(options), run_id)
+    return _finish(run.state.value, run.id, run.job_id, run.failure_reason)
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (a list without RUN_ID).")
+@connection_options
+def status(run_id: str | None, as_json: bool, **options: Any) -> int:
+    """Show every run as a table, or one run in detail.
+
+    Example: cftrunner status --json 20261121-223000-a1b2c3
+    """
+    click.echo(service.status_text(_settings(options), run_id, as_json))
+    return 0
+
+
+@cli.command()
+@click.option("--latency", type=click.FloatRange(0, 10), default=0.0, show_default=True,
+              help="Seconds the sandbox waits before answering each request.")
+def demo(latency: float) -> int:
+    """Run a whole cycle against an in-process sandbox with a throwaway state file; no key needed.
+
+    Example: cftrunner demo
+    """
+    logs.configure("info")
+    sample = resources.files("cftrunner") / "data" / "sample_prompts.json"
+    with resources.as_file(sample) as path:
+        text = service.demo(Path(path), latency, on_created=lambda rid: click.echo(rid))
+    click.echo(text)
+    return 0
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--latency", type=float, default=0.0, help="Seconds added to every request.")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of requests answered 503 without acting.")
+@click.option("--rate-limit", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of requests answered 429 with Retry-After.")
+@click.option("--retry-after", type=float, default=1.0, show_default=True)
+@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of requests acted on whose answer is then dropped.")
+@click.option("--late-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of requests acted on and answered only after --late-delay.")
+@click.option("--late-delay", type=float, default=30.0, show_default=True)
+@click.option("--judge-malformed", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of judge answers that are not valid judgments.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--require-key", metavar="KEY", help="Accept only this bearer token.")
+@click.option("--verbose", is_flag=True, help="Log every request to stderr.")
+def sandbox(**options: Any) -> int:
+    """Serve the local Prem sandbox: every endpoint cftrunner uses, with switchable faults.
+
+    Example: cftrunner sandbox --port 8765 --drop-rate 0.1 --rate-limit 0.05
+    """
+    service.serve_sandbox(**options, announce=lambda line: click.echo(line))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a command and turn every error into one line and an exit status."""
+    try:
+        code = cli.main(args=argv, prog_name="cftrunner", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        _error("interrupted")
+        code = 130
+    except click.UsageError as exc:
+        _error(exc.format_message())
+        code = EXIT_USAGE
+    except click.ClickException as exc:
+        _error(exc.format_message())
+        code = EXIT_FAILED
+    except InputError as exc:
+        _error(exc.message)
+        code = EXIT_USAGE
+    except RunStopped as exc:
+        _error(f"stopped: {exc.message}")
+        code = EXIT_STOPPED
+    except CftrunnerError as exc:
+        _error(exc.message)
+        code = EXIT_STOPPED
+    except sa.exc.SQLAlchemyError as exc:
+        _error(f"state database: {exc.__class__.__name__}: {_first_line(exc)}")
+        code = EXIT_STOPPED
+    except KeyboardInterrupt:
+        _error("interrupted; the run is intact, resume it")
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+        _error(f"internal error: {exc.__class__.__name__}: {_first_line(exc)}")
+        code = EXIT_SOFTWARE
+    return int(code or 0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else ""
+
+
+def _error(message: str) -> None:
+    click.echo(f"cftrunner: error: {' '.join(message.split())}", err=True)
+

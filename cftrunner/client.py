@@ -1,0 +1,155 @@
+"""The Prem API over HTTP; the one place where requests' failures become cftrunner errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from cftrunner import payloads
+from cftrunner.exceptions import (
+    ApiError,
+    AuthError,
+    BadResponseError,
+    RejectedError,
+    TransientError,
+)
+from cftrunner.payloads import AddResult, ChatResult, Recommendations, RemoteSnapshot, RemoteTrace
+from cftrunner.retry import parse_retry_after
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 120.0
+
+
+def _surely_unsent(exc: requests.RequestException) -> bool:
+    """True when the connection was never made, so the server cannot have seen the request."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionRefusedError)
+
+
+def _error_message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:300]
+    return (resp.reason or "")[:300]
+
+
+class PremClient:
+    def __init__(self, base_url: str, api_key: str, timeouts: Timeouts | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts or Timeouts()
+        self.session = requests.Session()
+        # urllib3 must never resend on its own: a resent POST is exactly the duplicate to avoid.
+        adapter = HTTPAdapter(max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.session.headers["User-Agent"] = "cftrunner"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(self, method: str, path: str, body: Any = None,
+                params: dict[str, Any] | None = None) -> Any:
+        try:
+            resp = self.session.request(
+                method, self.base_url + path, json=body, params=params,
+                timeout=(self.timeouts.connect, self.timeouts.read))
+        except requests.RequestException as exc:
+            unsent = _surely_unsent(exc)
+            what = "could not connect" if unsent else (
+                "timed out" if isinstance(exc, requests.Timeout) else "connection lost")
+            raise TransientError(f"{method} {path}: {what}", maybe_happened=not unsent,
+                                 method=method, path=path) from None
+        status = resp.status_code
+        if 200 <= status < 300:
+            if not resp.content:
+                return None
+            try:
+                return resp.json()
+            except ValueError:
+                raise BadResponseError(f"{method} {path}: the answer is not JSON",
+                                       maybe_happened=True, status_code=None, method=method, path=path) from None
+        message = f"{method} {path}: HTTP {status} {_error_message(resp)}".rstrip()
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+        if status in (401, 403):
+            raise AuthError(message, status_code=status, method=method, path=path)
+        if status in (408, 429):
+            raise TransientError(message, status_code=status, retry_after=retry_after, method=method, path=path)
+        if status >= 500:
+            raise TransientError(message, status_code=status, retry_after=retry_after,
+                                 maybe_happened=method != "GET", method=method, path=path)
+        raise RejectedError(message, status_code=status, method=method, path=path)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def project(self, project_id: str) -> dict[str, Any]:
+        return payloads.project_root(self.request("GET", f"/api/v1/public/projects/{project_id}"))
+
+    def dataset_snapshots(self, dataset_id: str) -> list[RemoteSnapshot] | None:
+        body = self.request("GET", f"/api/v1/public/datasets/{dataset_id}")
+        return payloads.parse_dataset_snapshots(body)
+
+    def traces(self, project_id: str, model_id: str, page: int) -> tuple[list[RemoteTrace],
+                                                                          int | None]:
+        body = self.request("GET", "/api/v1/traces", params={
+            "page": page, "projectId": project_id, "modelIds": model_id,
+            "sortBy": "createdAt", "sortOrder": "desc"})
+        return payloads.parse_trace_page(body)
+
+    def recommendations(self, snapshot_id: str) -> Recommendations:
+        body = self.request("GET", f"/api/v1/public/recommendations/{snapshot_id}")
+        return payloads.parse_recommendations(body)
+
+    def finetuning_job(self, job_id: str) -> dict[str, Any]:
+        body = self.request("GET", f"/api/v1/public/finetuning/{job_id}")
+        if not isinstance(body, dict):
+            raise BadResponseError("a fine-tuning job answer is not an object")
+        return body
+
+    # -- calls with effects --------------------------------------------------------------------
+
+    def chat(self, project_id: str, model: str, messages: list[dict[str, str]],
+             temperature: float | None = None) -> ChatResult:
+        body = self.request("POST", "/api/v1/chat/completions",
+                            payloads.chat_body(project_id, model, messages, temperature))
+        return payloads.parse_chat(body)
+
+    def create_trace(self, body: Any) -> str:
+        return payloads.parse_trace_created(self.request("POST", "/api/v1/traces", body))
+
+    def add_to_dataset(self, trace_id: str) -> AddResult:
+        return payloads.parse_add(self.request("POST", f"/api/v1/traces/{trace_id}/addToDataset"))
+
+    def create_snapshot(self, dataset_id: str, split_percentage: int) -> str:
+        body = self.request("POST", "/api/v1/public/snapshots/create",
+                            {"dataset_id": dataset_id, "split_percentage": split_percentage})
+        return payloads.parse_id(body, "snapshot_id", "snapshotId", "id")
+
+    def generate_recommendations(self, snapshot_id: str) -> None:
+        self.request("POST", "/api/v1/public/recommendations/generate", {"snapshot_id": snapshot_id})
+
+    def create_finetuning_job(self, snapshot_id: str, name: str,
+                              experiments: list[dict[str, Any]]) -> str:
+        body = self.request("POST", "/api/v1/public/finetuning/create",
+                            {"snapshot_id": snapshot_id, "name": name, "experiments": experiments})
+        return payloads.parse_id(body, "job_id", "jobId", "id")
+
+
+__all__ = ["AddResult", "ApiError", "PremClient", "Timeouts"]

@@ -1,0 +1,37 @@
+"""Named crash points: with CFTRUNNER_CRASH_AT=NAME[:N] set, the process SIGKILLs itself there."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+ENV = "CFTRUNNER_CRASH_AT"
+
+EFFECT_KINDS = ("trace", "add", "snapshot", "recs", "launch")
+EFFECT_PHASES = ("before_intent", "after_intent", "after_send", "after_outcome")
+
+POINTS: tuple[str, ...] = (
+    "generate.after_answer",
+    "generate.after_store",
+    "judge.after_answer",
+    "judge.after_store",
+    *(f"{kind}.{phase}" for kind in EFFECT_KINDS for phase in EFFECT_PHASES),
+    "recs.after_ready",
+    *(f"transition.{state}" for state in ("GENERATED", "JUDGED", "TRACED", "ADDED")),
+)
+
+_hits: Counter[str] = Counter()
+
+
+def reach(name: str) -> None:
+    """Die here, as abruptly as a power cut, when the environment names this point."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _hits[name] += 1
+    if _hits[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,53 @@
+"""Engine creation, with every SQLite quirk fenced in here: WAL, busy timeout, BEGIN IMMEDIATE."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from cftrunner.exceptions import InputError
+
+BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "cftrunner_read_only"
+
+
+def create_engine(url: str) -> sa.Engine:
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise InputError(f"not a database URL: {url!r}") from exc
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        parent = Path(database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise InputError(f"the state database folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise InputError(f"the state database folder {parent} is not writable")
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    _fence_sqlite(engine)
+    return engine
+
+
+def _fence_sqlite(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite so that writes can BEGIN IMMEDIATE: two writers
+        # then queue on the busy timeout instead of one failing with "database is locked" on upgrade.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

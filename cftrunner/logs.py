@@ -1,0 +1,48 @@
+"""Logging set up once, at the entry point: JSON lines off a terminal, readable text on one."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Redact:
+    """Replace every occurrence of the secrets in any string field; a last line of defence."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = [s for s in secrets if s]
+
+    def __call__(self, _logger: Any, _name: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, str):
+                for secret in self.secrets:
+                    value = value.replace(secret, "[redacted]")
+                event[key] = value
+        return event
+
+
+def configure(level: str = "info", secrets: list[str] | None = None,
+              stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if stream.isatty()
+                     else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _Redact(secrets or []),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

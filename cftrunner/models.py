@@ -1,0 +1,102 @@
+"""Frozen records that leave the store: runs, items, effects and events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cftrunner.states import ITEM_FAILED, ItemStage, RunState
+
+
+class EffectStatus(str, enum.Enum):
+    PREPARED = "PREPARED"  # the intent is stored; the request may have been sent, outcome unknown
+    UNSENT = "UNSENT"  # the last attempt surely never reached the server; safe to send again
+    DONE = "DONE"  # the outcome is stored
+    FAILED = "FAILED"  # the server rejected the request for good
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    project_id: str
+    model_alias: str
+    judge_model: str
+    split_percentage: int
+    prompts_source: str
+    job_name: str
+    state: RunState
+    created_at: datetime
+    updated_at: datetime
+    state_changed_at: datetime
+    dataset_id: str | None = None
+    snapshot_id: str | None = None
+    job_id: str | None = None
+    experiments: list[dict[str, Any]] | None = None
+    failure_reason: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    run_id: str
+    position: int
+    prompt: str
+    stage: ItemStage
+    updated_at: datetime
+    answer: str | None = None
+    feedback: str | None = None
+    reasoning: str | None = None
+    score: float | None = None
+    judge_attempts: int = 0
+    judge_raw: str | None = None
+    trace_id: str | None = None
+    add_status: str | None = None
+    datapoint_id: str | None = None
+    processing_status: str | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.stage in ITEM_FAILED
+
+
+@dataclass(frozen=True)
+class Effect:
+    run_id: str
+    key: str
+    kind: str
+    status: EffectStatus
+    request: dict[str, Any]
+    prepared_at: datetime
+    attempts: int
+    updated_at: datetime
+    item_id: int | None = None
+    outcome: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    run_id: str
+    at: datetime
+    kind: str
+    item_id: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run with its items counted per stage, as `status` shows it."""
+
+    run: Run
+    stage_counts: dict[str, int]
+    failures: dict[str, int]
+
+    @property
+    def total_items(self) -> int:
+        return sum(self.stage_counts.values())

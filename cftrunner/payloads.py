@@ -1,0 +1,258 @@
+"""Request bodies for the Prem API and defensive parsing of its answers, in every documented shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cftrunner.exceptions import BadResponseError, RejectedError
+
+TRACE_SHAPES = ("tutorial", "batch")
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    content: str
+    finish_reason: str | None
+    usage: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RemoteTrace:
+    id: str
+    created_at: datetime | None
+    model_id: str | None
+    project_id: str | None
+    input: str | None
+    output: str | None
+    score: float | None
+    feedback: str | None
+    added_to_dataset: bool
+    processing_status: str | None
+
+
+@dataclass(frozen=True)
+class AddResult:
+    status: str
+    success: bool
+    datapoint_id: str | None
+
+
+@dataclass(frozen=True)
+class RemoteSnapshot:
+    id: str
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    status: str
+    experiments: list[dict[str, Any]]
+
+
+def _bad(what: str) -> BadResponseError:
+    return BadResponseError(f"unexpected answer from the API: {what}", maybe_happened=True)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO-8601 time as aware UTC; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _first_str(obj: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def chat_body(project_id: str, model: str, messages: list[dict[str, str]],
+              temperature: float | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"project_id": project_id, "model": model, "messages": messages}
+    if temperature is not None:
+        body["temperature"] = temperature
+    return body
+
+
+def parse_chat(body: Any) -> ChatResult:
+    if not isinstance(body, dict):
+        raise _bad("a chat completion is not an object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _bad("a chat completion has no choices")
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise _bad("a chat completion has no text content")
+    finish = choices[0].get("finish_reason")
+    usage = body.get("usage")
+    return ChatResult(content, finish if isinstance(finish, str) else None,
+                      usage if isinstance(usage, dict) else {})
+
+
+def trace_body(shape: str, project_id: str, model_id: str, input: str, output: str,
+               score: float, feedback: str) -> Any:
+    if shape == "tutorial":
+        return {"project_id": project_id, "model_id": model_id, "input": input,
+                "output": output, "score": score, "feedback": feedback}
+    if shape == "batch":
+        return [{"projectId": project_id, "modelId": model_id, "input": input,
+                 "output": output, "score": score, "feedback": feedback}]
+    raise ValueError(f"unknown trace shape {shape!r}")
+
+
+def parse_trace_created(body: Any) -> str:
+    """The id of the created trace, from any documented answer: a trace, `{results: [...]}`, a list."""
+    if isinstance(body, list):
+        if not body or not isinstance(body[0], dict):
+            raise _bad("an empty trace list")
+        return parse_trace_created(body[0])
+    if not isinstance(body, dict):
+        raise _bad("a trace answer is not an object")
+    results = body.get("results")
+    if isinstance(results, list):
+        if not results or not isinstance(results[0], dict):
+            raise _bad("a trace answer has empty results")
+        return parse_trace_created(results[0])
+    for wrapper in ("trace", "data"):
+        if isinstance(body.get(wrapper), dict):
+            return parse_trace_created(body[wrapper])
+    if body.get("success") is False:
+        reason = _first_str(body, "error", "message") or "success: false"
+        raise RejectedError(f"the API did not create the trace: {reason}", status_code=None)
+    trace_id = _first_str(body, "id", "traceId", "trace_id")
+    if trace_id is None:
+        raise _bad("a trace answer carries no id")
+    return trace_id
+
+
+def parse_trace(obj: Any) -> RemoteTrace | None:
+    if not isinstance(obj, dict):
+        return None
+    trace_id = _first_str(obj, "id", "traceId", "trace_id")
+    if trace_id is None:
+        return None
+    score = obj.get("score")
+    return RemoteTrace(
+        id=trace_id,
+        created_at=parse_time(obj.get("createdAt", obj.get("created_at"))),
+        model_id=_first_str(obj, "modelId", "model_id"),
+        project_id=_first_str(obj, "projectId", "project_id"),
+        input=obj.get("input") if isinstance(obj.get("input"), str) else None,
+        output=obj.get("output") if isinstance(obj.get("output"), str) else None,
+        score=float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None,
+        feedback=obj.get("feedback") if isinstance(obj.get("feedback"), str) else None,
+        added_to_dataset=obj.get("addedToDataset", obj.get("added_to_dataset")) is True,
+        processing_status=_first_str(obj, "processingStatus", "processing_status"),
+    )
+
+
+def parse_trace_page(body: Any) -> tuple[list[RemoteTrace], int | None]:
+    items = body.get("results", body.get("data")) if isinstance(body, dict) else body
+    if not isinstance(items, list):
+        raise _bad("a trace list has no results")
+    total = body.get("total") if isinstance(body, dict) else None
+    traces = [t for t in (parse_trace(obj) for obj in items) if t is not None]
+    return traces, total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+def parse_add(body: Any) -> AddResult:
+    if not isinstance(body, dict):
+        raise _bad("an addToDataset answer is not an object")
+    status = _first_str(body, "status") or ""
+    success = body.get("success")
+    return AddResult(status=status.lower(), success=success is not False and status != "failed",
+                     datapoint_id=_first_str(body, "datapointId", "datapoint_id"))
+
+
+def parse_id(body: Any, *keys: str) -> str:
+    if isinstance(body, dict):
+        for wrapper in ("data", "result"):
+            if isinstance(body.get(wrapper), dict):
+                body = {**body[wrapper], **body}
+        found = _first_str(body, *keys)
+        if found is not None:
+            return found
+    raise _bad(f"no {keys[0]} in the answer")
+
+
+def walk_tree(node: Any) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every node of a project tree with the chain of its ancestors, depth first."""
+    stack: list[tuple[Any, list[dict[str, Any]]]] = [(node, [])]
+    while stack:
+        current, ancestors = stack.pop()
+        if not isinstance(current, dict):
+            continue
+        yield current, ancestors
+        children = current.get("children")
+        if isinstance(children, list):
+            stack.extend((child, [*ancestors, current]) for child in reversed(children))
+
+
+def project_root(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict) and isinstance(body.get("project"), dict):
+        return body["project"]  # type: ignore[no-any-return]
+    if isinstance(body, dict):
+        return body
+    raise _bad("a project answer is not an object")
+
+
+def find_dataset_id(project: dict[str, Any]) -> str | None:
+    for node, _ in walk_tree(project):
+        if node.get("type") == "dataset":
+            return _first_str(node, "id")
+    return None
+
+
+def snapshots_in_tree(project: dict[str, Any], dataset_id: str) -> list[RemoteSnapshot]:
+    found = []
+    for node, ancestors in walk_tree(project):
+        if node.get("type") == "snapshot" and any(a.get("id") == dataset_id for a in ancestors):
+            meta = node["metadata"] if isinstance(node.get("metadata"), dict) else {}
+            snap_id = _first_str(node, "id")
+            if snap_id:
+                found.append(RemoteSnapshot(snap_id, parse_time(meta.get("created_at"))))
+    return found
+
+
+def jobs_in_tree(project: dict[str, Any], snapshot_id: str) -> list[dict[str, Any]]:
+    return [node for node, ancestors in walk_tree(project)
+            if node.get("type") == "finetuning-job"
+            and any(a.get("id") == snapshot_id for a in ancestors)]
+
+
+def parse_dataset_snapshots(body: Any) -> list[RemoteSnapshot] | None:
+    """The dataset's snapshots, or None when the answer does not list them (older API)."""
+    if not isinstance(body, dict) or not isinstance(body.get("snapshots"), list):
+        return None
+    snaps = []
+    for obj in body["snapshots"]:
+        if isinstance(obj, dict) and (snap_id := _first_str(obj, "id", "snapshot_id")):
+            snaps.append(RemoteSnapshot(snap_id, parse_time(obj.get("created_at"))))
+    return snaps
+
+
+def parse_recommendations(body: Any) -> Recommendations:
+    if not isinstance(body, dict):
+        raise _bad("a recommendations answer is not an object")
+    status = (_first_str(body, "status") or "").lower()
+    experiments = body.get("recommended_experiments")
+    return Recommendations(status, [e for e in experiments if isinstance(e, dict)]
+                           if isinstance(experiments, list) else [])
+
+
+def experiments_to_launch(experiments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The recommended experiments without the two advisory keys, everything else unchanged."""
+    return [{k: v for k, v in exp.items() if k not in ("recommended", "reason_for_recommendation")}
+            for exp in experiments if exp.get("recommended") is True]

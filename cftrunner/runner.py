@@ -1,0 +1,181 @@
+"""Drives a run through its states: retries, the intent-then-outcome protocol, and stage dispatch."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from cftrunner import crashpoints, run_steps, steps
+from cftrunner.client import PremClient, Timeouts
+from cftrunner.exceptions import (
+    ApiError,
+    AuthError,
+    BadResponseError,
+    RejectedError,
+    RunStopped,
+    TransientError,
+)
+from cftrunner.models import Effect, EffectStatus, Item, Run
+from cftrunner.reconcile import Reconciler
+from cftrunner.retry import next_delay
+from cftrunner.schema import utcnow
+from cftrunner.settings import Settings
+from cftrunner.states import TERMINAL, RunState
+from cftrunner.store import Store, Tx
+
+log = structlog.get_logger("cftrunner")
+T = TypeVar("T")
+
+Outcome = dict[str, Any]
+OnDone = Callable[[Tx, Outcome], None]
+OnRejected = Callable[[Tx, ApiError], None]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    project_id: str
+    model_alias: str
+    prompts_source: str
+    judge_model: str
+    split_percentage: int = 80
+    run_id: str | None = None
+
+
+def new_run_id() -> str:
+    return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+class Runner:
+    def __init__(self, store: Store, settings: Settings, client: PremClient | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.store = store
+        self.settings = settings
+        self.client = client or PremClient(
+            settings.base_url, settings.api_key,
+            Timeouts(settings.connect_timeout, settings.read_timeout))
+        self.reconcile = Reconciler(store, self.client, settings)
+        self.sleep = sleep
+        self.rand = rand
+
+    def create(self, spec: RunSpec, prompts: list[str]) -> Run:
+        run_id = spec.run_id or new_run_id()
+        now = utcnow()
+        self.store.create_run(Run(
+            id=run_id, project_id=spec.project_id, model_alias=spec.model_alias,
+            judge_model=spec.judge_model, split_percentage=spec.split_percentage,
+            prompts_source=spec.prompts_source,
+            # Unique to the run, so the job can be found again when its creation answer is lost.
+            job_name=f"cftrunner-{run_id}-{secrets.token_hex(4)}",
+            state=RunState.CREATED, created_at=now, updated_at=now, state_changed_at=now,
+        ), prompts)
+        log.info("run_created", run_id=run_id, items=len(prompts))
+        return self.store.run(run_id)
+
+    def drive(self, run_id: str) -> Run:
+        """Take the run from wherever it stands to LAUNCHED or FAILED; raise RunStopped if it
+        cannot go on now, with everything obtained so far stored."""
+        run = self.store.run(run_id)
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        try:
+            while run.state not in TERMINAL:
+                HANDLERS[run.state](self, run)
+                run = self.store.run(run_id)
+        except RunStopped as exc:
+            self.store.record_error(run_id, exc.message)
+            log.warning("run_stopped", state=self.store.run(run_id).state.value, reason=exc.message)
+            raise
+        except (AuthError, RejectedError, BadResponseError) as exc:
+            message = f"{exc.message}; fix the cause, then `cftrunner resume {run_id}`"
+            self.store.record_error(run_id, message)
+            log.error("run_stopped", reason=message, error=exc.kind)
+            raise RunStopped(message) from None
+        finally:
+            structlog.contextvars.unbind_contextvars("run_id")
+        return run
+
+    def retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Call until it succeeds, sleeping per the retry policy between transient failures."""
+        attempt = 1
+        while True:
+            try:
+                return call()
+            except (TransientError, BadResponseError) as exc:
+                delay = next_delay(self.settings.retry, exc, attempt, self.rand)
+                if delay is None:
+                    raise RunStopped(f"{what}: {exc.message} (gave up after {attempt} "
+                                     f"attempts; the run is intact, resume it later)") from None
+                log.warning("request_retry", what=what, attempt=attempt, error=exc.kind,
+                            status_code=exc.status_code, delay=round(delay, 3),
+                            maybe_happened=exc.maybe_happened)
+                self.sleep(delay)
+                attempt += 1
+
+    def effect(self, run: Run, key: str, kind: str, item: Item | None, request: dict[str, Any],
+               send: Callable[[dict[str, Any]], Outcome],
+               reconcile: Callable[[Effect], Outcome | None],
+               on_done: OnDone, on_rejected: OnRejected) -> None:
+        """Perform one remote effect at most once: intent, request, outcome; and after an
+        unknown outcome, reconcile with remote state before sending again."""
+        self.retrying(f"{key} of run {run.id}", lambda: self._effect_once(
+            run, key, kind, item, request, send, reconcile, on_done, on_rejected))
+
+    def _effect_once(self, run: Run, key: str, kind: str, item: Item | None,
+                     request: dict[str, Any], send: Callable[[dict[str, Any]], Outcome],
+                     reconcile: Callable[[Effect], Outcome | None],
+                     on_done: OnDone, on_rejected: OnRejected) -> None:
+        effect = self.store.effect(run.id, key)
+        if effect is not None and effect.status in (EffectStatus.DONE, EffectStatus.FAILED):
+            return
+        if effect is not None and effect.status is EffectStatus.PREPARED:
+            found = reconcile(effect)
+            log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
+                     attempts=effect.attempts)
+            if found is not None:
+                with self.store.tx() as tx:
+                    tx.finish_effect(effect, EffectStatus.DONE, found, verdict="reconciled")
+                    on_done(tx, found)
+                return
+        crashpoints.reach(f"{kind}.before_intent")
+        with self.store.tx() as tx:
+            tx.prepare_effect(run.id, key, kind, item.id if item else None, request, effect)
+        crashpoints.reach(f"{kind}.after_intent")
+        prepared = self.store.effect(run.id, key)
+        assert prepared is not None
+        try:
+            outcome = send(request)
+        except ApiError as exc:
+            if isinstance(exc, RejectedError) and not isinstance(exc, AuthError):
+                with self.store.tx() as tx:
+                    tx.finish_effect(prepared, EffectStatus.FAILED, error=exc.message)
+                    on_rejected(tx, exc)
+                log.warning("effect_rejected", key=key, error=exc.kind, status_code=exc.status_code)
+                return
+            if not exc.maybe_happened:
+                with self.store.tx() as tx:
+                    tx.finish_effect(prepared, EffectStatus.UNSENT, error=exc.message)
+            raise
+        crashpoints.reach(f"{kind}.after_send")
+        with self.store.tx() as tx:
+            tx.finish_effect(prepared, EffectStatus.DONE, outcome)
+            on_done(tx, outcome)
+        log.info("effect_done", key=key, **{k: v for k, v in outcome.items()
+                                             if isinstance(v, str | int | float | bool)})
+        crashpoints.reach(f"{kind}.after_outcome")
+
+
+HANDLERS: dict[RunState, Callable[[Runner, Run], None]] = {
+    RunState.CREATED: steps.item_stage,
+    RunState.GENERATED: steps.item_stage,
+    RunState.JUDGED: steps.item_stage,
+    RunState.TRACED: steps.item_stage,
+    RunState.ADDED: run_steps.snapshot,
+    RunState.SNAPSHOT: run_steps.recommendations,
+    RunState.RECS_READY: run_steps.launch,
+}

@@ -1,0 +1,124 @@
+"""One library call per command: start, resume, status, demo and the sandbox, with their checks."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cftrunner import render
+from cftrunner.exceptions import InputError
+from cftrunner.models import Run
+from cftrunner.prompts import load_prompts
+from cftrunner.runner import Runner, RunSpec
+from cftrunner.schema import utcnow
+from cftrunner.settings import Settings, resolve_api_key, resolve_base_url, resolve_db_url
+from cftrunner.states import TERMINAL
+from cftrunner.store import Store
+
+MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
+
+
+def settings_from(*, db: str | None = None, base_url: str | None = None,
+                  api_key: str | None = None, api_key_file: str | None = None) -> Settings:
+    return Settings(base_url=resolve_base_url(base_url), db_url=resolve_db_url(db),
+                    api_key=resolve_api_key(api_key, api_key_file))
+
+
+def _check_run_id(run_id: str) -> None:
+    if not run_id or len(run_id) > 100 or not all(c.isalnum() or c in "-_." for c in run_id):
+        raise InputError(f"run id {run_id!r} must be 1-100 letters, digits, '-', '_' or '.'")
+
+
+def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None]) -> Run:
+    """Check everything, store the run with its items, announce its id, then drive it."""
+    if spec.run_id is not None:
+        _check_run_id(spec.run_id)
+    if not settings.api_key:
+        raise InputError(MISSING_KEY)
+    for name, value in (("project id", spec.project_id), ("model alias", spec.model_alias),
+                        ("judge model", spec.judge_model)):
+        if not value.strip():
+            raise InputError(f"the {name} is empty")
+    prompts = load_prompts(spec.prompts_source)
+    store = Store(settings.db_url)
+    try:
+        runner = Runner(store, settings)
+        run = runner.create(replace(spec, prompts_source=str(Path(spec.prompts_source).resolve())),
+                            prompts)
+        on_created(run.id)
+        return runner.drive(run.id)
+    finally:
+        store.close()
+
+
+def resume(settings: Settings, run_id: str) -> Run:
+    store = Store(settings.db_url)
+    try:
+        run = store.run(run_id)
+        if run.state in TERMINAL:
+            return run
+        if not settings.api_key:
+            raise InputError(MISSING_KEY)
+        return Runner(store, settings).drive(run_id)
+    finally:
+        store.close()
+
+
+def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
+    store = Store(settings.db_url)
+    try:
+        now = utcnow()
+        if run_id is not None:
+            summary = store.summary(store.run(run_id))
+            if as_json:
+                return json.dumps(render.to_json(summary), indent=2)
+            return render.detail(summary, now)
+        summaries = [store.summary(run) for run in store.runs()]
+        if as_json:
+            return json.dumps([render.to_json(s) for s in summaries], indent=2)
+        return render.table(summaries, now)
+    finally:
+        store.close()
+
+
+DEMO_MODEL = "demo-safety-classifier-v1"
+
+
+def demo(prompts_file: Path, latency: float, on_created: Callable[[str], None]) -> str:
+    """A whole cycle against an in-process sandbox and a throwaway state file; the final status."""
+    from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
+
+    with tempfile.TemporaryDirectory(prefix="cftrunner-demo-") as tmp, Sandbox(
+            api_key=DEFAULT_API_KEY, latency=latency, processing_seconds=0.5) as sandbox:
+        settings = Settings(base_url=sandbox.url, db_url=f"sqlite:///{tmp}/demo.db",
+                            api_key=DEFAULT_API_KEY, poll_interval=0.2)
+        spec = RunSpec(project_id=DEFAULT_PROJECT_ID, model_alias=DEMO_MODEL,
+                       prompts_source=str(prompts_file), judge_model="claude-4.5-sonnet")
+        run = start(settings, spec, on_created)
+        return status_text(settings, run.id, as_json=False)
+
+
+def serve_sandbox(*, host: str, port: int, latency: float, error_rate: float, rate_limit: float,
+                  retry_after: float, drop_rate: float, late_rate: float, late_delay: float,
+                  judge_malformed: float, seed: int, require_key: str | None, verbose: bool,
+                  announce: Callable[[str], None]) -> None:
+    from cftrunner.sandbox import DEFAULT_PROJECT_ID, FaultRule, Sandbox
+
+    sandbox = Sandbox(api_key=require_key, latency=latency, seed=seed)
+    rules: list[dict[str, Any]] = [
+        {"kind": "status", "status": 429, "retry_after": retry_after, "probability": rate_limit},
+        {"kind": "status", "status": 503, "probability": error_rate},
+        {"kind": "drop", "probability": drop_rate},
+        {"kind": "late", "delay": late_delay, "probability": late_rate},
+        {"kind": "malformed", "route": "chat", "judge": True, "probability": judge_malformed},
+    ]
+    for rule in rules:
+        if rule["probability"] > 0:
+            sandbox.add_fault(FaultRule(**rule))
+    announce(f"Prem sandbox on http://{host}:{port or '<free port>'}  "
+             f"project {DEFAULT_PROJECT_ID}  (Ctrl-C stops it)")
+    sandbox.serve_forever(host, port, verbose=verbose)

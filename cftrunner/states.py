@@ -1,0 +1,97 @@
+"""The run and item state machines as data: states, allowed transitions, and a pure check."""
+
+from __future__ import annotations
+
+import enum
+
+from cftrunner.exceptions import StaleStateError
+
+
+class RunState(str, enum.Enum):
+    CREATED = "CREATED"  # the run and its items are stored; nothing has been asked of the API
+    GENERATED = "GENERATED"  # every item has an answer or a recorded permanent failure
+    JUDGED = "JUDGED"  # every answered item has a valid judgment or is judge-failed
+    TRACED = "TRACED"  # every judged item has its trace id or a recorded trace failure
+    ADDED = "ADDED"  # every traced item was added to the dataset or has a recorded add failure
+    SNAPSHOT = "SNAPSHOT"  # no addition is processing any more, and the snapshot id is stored
+    RECS_READY = "RECS_READY"  # recommendations completed; the experiments to launch are stored
+    LAUNCHED = "LAUNCHED"  # the fine-tuning job exists and its id is stored
+    FAILED = "FAILED"  # the run cannot reach LAUNCHED; the reason is stored
+
+
+RUN_ORDER: tuple[RunState, ...] = (
+    RunState.CREATED,
+    RunState.GENERATED,
+    RunState.JUDGED,
+    RunState.TRACED,
+    RunState.ADDED,
+    RunState.SNAPSHOT,
+    RunState.RECS_READY,
+    RunState.LAUNCHED,
+)
+
+TERMINAL: frozenset[RunState] = frozenset({RunState.LAUNCHED, RunState.FAILED})
+
+RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    state: frozenset({nxt, RunState.FAILED}) for state, nxt in zip(RUN_ORDER, RUN_ORDER[1:])
+}
+RUN_TRANSITIONS[RunState.LAUNCHED] = frozenset()
+RUN_TRANSITIONS[RunState.FAILED] = frozenset()
+
+
+class ItemStage(str, enum.Enum):
+    PENDING = "PENDING"  # the prompt is stored; no answer yet
+    GENERATED = "GENERATED"  # the answer is stored
+    JUDGED = "JUDGED"  # a valid judgment is stored
+    TRACED = "TRACED"  # the trace exists and its id is stored
+    ADDED = "ADDED"  # addToDataset accepted the trace (added, or queued for correction)
+    GEN_FAILED = "GEN_FAILED"  # generation was rejected for good
+    JUDGE_FAILED = "JUDGE_FAILED"  # no valid judgment within the allowed attempts; gets no trace
+    TRACE_FAILED = "TRACE_FAILED"  # the API rejected the trace
+    ADD_FAILED = "ADD_FAILED"  # the addition was rejected, failed, or its correction failed
+
+
+ITEM_FAILED: frozenset[ItemStage] = frozenset(
+    {ItemStage.GEN_FAILED, ItemStage.JUDGE_FAILED, ItemStage.TRACE_FAILED, ItemStage.ADD_FAILED}
+)
+
+ITEM_TRANSITIONS: dict[ItemStage, frozenset[ItemStage]] = {
+    ItemStage.PENDING: frozenset({ItemStage.GENERATED, ItemStage.GEN_FAILED}),
+    ItemStage.GENERATED: frozenset({ItemStage.JUDGED, ItemStage.JUDGE_FAILED}),
+    ItemStage.JUDGED: frozenset({ItemStage.TRACED, ItemStage.TRACE_FAILED}),
+    ItemStage.TRACED: frozenset({ItemStage.ADDED, ItemStage.ADD_FAILED}),
+    # A correction the platform fails after accepting the addition turns ADDED into ADD_FAILED.
+    ItemStage.ADDED: frozenset({ItemStage.ADD_FAILED}),
+    ItemStage.GEN_FAILED: frozenset(),
+    ItemStage.JUDGE_FAILED: frozenset(),
+    ItemStage.TRACE_FAILED: frozenset(),
+    ItemStage.ADD_FAILED: frozenset(),
+}
+
+# The item stage each item-level run state requires: the run reaches the state when every item
+# is at that stage or failed.
+STAGE_FOR_RUN_STATE: dict[RunState, ItemStage] = {
+    RunState.GENERATED: ItemStage.GENERATED,
+    RunState.JUDGED: ItemStage.JUDGED,
+    RunState.TRACED: ItemStage.TRACED,
+    RunState.ADDED: ItemStage.ADDED,
+}
+
+
+def check_run_transition(current: RunState, target: RunState) -> None:
+    """Raise StaleStateError unless the run may move from `current` to `target`."""
+    if target not in RUN_TRANSITIONS[current]:
+        raise StaleStateError(f"a run cannot move from {current.value} to {target.value}")
+
+
+def check_item_transition(current: ItemStage, target: ItemStage) -> None:
+    """Raise StaleStateError unless an item may move from `current` to `target`."""
+    if target not in ITEM_TRANSITIONS[current]:
+        raise StaleStateError(f"an item cannot move from {current.value} to {target.value}")
+
+
+def next_run_state(current: RunState) -> RunState:
+    """The state after `current` on the way to LAUNCHED."""
+    if current in TERMINAL:
+        raise StaleStateError(f"{current.value} is terminal")
+    return RUN_ORDER[RUN_ORDER.index(current) + 1]

@@ -1,0 +1,183 @@
+"""What each run state does to reach the next one, item by item and then for the whole run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from cftrunner import crashpoints, payloads
+from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
+from cftrunner.judge import REMINDER, Judgment, judge_prompt, parse_judgment, trace_feedback
+from cftrunner.models import Item, Run
+from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
+from cftrunner.store import Tx
+
+if TYPE_CHECKING:
+    from cftrunner.runner import Runner
+
+log = structlog.get_logger("cftrunner")
+
+
+def _item_failed(stage: ItemStage) -> Callable[[Tx, Item, ApiError], None]:
+    def fail(tx: Tx, item: Item, exc: ApiError) -> None:
+        tx.update_item(item, stage, error_kind=exc.kind, error=exc.message)
+    return fail
+
+
+def generate(r: Runner, run: Run, item: Item) -> None:
+    messages = [{"role": "user", "content": item.prompt}]
+    try:
+        result = r.retrying(f"generation of item {item.position}", lambda: r.client.chat(
+            run.project_id, run.model_alias, messages))
+    except RejectedError as exc:
+        if exc.status_code in (401, 403):
+            raise
+        with r.store.tx() as tx:
+            _item_failed(ItemStage.GEN_FAILED)(tx, item, exc)
+        log.warning("item_failed", item=item.position, stage="generate", error=exc.kind)
+        return
+    crashpoints.reach("generate.after_answer")
+    with r.store.tx() as tx:
+        tx.update_item(item, ItemStage.GENERATED, answer=result.content)
+    crashpoints.reach("generate.after_store")
+
+
+def judge(r: Runner, run: Run, item: Item) -> None:
+    """Ask the judge until its answer validates, within the allowed attempts; never invent a score."""
+    assert item.answer is not None
+    first = {"role": "user", "content": judge_prompt(item.prompt, item.answer)}
+    messages = [first]
+    attempts = item.judge_attempts
+    reason = f"no valid judgment in {attempts} attempts"
+    while attempts < r.settings.judge_attempts:
+        try:
+            result = r.retrying(f"judgment of item {item.position}", lambda: r.client.chat(
+                run.project_id, run.judge_model, messages, r.settings.judge_temperature))
+        except RejectedError as exc:
+            if exc.status_code in (401, 403):
+                raise
+            with r.store.tx() as tx:
+                tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
+                               error_kind=exc.kind, error=exc.message)
+            return
+        attempts += 1
+        crashpoints.reach("judge.after_answer")
+        try:
+            if result.finish_reason == "length":
+                raise JudgeOutputError("the judge answer was cut off (finish_reason: length)")
+            judgment = parse_judgment(result.content)
+        except JudgeOutputError as exc:
+            reason = exc.message
+            log.warning("judge_malformed", item=item.position, attempt=attempts, reason=reason)
+            if attempts < r.settings.judge_attempts:
+                with r.store.tx() as tx:
+                    tx.update_item(item, judge_attempts=attempts, judge_raw=result.content)
+                messages = [first, {"role": "assistant", "content": result.content},
+                            {"role": "user", "content": REMINDER}]
+                continue
+            with r.store.tx() as tx:
+                tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
+                               judge_raw=result.content, error_kind="judge_malformed",
+                               error=reason)
+            return
+        with r.store.tx() as tx:
+            tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
+                           judge_raw=result.content, feedback=judgment.feedback,
+                           reasoning=judgment.reasoning, score=judgment.score)
+        crashpoints.reach("judge.after_store")
+        return
+    with r.store.tx() as tx:
+        tx.update_item(item, ItemStage.JUDGE_FAILED, error_kind="judge_malformed", error=reason)
+
+
+def trace(r: Runner, run: Run, item: Item) -> None:
+    assert item.answer is not None and item.score is not None
+    feedback = trace_feedback(Judgment(item.feedback or "", item.reasoning or "", item.score))
+    request = {"shape": r.settings.trace_shape, "project_id": run.project_id,
+               "model_id": run.model_alias, "input": item.prompt, "output": item.answer,
+               "score": item.score, "feedback": feedback}
+    fail = _item_failed(ItemStage.TRACE_FAILED)
+    r.effect(
+        run, f"trace:{item.position}", "trace", item, request,
+        send=lambda req: {"trace_id": r.client.create_trace(payloads.trace_body(**req))},
+        reconcile=lambda eff: r.reconcile.trace(run, eff),
+        on_done=lambda tx, out: tx.update_item(item, ItemStage.TRACED, trace_id=out["trace_id"]),
+        on_rejected=lambda tx, exc: fail(tx, item, exc))
+
+
+def _record_addition(tx: Tx, item: Item, outcome: dict[str, Any]) -> None:
+    status = str(outcome.get("status") or "")
+    if not outcome.get("success") or status == "failed":
+        tx.update_item(item, ItemStage.ADD_FAILED, add_status=status or None,
+                       error_kind="add_failed", error=f"addToDataset answered {status or 'failure'}")
+        return
+    tx.update_item(item, ItemStage.ADDED, add_status=status or None,
+                   datapoint_id=outcome.get("datapoint_id"),
+                   processing_status="none" if status == "added" else "processing")
+
+
+def add(r: Runner, run: Run, item: Item) -> None:
+    assert item.trace_id is not None
+    trace_since = run.created_at - timedelta(seconds=r.settings.reconcile_skew)
+
+    def send(req: dict[str, Any]) -> dict[str, Any]:
+        result = r.client.add_to_dataset(req["trace_id"])
+        return {"status": result.status, "success": result.success,
+                "datapoint_id": result.datapoint_id}
+
+    fail = _item_failed(ItemStage.ADD_FAILED)
+    r.effect(
+        run, f"add:{item.position}", "add", item, {"trace_id": item.trace_id},
+        send=send,
+        reconcile=lambda eff: r.reconcile.addition(run, eff, trace_since),
+        on_done=lambda tx, out: _record_addition(tx, item, out),
+        on_rejected=lambda tx, exc: fail(tx, item, exc))
+
+
+ITEM_STEPS: dict[ItemStage, Callable[[Runner, Run, Item], None]] = {
+    ItemStage.PENDING: generate,
+    ItemStage.GENERATED: judge,
+    ItemStage.JUDGED: trace,
+    ItemStage.TRACED: add,
+}
+
+
+def item_stage(r: Runner, run: Run) -> None:
+    """Take every item still short of the run's next state one stage on, then advance the run."""
+    target = next_run_state(run.state)
+    wanted = STAGE_FOR_RUN_STATE[target]
+    if run.state is RunState.CREATED and run.dataset_id is None and not _find_dataset(r, run):
+        return
+    for stage, step in ITEM_STEPS.items():
+        if stage is wanted:
+            break
+        for item in r.store.items(run.id, stage):
+            step(r, run, item)
+    crashpoints.reach(f"transition.{target.value}")
+    with r.store.tx() as tx:
+        tx.advance_items_state(run.id, run.state, target, wanted)
+    log.info("run_transitioned", from_state=run.state.value,
+             to_state=r.store.run(run.id).state.value)
+
+
+def _find_dataset(r: Runner, run: Run) -> bool:
+    """Store the project's dataset id; end the run FAILED when there is none to add to."""
+    try:
+        project = r.retrying("reading the project", lambda: r.client.project(run.project_id))
+    except RejectedError as exc:
+        if exc.status_code != 404:
+            raise
+        project = None
+    dataset_id = payloads.find_dataset_id(project) if project is not None else None
+    with r.store.tx() as tx:
+        if dataset_id is None:
+            reason = (f"project {run.project_id} not found" if project is None
+                      else f"project {run.project_id} has no dataset")
+            tx.transition_run(run.id, run.state, RunState.FAILED, failure_reason=reason)
+            log.error("run_failed", reason=reason)
+            return False
+        tx.update_run(run.id, run.state, dataset_id=dataset_id)
+    return True
