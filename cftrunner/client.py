@@ -85,13 +85,14 @@ class PremClient:
                 return resp.json()
             except ValueError:
                 raise BadResponseError(f"{method} {path}: the answer is not JSON",
-                                       maybe_happened=True, status_code=None, method=method, path=path) from None
+                                       maybe_happened=True, method=method, path=path) from None
         message = f"{method} {path}: HTTP {status} {_error_message(resp)}".rstrip()
         retry_after = parse_retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
         if status in (401, 403):
             raise AuthError(message, status_code=status, method=method, path=path)
         if status in (408, 429):
-            raise TransientError(message, status_code=status, retry_after=retry_after, method=method, path=path)
+            raise TransientError(message, status_code=status, retry_after=retry_after,
+                                 method=method, path=path)
         if status >= 500:
             raise TransientError(message, status_code=status, retry_after=retry_after,
                                  maybe_happened=method != "GET", method=method, path=path)

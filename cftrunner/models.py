@@ -10,7 +10,7 @@ from typing import Any
 from cftrunner.states import ITEM_FAILED, ItemStage, RunState
 
 
-class EffectStatus(str, enum.Enum):
+class EffectStatus(enum.StrEnum):
     PREPARED = "PREPARED"  # the intent is stored; the request may have been sent, outcome unknown
     UNSENT = "UNSENT"  # the last attempt surely never reached the server; safe to send again
     DONE = "DONE"  # the outcome is stored

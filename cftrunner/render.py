@@ -60,7 +60,7 @@ def table(summaries: list[RunSummary], now: datetime) -> str:
                      age(s.run.created_at, now),
                      _one_line(s.run.failure_reason or s.run.last_error, 60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip()
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
                      for r in rows)
 
 

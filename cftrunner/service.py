@@ -15,7 +15,13 @@ from cftrunner.models import Run
 from cftrunner.prompts import load_prompts
 from cftrunner.runner import Runner, RunSpec
 from cftrunner.schema import utcnow
-from cftrunner.settings import Settings, resolve_api_key, resolve_base_url, resolve_db_url
+from cftrunner.settings import (
+    Settings,
+    resolve_api_key,
+    resolve_base_url,
+    resolve_db_url,
+    tunables_from_env,
+)
 from cftrunner.states import TERMINAL
 from cftrunner.store import Store
 
@@ -24,8 +30,9 @@ MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-fi
 
 def settings_from(*, db: str | None = None, base_url: str | None = None,
                   api_key: str | None = None, api_key_file: str | None = None) -> Settings:
-    return Settings(base_url=resolve_base_url(base_url), db_url=resolve_db_url(db),
-                    api_key=resolve_api_key(api_key, api_key_file))
+    return tunables_from_env(Settings(
+        base_url=resolve_base_url(base_url), db_url=resolve_db_url(db),
+        api_key=resolve_api_key(api_key, api_key_file)))
 
 
 def _check_run_id(run_id: str) -> None:
@@ -119,6 +126,5 @@ def serve_sandbox(*, host: str, port: int, latency: float, error_rate: float, ra
     for rule in rules:
         if rule["probability"] > 0:
             sandbox.add_fault(FaultRule(**rule))
-    announce(f"Prem sandbox on http://{host}:{port or '<free port>'}  "
-             f"project {DEFAULT_PROJECT_ID}  (Ctrl-C stops it)")
-    sandbox.serve_forever(host, port, verbose=verbose)
+    sandbox.serve_forever(host, port, verbose=verbose, on_ready=lambda url: announce(
+        f"Prem sandbox on {url}  project {DEFAULT_PROJECT_ID}  (Ctrl-C stops it)"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cftrunner.exceptions import InputError
 from cftrunner.retry import RetryPolicy
@@ -33,6 +34,48 @@ class Settings:
     # How far before our own clock's intent time a remote record may be dated and still be ours.
     reconcile_skew: float = 300.0
     reconcile_max_pages: int = 500
+
+
+# Tunables read from the environment (the config file of a later version holds them too).
+TUNABLES: dict[str, tuple[str, type]] = {
+    "CFTRUNNER_POLL_INTERVAL": ("poll_interval", float),
+    "CFTRUNNER_CONNECT_TIMEOUT": ("connect_timeout", float),
+    "CFTRUNNER_READ_TIMEOUT": ("read_timeout", float),
+    "CFTRUNNER_PROCESSING_TIMEOUT": ("processing_timeout", float),
+    "CFTRUNNER_RECS_TIMEOUT": ("recs_timeout", float),
+    "CFTRUNNER_JUDGE_ATTEMPTS": ("judge_attempts", int),
+    "CFTRUNNER_TRACE_SHAPE": ("trace_shape", str),
+    "CFTRUNNER_MAX_ATTEMPTS": ("retry.max_attempts", int),
+    "CFTRUNNER_RETRY_BASE_DELAY": ("retry.base_delay", float),
+    "CFTRUNNER_RETRY_MAX_DELAY": ("retry.max_delay", float),
+}
+
+
+def tunables_from_env(settings: Settings, env: Mapping[str, str] = os.environ) -> Settings:
+    """Apply the CFTRUNNER_* tunables present in the environment; a bad value is an InputError."""
+    top: dict[str, Any] = {}
+    retry: dict[str, Any] = {}
+    for variable, (name, kind) in TUNABLES.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise InputError(f"{variable}={raw!r} is not {'an integer' if kind is int else 'a number'}"
+                             ) from None
+        if kind is not str and value <= 0:
+            raise InputError(f"{variable} must be positive, not {raw}")
+        if name.startswith("retry."):
+            retry[name.removeprefix("retry.")] = value
+        else:
+            top[name] = value
+    if top.get("trace_shape", settings.trace_shape) not in ("tutorial", "batch"):
+        raise InputError("CFTRUNNER_TRACE_SHAPE must be 'tutorial' or 'batch'")
+    try:
+        return replace(settings, **top, retry=replace(settings.retry, **retry))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def resolve_api_key(explicit: str | None, key_file: str | None,

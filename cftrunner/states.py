@@ -7,7 +7,7 @@ import enum
 from cftrunner.exceptions import StaleStateError
 
 
-class RunState(str, enum.Enum):
+class RunState(enum.StrEnum):
     CREATED = "CREATED"  # the run and its items are stored; nothing has been asked of the API
     GENERATED = "GENERATED"  # every item has an answer or a recorded permanent failure
     JUDGED = "JUDGED"  # every answered item has a valid judgment or is judge-failed
@@ -33,13 +33,13 @@ RUN_ORDER: tuple[RunState, ...] = (
 TERMINAL: frozenset[RunState] = frozenset({RunState.LAUNCHED, RunState.FAILED})
 
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    state: frozenset({nxt, RunState.FAILED}) for state, nxt in zip(RUN_ORDER, RUN_ORDER[1:])
+    state: frozenset({nxt, RunState.FAILED}) for state, nxt in zip(RUN_ORDER, RUN_ORDER[1:], strict=False)
 }
 RUN_TRANSITIONS[RunState.LAUNCHED] = frozenset()
 RUN_TRANSITIONS[RunState.FAILED] = frozenset()
 
 
-class ItemStage(str, enum.Enum):
+class ItemStage(enum.StrEnum):
     PENDING = "PENDING"  # the prompt is stored; no answer yet
     GENERATED = "GENERATED"  # the answer is stored
     JUDGED = "JUDGED"  # a valid judgment is stored

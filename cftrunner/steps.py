@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -54,8 +55,9 @@ def judge(r: Runner, run: Run, item: Item) -> None:
     reason = f"no valid judgment in {attempts} attempts"
     while attempts < r.settings.judge_attempts:
         try:
-            result = r.retrying(f"judgment of item {item.position}", lambda: r.client.chat(
-                run.project_id, run.judge_model, messages, r.settings.judge_temperature))
+            result = r.retrying(f"judgment of item {item.position}",
+                                functools.partial(r.client.chat, run.project_id, run.judge_model,
+                                                  messages, r.settings.judge_temperature))
         except RejectedError as exc:
             if exc.status_code in (401, 403):
                 raise

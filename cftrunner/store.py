@@ -64,9 +64,9 @@ class Tx:
     def advance_items_state(self, run_id: str, current: RunState, target: RunState,
                             wanted: ItemStage) -> None:
         """Move the run to `target` if every item is at `wanted` or failed; FAILED if all failed."""
-        counts: dict[str, int] = dict(self.conn.execute(
+        counts: dict[str, int] = {stage: n for stage, n in self.conn.execute(
             sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run_id)
-            .group_by(items.c.stage)).tuples().all())
+            .group_by(items.c.stage))}
         order = list(ItemStage)
         behind = {s.value for s in order[:order.index(wanted)] if s not in ITEM_FAILED}
         if any(counts.get(stage) for stage in behind):

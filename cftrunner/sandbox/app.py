@@ -1,0 +1,163 @@
+"""The Sandbox: one World, its fault book and an HTTP server, started and stopped together."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from cftrunner.sandbox.faults import FaultBook, FaultRule
+from cftrunner.sandbox.records import WorldSettings
+from cftrunner.sandbox.routes import ROUTE_NAMES
+from cftrunner.sandbox.server import Backend, SandboxServer
+from cftrunner.sandbox.world import World
+
+DEFAULT_PROJECT_ID = "6f1c2b8e-3d4a-4e5f-9a7b-0c1d2e3f4a5b"
+DEFAULT_API_KEY = "sandbox-key"
+_POLL_INTERVAL = 0.01  # how soon stop() is noticed; the stdlib default of 0.5 s slows tests down
+
+
+class Sandbox:
+    """A local Prem Studio API whose state lives as long as this object.
+
+    >>> with Sandbox() as sb:
+    ...     client = make_client(base_url=sb.url, api_key=DEFAULT_API_KEY)
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = DEFAULT_API_KEY,
+        latency: float = 0.0,
+        seed: int = 0,
+        judge_models: tuple[str, ...] = ("claude-4.5-sonnet",),
+        processing_seconds: float = 0.3,
+        recs_polls: int = 1,
+        recs_outcome: str = "completed",
+        page_size: int = 10,
+        add_threshold: float = 0.5,
+    ) -> None:
+        settings = WorldSettings(
+            judge_models=tuple(judge_models),
+            processing_seconds=processing_seconds,
+            recs_polls=recs_polls,
+            recs_outcome=recs_outcome,
+            page_size=page_size,
+            add_threshold=add_threshold,
+        )
+        self.world = World(settings)
+        self.world.add_project(DEFAULT_PROJECT_ID, "Sandbox project")
+        self.faults = FaultBook(seed=seed, routes=ROUTE_NAMES)
+        self._backend = Backend(self.world, self.faults, api_key, latency)
+        self._lock = threading.Lock()
+        self._server: SandboxServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> str:
+        """Serves in a daemon thread; returns the base URL (port 0 picks a free port)."""
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError("the sandbox is already running")
+            server = SandboxServer((host, port), self._backend, verbose=verbose)
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": _POLL_INTERVAL},
+                name=f"prem-sandbox-{server.server_address[1]}",
+                daemon=True,
+            )
+            thread.start()
+            self._server, self._thread = server, thread
+        return self.url
+
+    def serve_forever(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        verbose: bool = False,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
+        """Serves in this thread until stop() or Ctrl-C; on_ready gets the URL once bound."""
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError("the sandbox is already running")
+            server = SandboxServer((host, port), self._backend, verbose=verbose)
+            self._server = server
+        try:
+            if on_ready is not None:
+                on_ready(self.url)
+            server.serve_forever(poll_interval=_POLL_INTERVAL)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            with self._lock:
+                if self._server is server:
+                    self._server = None
+            server.server_close()
+            server.close_connections()
+
+    def stop(self) -> None:
+        """Stops serving and closes the socket and open connections; safe to call twice."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def port(self) -> int:
+        return self._bound()[1]
+
+    @property
+    def url(self) -> str:
+        host, port = self._bound()
+        return f"http://{host}:{port}"
+
+    def _bound(self) -> tuple[str, int]:
+        server = self._server
+        if server is None:
+            raise RuntimeError("the sandbox is not running")
+        host, port = server.server_address[:2]
+        return str(host), int(port)
+
+    # -- state and faults --------------------------------------------------------------------
+
+    def add_project(self, project_id: str | None = None) -> str:
+        """Creates a project and its dataset; returns the project id."""
+        return self.world.add_project(project_id)
+
+    def dataset_id(self, project_id: str = DEFAULT_PROJECT_ID) -> str:
+        return self.world.dataset_id(project_id)
+
+    def add_fault(self, rule: FaultRule) -> None:
+        self.faults.add(rule)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def counts(self) -> dict[str, Any]:
+        return self.world.counts()

@@ -1,0 +1,93 @@
+"""The sandbox's fixed model list and the experiments its recommender proposes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BASE_MODELS = (
+    "qwen2.5-7b-instruct",
+    "llama-3.2-3b-instruct",
+    "qwen2.5-1.5b-instruct",
+    "llama-3.1-8b-instruct",
+)
+MODELS_CREATED = 1_735_689_600  # 2025-01-01T00:00:00Z, fixed so answers are reproducible
+
+RECS_OUTCOMES = ("completed", "failed", "none_recommended")
+
+# Both shapes on purpose: `lora` (older API) on the first, `training_type` (newer) on the others.
+_EXPERIMENTS: tuple[dict[str, Any], ...] = (
+    {
+        "base_model_id": BASE_MODELS[0],
+        "batch_size": 4,
+        "learning_rate_multiplier": 1.0,
+        "n_epochs": 3,
+        "lora": True,
+        "recommended": True,
+        "reason_for_recommendation": "Strong instruction follower; LoRA fits the dataset size.",
+    },
+    {
+        "base_model_id": BASE_MODELS[1],
+        "batch_size": 8,
+        "learning_rate_multiplier": 1.5,
+        "n_epochs": 2,
+        "training_type": "lora",
+        "recommended": True,
+        "reason_for_recommendation": "Small and fast; good for a short classification task.",
+    },
+    {
+        "base_model_id": BASE_MODELS[2],
+        "batch_size": 8,
+        "learning_rate_multiplier": 2.0,
+        "n_epochs": 4,
+        "training_type": "qlora",
+        "recommended": False,
+        "reason_for_recommendation": "Cheapest option, but likely to underfit the categories.",
+    },
+    {
+        "base_model_id": BASE_MODELS[3],
+        "batch_size": 2,
+        "learning_rate_multiplier": 0.5,
+        "n_epochs": 1,
+        "training_type": "full",
+        "recommended": True,
+        "reason_for_recommendation": "Highest capacity; full fine-tuning for best accuracy.",
+    },
+)
+
+
+def models(judge_models: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"id": model, "object": "model", "created": MODELS_CREATED, "owned_by": "prem"}
+            for model in (*judge_models, *BASE_MODELS)
+        ],
+    }
+
+
+def recommendations(snapshot_id: str, outcome: str) -> dict[str, Any]:
+    """The finished answer for one of RECS_OUTCOMES."""
+    if outcome == "failed":
+        return _answer(snapshot_id, "failed", [], [])
+    experiments = [dict(experiment) for experiment in _EXPERIMENTS]
+    if outcome == "none_recommended":
+        for experiment in experiments:
+            experiment["recommended"] = False
+        return _answer(snapshot_id, "completed", experiments, [])
+    chosen = [e["base_model_id"] for e in experiments if e["recommended"]]
+    return _answer(snapshot_id, "completed", experiments, chosen)
+
+
+def processing(snapshot_id: str) -> dict[str, Any]:
+    return _answer(snapshot_id, "processing", [], [])
+
+
+def _answer(
+    snapshot_id: str, status: str, experiments: list[dict[str, Any]], chosen: list[str]
+) -> dict[str, Any]:
+    return {
+        "snapshot_id": snapshot_id,
+        "status": status,
+        "recommended_experiments": experiments,
+        "recommended_models": chosen,
+    }

@@ -1,0 +1,60 @@
+"""Thread-safe tallies of what the sandbox received and acted on, for exactly-once checks."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+
+class Ledger:
+    """Counts kept apart from the state, so deleting a record never hides that it was made."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._acted: Counter[str] = Counter()
+        self._additions: Counter[str] = Counter()
+        self._recs: Counter[str] = Counter()
+        self._chat: Counter[str] = Counter({"generate": 0, "judge": 0})
+        self._requests: Counter[str] = Counter()
+        self._faults: Counter[str] = Counter()
+
+    def acted(self, what: str, n: int = 1) -> None:
+        """One more trace, trace deletion, snapshot or job was made (`what` names which)."""
+        with self._lock:
+            self._acted[what] += n
+
+    def added(self, trace_id: str) -> None:
+        with self._lock:
+            self._additions[trace_id] += 1
+
+    def recommended(self, snapshot_id: str) -> None:
+        with self._lock:
+            self._recs[snapshot_id] += 1
+
+    def chatted(self, judge: bool) -> None:
+        with self._lock:
+            self._chat["judge" if judge else "generate"] += 1
+
+    def received(self, route: str) -> None:
+        with self._lock:
+            self._requests[route] += 1
+
+    def faulted(self, kind: str) -> None:
+        with self._lock:
+            self._faults[kind] += 1
+
+    def counts(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "traces": self._acted["traces"],
+                "traces_deleted": self._acted["traces_deleted"],
+                "additions": dict(self._additions),
+                "datapoints": sum(self._additions.values()),
+                "snapshots": self._acted["snapshots"],
+                "recommendations_generated": dict(self._recs),
+                "jobs": self._acted["jobs"],
+                "chat": dict(self._chat),
+                "requests": dict(self._requests),
+                "faults_fired": dict(self._faults),
+            }

@@ -1,0 +1,240 @@
+"""The sandbox's in-memory records and how each one renders as the API's JSON."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cftrunner.sandbox.catalog import RECS_OUTCOMES
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    judge_models: tuple[str, ...] = ("claude-4.5-sonnet",)
+    processing_seconds: float = 0.3
+    recs_polls: int = 1
+    recs_outcome: str = "completed"
+    page_size: int = 10
+    add_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.recs_outcome not in RECS_OUTCOMES:
+            raise ValueError(f"recs_outcome must be one of {', '.join(RECS_OUTCOMES)}")
+        if self.page_size < 1:
+            raise ValueError("page_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class TraceDraft:
+    project_id: str
+    model_id: str
+    input: str
+    output: str
+    score: float
+    feedback: str
+
+
+@dataclass(frozen=True)
+class TraceQuery:
+    page: int = 1
+    project_id: str | None = None
+    model_ids: frozenset[str] = frozenset()
+    sort_by: str = "createdAt"
+    sort_order: str = "desc"
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and Z, as Prem writes it."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Project:
+    id: str
+    name: str
+    dataset_id: str
+
+
+@dataclass
+class Dataset:
+    id: str
+    name: str
+    project_id: str
+    created_at: datetime
+    updated_at: datetime
+    datapoint_ids: list[str] = field(default_factory=list)
+    snapshot_ids: list[str] = field(default_factory=list)
+
+    def node(self, snapshot_nodes: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "type": "dataset", "label": self.name, "children": snapshot_nodes}
+
+    def to_json(self, snapshots: list[Snapshot]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "project_id": self.project_id,
+            "status": "ready",
+            "datapoints_count": len(self.datapoint_ids),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "snapshots": [{"id": s.id, "created_at": iso(s.created_at)} for s in snapshots],
+        }
+
+
+@dataclass
+class Trace:
+    id: str
+    seq: int
+    created_at: datetime
+    project_id: str
+    model_id: str
+    input: str
+    output: str
+    score: float
+    feedback: str
+    added_to_dataset: bool = False
+    processing_until: float | None = None
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The trace as the API shows it at monotonic time `now`."""
+        processing = self.processing_until is not None and now < self.processing_until
+        return {
+            "id": self.id,
+            "createdAt": iso(self.created_at),
+            "modelId": self.model_id,
+            "projectId": self.project_id,
+            "input": self.input,
+            "output": self.output,
+            "score": self.score,
+            "feedback": self.feedback,
+            "addedToDataset": self.added_to_dataset,
+            "processingStatus": "processing" if processing else "none",
+        }
+
+
+@dataclass
+class Datapoint:
+    id: str
+    dataset_id: str
+    trace_id: str
+    status: str
+    input: str
+    output: str
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "dataset_id": self.dataset_id,
+            "trace_id": self.trace_id,
+            "status": self.status,
+            "input": self.input,
+            "output": self.output,
+            "created_at": iso(self.created_at),
+        }
+
+
+@dataclass
+class Snapshot:
+    id: str
+    dataset_id: str
+    label: str
+    created_at: datetime
+    split_percentage: int
+    training_count: int
+    validation_count: int
+    job_ids: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "dataset_id": self.dataset_id,
+            "label": self.label,
+            "split_percentage": self.split_percentage,
+            "job_ids": list(self.job_ids),
+            **self.metadata(),
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "created_at": iso(self.created_at),
+            "training_count": self.training_count,
+            "validation_count": self.validation_count,
+        }
+
+    def node(self, jobs: list[Job]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "snapshot",
+            "label": self.label,
+            "metadata": self.metadata(),
+            "children": [job.node() for job in jobs],
+        }
+
+
+@dataclass
+class Recommendations:
+    snapshot_id: str
+    generated: int = 0
+    polls: int = 0
+
+
+@dataclass
+class Experiment:
+    id: str
+    number: int
+    sent: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "id": self.id,
+            "experiment_number": self.number,
+            "base_model_id": self.sent.get("base_model_id"),
+            "batch_size": self.sent.get("batch_size"),
+            "learning_rate_multiplier": self.sent.get("learning_rate_multiplier"),
+            "n_epochs": self.sent.get("n_epochs"),
+            "status": "queued",
+            "model_id": None,
+        }
+        for key, value in self.sent.items():
+            shown.setdefault(key, copy.deepcopy(value))
+        return shown
+
+    def node(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "experiment",
+            "label": f"Experiment {self.number}",
+            "status": "queued",
+            "metadata": {"model_id": None},
+        }
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    snapshot_id: str
+    created_at: datetime
+    experiments: list[Experiment]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "snapshot_id": self.snapshot_id,
+            "status": "processing",
+            "created_at": iso(self.created_at),
+            "experiments": [e.to_json() for e in self.experiments],
+        }
+
+    def node(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "finetuning-job",
+            "label": self.name,
+            "status": "processing",
+            "children": [e.node() for e in self.experiments],
+        }

@@ -1,0 +1,310 @@
+"""The sandbox's in-memory Prem state and every operation on it, behind one lock; no HTTP here."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from cftrunner.sandbox import catalog, llm
+from cftrunner.sandbox.fields import Invalid, NotFound
+from cftrunner.sandbox.ledger import Ledger
+from cftrunner.sandbox.records import (
+    Datapoint,
+    Dataset,
+    Experiment,
+    Job,
+    Project,
+    Recommendations,
+    Snapshot,
+    Trace,
+    TraceDraft,
+    TraceQuery,
+    WorldSettings,
+)
+
+_Record = TypeVar("_Record")
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class World:
+    """Projects, datasets, traces, datapoints, snapshots, recommendations and jobs."""
+
+    def __init__(
+        self,
+        settings: WorldSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.settings = settings or WorldSettings()
+        self._clock = clock
+        self._now = now
+        self._lock = threading.RLock()
+        self._projects: dict[str, Project] = {}
+        self._datasets: dict[str, Dataset] = {}
+        self._traces: dict[str, Trace] = {}
+        self._datapoints: dict[str, Datapoint] = {}
+        self._snapshots: dict[str, Snapshot] = {}
+        self._recs: dict[str, Recommendations] = {}
+        self._jobs: dict[str, Job] = {}
+        self._seq = 0
+        self._last_created = datetime.min.replace(tzinfo=UTC)
+        self.ledger = Ledger()
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def add_project(self, project_id: str | None = None, name: str | None = None) -> str:
+        with self._lock:
+            project_id = project_id or _new_id()
+            if project_id in self._projects:
+                raise ValueError(f"project {project_id} already exists")
+            name = name or f"Sandbox project {len(self._projects) + 1}"
+            now = self._now()
+            dataset = Dataset(_new_id(), f"{name} dataset", project_id, now, now)
+            self._datasets[dataset.id] = dataset
+            self._projects[project_id] = Project(project_id, name, dataset.id)
+            return project_id
+
+    def dataset_id(self, project_id: str) -> str:
+        with self._lock:
+            return _get(self._projects, project_id, "project").dataset_id
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def project_tree(self, project_id: str) -> dict[str, Any]:
+        with self._lock:
+            project = _get(self._projects, project_id, "project")
+            dataset = self._datasets[project.dataset_id]
+            snapshots = [self._snapshots[s] for s in dataset.snapshot_ids]
+            nodes = [s.node([self._jobs[j] for j in s.job_ids]) for s in snapshots]
+            return {
+                "project": {
+                    "id": project.id,
+                    "name": project.name,
+                    "children": [dataset.node(nodes)],
+                }
+            }
+
+    def chat(self, model: str, prompt: str) -> str:
+        """The assistant's content for the last user message `prompt`."""
+        with self._lock:
+            judge = model in self.settings.judge_models
+            self.ledger.chatted(judge)
+            return llm.judge_content(prompt) if judge else llm.generate(prompt)
+
+    def create_traces(self, drafts: list[TraceDraft]) -> list[dict[str, Any]]:
+        """All or nothing: an unknown project in any draft creates none."""
+        with self._lock:
+            for draft in drafts:
+                _get(self._projects, draft.project_id, "project")
+            created = []
+            for draft in drafts:
+                self._seq += 1
+                # Millisecond precision, as shown, and never earlier than the previous trace.
+                moment = self._now()
+                moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+                self._last_created = max(self._last_created, moment)
+                trace = Trace(_new_id(), self._seq, self._last_created, **asdict(draft))
+                self._traces[trace.id] = trace
+                self.ledger.acted("traces")
+                created.append(trace.to_json(self._clock()))
+            return created
+
+    def list_traces(self, query: TraceQuery) -> dict[str, Any]:
+        with self._lock:
+            rows = [
+                t
+                for t in self._traces.values()
+                if (query.project_id is None or t.project_id == query.project_id)
+                and (not query.model_ids or t.model_id in query.model_ids)
+            ]
+            if query.sort_by == "score":
+                rows.sort(key=lambda t: (t.score, t.seq), reverse=query.sort_order == "desc")
+            else:
+                rows.sort(key=lambda t: (t.created_at, t.seq), reverse=query.sort_order == "desc")
+            size = self.settings.page_size
+            page = rows[(query.page - 1) * size : query.page * size]
+            now = self._clock()
+            return {"results": [t.to_json(now) for t in page], "total": len(rows)}
+
+    def update_trace(
+        self,
+        trace_id: str,
+        *,
+        score: float | None = None,
+        feedback: str | None = None,
+        project_id: str | None = None,
+    ) -> dict[str, Any]:
+        with self._lock:
+            trace = _get(self._traces, trace_id, "trace")
+            if project_id is not None:
+                _get(self._projects, project_id, "project")
+                trace.project_id = project_id
+            if score is not None:
+                trace.score = score
+            if feedback is not None:
+                trace.feedback = feedback
+            return trace.to_json(self._clock())
+
+    def delete_trace(self, trace_id: str) -> None:
+        with self._lock:
+            _get(self._traces, trace_id, "trace")
+            del self._traces[trace_id]
+            self.ledger.acted("traces_deleted")
+
+    def add_to_dataset(self, trace_id: str) -> dict[str, Any]:
+        """Adds a datapoint on every call, as the real API is assumed to."""
+        with self._lock:
+            trace = _get(self._traces, trace_id, "trace")
+            dataset = self._datasets[self._projects[trace.project_id].dataset_id]
+            status = "added" if trace.score >= self.settings.add_threshold else "queued"
+            now = self._now()
+            point = Datapoint(
+                _new_id(), dataset.id, trace.id, status, trace.input, trace.output, now
+            )
+            self._datapoints[point.id] = point
+            dataset.datapoint_ids.append(point.id)
+            dataset.updated_at = now
+            trace.added_to_dataset = True
+            if status == "queued":
+                trace.processing_until = self._clock() + self.settings.processing_seconds
+            self.ledger.added(trace.id)
+            return {"traceId": trace.id, "status": status, "success": True, "datapointId": point.id}
+
+    def dataset(self, dataset_id: str) -> dict[str, Any]:
+        with self._lock:
+            dataset = _get(self._datasets, dataset_id, "dataset")
+            return dataset.to_json([self._snapshots[s] for s in dataset.snapshot_ids])
+
+    def create_snapshot(self, dataset_id: str, split_percentage: int) -> str:
+        with self._lock:
+            dataset = _get(self._datasets, dataset_id, "dataset")
+            total = len(dataset.datapoint_ids)
+            if total == 0:
+                raise Invalid("dataset has no datapoints")
+            training = min(total, max(1, round(total * split_percentage / 100)))
+            now = self._now()
+            label = f"Snapshot {len(dataset.snapshot_ids) + 1}"
+            snapshot = Snapshot(
+                _new_id(), dataset.id, label, now, split_percentage, training, total - training
+            )
+            self._snapshots[snapshot.id] = snapshot
+            dataset.snapshot_ids.append(snapshot.id)
+            dataset.updated_at = now
+            self.ledger.acted("snapshots")
+            return snapshot.id
+
+    def generate_recommendations(self, snapshot_id: str) -> str:
+        """Starts (or restarts) the recommender; polls count again from zero."""
+        with self._lock:
+            _get(self._snapshots, snapshot_id, "snapshot")
+            recs = self._recs.setdefault(snapshot_id, Recommendations(snapshot_id))
+            recs.generated += 1
+            recs.polls = 0
+            self.ledger.recommended(snapshot_id)
+            return snapshot_id
+
+    def poll_recommendations(self, snapshot_id: str) -> dict[str, Any]:
+        with self._lock:
+            recs = self._recs.get(snapshot_id)
+            if recs is None:
+                raise NotFound(f"no recommendations for snapshot {snapshot_id}")
+            recs.polls += 1
+            if recs.polls <= self.settings.recs_polls:
+                return catalog.processing(snapshot_id)
+            return catalog.recommendations(snapshot_id, self.settings.recs_outcome)
+
+    def recommendations(self, snapshot_id: str) -> dict[str, Any]:
+        """The finished answer for a generated snapshot, without counting as a poll."""
+        with self._lock:
+            if snapshot_id not in self._recs:
+                raise NotFound(f"no recommendations for snapshot {snapshot_id}")
+            return catalog.recommendations(snapshot_id, self.settings.recs_outcome)
+
+    def create_job(self, snapshot_id: str, name: str, experiments: list[dict[str, Any]]) -> str:
+        with self._lock:
+            snapshot = _get(self._snapshots, snapshot_id, "snapshot")
+            job = Job(
+                _new_id(),
+                name,
+                snapshot.id,
+                self._now(),
+                [Experiment(_new_id(), n, copy.deepcopy(e)) for n, e in enumerate(experiments, 1)],
+            )
+            self._jobs[job.id] = job
+            snapshot.job_ids.append(job.id)
+            self.ledger.acted("jobs")
+            return job.id
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            return _get(self._jobs, job_id, "job").to_json()
+
+    # -- reads for tests and the control endpoints -------------------------------------------
+
+    def trace(self, trace_id: str) -> dict[str, Any]:
+        with self._lock:
+            return _get(self._traces, trace_id, "trace").to_json(self._clock())
+
+    def traces(self) -> list[dict[str, Any]]:
+        """Every live trace, in creation order."""
+        with self._lock:
+            now = self._clock()
+            return [t.to_json(now) for t in self._traces.values()]
+
+    def datapoints(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [d.to_json() for d in self._datapoints.values()]
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s.to_json() for s in self._snapshots.values()]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [j.to_json() for j in self._jobs.values()]
+
+    def sent_experiments(self, job_id: str) -> list[dict[str, Any]]:
+        """The experiments exactly as the job's creation request sent them."""
+        with self._lock:
+            job = _get(self._jobs, job_id, "job")
+            return [copy.deepcopy(e.sent) for e in job.experiments]
+
+    def counts(self) -> dict[str, Any]:
+        """What the sandbox acted on, and (under `requests`) what it received, per route."""
+        return self.ledger.counts()
+
+    def dump(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "projects": [self.project_tree(p)["project"] for p in self._projects],
+                "datasets": [self.dataset(d) for d in self._datasets],
+                "traces": self.traces(),
+                "datapoints": self.datapoints(),
+                "snapshots": self.snapshots(),
+                "recommendations": [
+                    {"snapshot_id": r.snapshot_id, "generated": r.generated, "polls": r.polls}
+                    for r in self._recs.values()
+                ],
+                "jobs": self.jobs(),
+            }
+
+
+def _get(table: dict[str, _Record], key: str, what: str) -> _Record:
+    record = table.get(key)
+    if record is None:
+        raise NotFound(f"{what} {key} not found")
+    return record

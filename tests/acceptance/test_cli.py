@@ -1,0 +1,208 @@
+"""The command-line contract, driven as users and cron drive it: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cftrunner.cli import cli as click_group
+from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
+from tests.conftest import MODEL, PROMPTS, Cli, assert_exactly_once
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("cftrunner: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
+def stored_runs(cli: Cli) -> list[dict[str, object]]:
+    result = cli.run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    runs: list[dict[str, object]] = json.loads(result.stdout)
+    return runs
+
+
+def test_start_prints_the_run_id_first_and_exits_0_when_launched(
+        cli: Cli, sandbox: Sandbox) -> None:
+    result = cli.run(*cli.start_args("first-run"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "first-run"
+    assert lines[-1].startswith("run first-run: LAUNCHED job ")
+    assert_exactly_once(sandbox, len(PROMPTS))
+
+
+def test_start_without_run_id_makes_one_up(cli: Cli) -> None:
+    args = [a for a in cli.start_args("x") if a not in ("--run-id", "x")]
+    result = cli.run(*args)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.splitlines()[0]
+    assert [r["run_id"] for r in stored_runs(cli)] == [run_id]
+
+
+def test_starting_an_existing_run_id_points_to_resume(cli: Cli, sandbox: Sandbox) -> None:
+    assert cli.run(*cli.start_args("dup")).returncode == 0
+    again = cli.run(*cli.start_args("dup"))
+    assert again.returncode == 2
+    assert "cftrunner resume dup" in one_error_line(again)
+    assert sandbox.counts()["jobs"] == 1
+
+
+def test_resuming_a_launched_run_shows_it_sends_nothing_and_exits_0(
+        cli: Cli, sandbox: Sandbox) -> None:
+    assert cli.run(*cli.start_args("done")).returncode == 0
+    before = sandbox.counts()["requests"]
+    result = cli.run("resume", "done")
+    assert result.returncode == 0 and "LAUNCHED" in result.stdout
+    assert sandbox.counts()["requests"] == before
+
+
+def test_resuming_an_unknown_run_is_bad_input(cli: Cli) -> None:
+    result = cli.run("resume", "nope")
+    assert result.returncode == 2
+    assert "no run 'nope'" in one_error_line(result)
+
+
+def test_a_failed_run_exits_1_with_its_reason(cli: Cli, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", status=400, judge=False))
+    result = cli.run(*cli.start_args("doomed"))
+    assert result.returncode == 1
+    assert "every item failed" in one_error_line(result)
+    assert cli.run("resume", "doomed").returncode == 1
+
+
+def test_a_run_that_cannot_proceed_exits_3_and_resume_finishes_it(
+        cli: Cli, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="finetune_create", status=503))
+    result = cli.run(*cli.start_args("stuck"), env={"CFTRUNNER_MAX_ATTEMPTS": "2"})
+    assert result.returncode == 3
+    assert "resume" in one_error_line(result)
+    [run] = stored_runs(cli)
+    assert run["state"] == "RECS_READY" and "503" in str(run["last_error"])
+    sandbox.clear_faults()
+    assert cli.run("resume", "stuck").returncode == 0
+    assert_exactly_once(sandbox, len(PROMPTS))
+
+
+def test_status_json_carries_the_documented_fields(cli: Cli) -> None:
+    assert cli.run(*cli.start_args("shown")).returncode == 0
+    result = cli.run("status", "shown", "--json")
+    data = json.loads(result.stdout)
+    assert data["run_id"] == "shown" and data["state"] == "LAUNCHED"
+    assert isinstance(data["job_id"], str) and data["last_error"] is None
+    assert data["items"]["total"] == len(PROMPTS) and data["items"]["ADDED"] == len(PROMPTS)
+
+
+def test_status_table_lists_every_run(cli: Cli, sandbox: Sandbox) -> None:
+    assert cli.run(*cli.start_args("one")).returncode == 0
+    sandbox.add_fault(FaultRule(route="chat", status=400, judge=False))
+    assert cli.run(*cli.start_args("two")).returncode == 1
+    table = cli.run("status").stdout.splitlines()
+    assert table[0].split()[:3] == ["RUN", "ID", "STATE"]
+    rows = {line.split()[0]: line.split()[1] for line in table[1:]}
+    assert rows == {"one": "LAUNCHED", "two": "FAILED"}
+
+
+def test_status_of_an_empty_database_says_so(cli: Cli) -> None:
+    result = cli.run("status")
+    assert result.returncode == 0 and "no runs yet" in result.stdout
+
+
+BAD_PROMPTS = {
+    "missing": None,
+    "empty": "",
+    "not_json": "{test_prompts: [",
+    "wrong_shape": json.dumps({"prompts": ["a"]}),
+    "empty_list": json.dumps({"test_prompts": []}),
+    "non_string": json.dumps({"test_prompts": ["a", 3]}),
+    "duplicate": json.dumps({"test_prompts": ["a", "b", "a"]}),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PROMPTS)
+def test_a_bad_prompts_file_is_one_line_exit_2_and_no_run(cli: Cli, tmp_path: Path,
+                                                         sandbox: Sandbox, case: str) -> None:
+    path = tmp_path / f"{case}.json"
+    if BAD_PROMPTS[case] is not None:
+        path.write_text(BAD_PROMPTS[case] or "")
+    args = cli.start_args("bad")
+    args[args.index("--prompts") + 1] = str(path)
+    result = cli.run(*args)
+    assert result.returncode == 2
+    assert str(path) in one_error_line(result)
+    assert result.stdout == ""
+    assert stored_runs(cli) == []
+    assert sandbox.counts()["requests"] == {}
+
+
+def test_a_missing_api_key_is_exit_2_and_no_run(cli: Cli, sandbox: Sandbox) -> None:
+    result = cli.run(*cli.start_args("keyless"), env={"API_KEY": ""})
+    assert result.returncode == 2
+    assert "API_KEY" in one_error_line(result)
+    assert stored_runs(cli) == []
+
+
+def test_premai_api_key_is_accepted(cli: Cli) -> None:
+    result = cli.run(*cli.start_args("alt-key"), env={"API_KEY": "", "PREMAI_API_KEY": DEFAULT_API_KEY})
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["start", "--project-id", DEFAULT_PROJECT_ID, "--model-alias", MODEL],
+    ["start", "--project-id", DEFAULT_PROJECT_ID, "--model-alias", MODEL, "--prompts", "p.json",
+     "--split-percentage", "100"],
+    ["frobnicate"],
+    ["resume"],
+])
+def test_usage_errors_exit_2_with_one_line(cli: Cli, args: list[str]) -> None:
+    result = cli.run(*args)
+    assert result.returncode == 2
+    one_error_line(result)
+
+
+def test_an_invalid_run_id_is_refused(cli: Cli) -> None:
+    result = cli.run(*cli.start_args("has space"))
+    assert result.returncode == 2 and "run id" in one_error_line(result)
+    assert stored_runs(cli) == []
+
+
+def test_the_api_key_never_appears_in_any_output(cli: Cli, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="trace_create", status=503, times=2))
+    outputs = [cli.run(*cli.start_args("secret")), cli.run("status", "secret"),
+               cli.run("status", "--json"), cli.run("resume", "secret")]
+    for result in outputs:
+        assert DEFAULT_API_KEY not in result.stdout + result.stderr
+
+
+def test_logs_are_json_lines_off_a_terminal(cli: Cli) -> None:
+    result = cli.run(*cli.start_args("logged"))
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {"run_created", "run_transitioned", "effect_done"} <= {e["event"] for e in events}
+    assert all(e.get("run_id") == "logged" for e in events if e["event"] == "effect_done")
+
+
+def test_demo_runs_a_whole_cycle_with_no_configuration(tmp_path: Path) -> None:
+    env = {k: v for k, v in __import__("os").environ.items()
+           if not k.startswith(("CFTRUNNER_", "API_KEY", "PREMAI_API_KEY"))}
+    result = subprocess.run([sys.executable, "-m", "cftrunner", "demo"], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "LAUNCHED" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_command_is_documented_with_an_example() -> None:
+    for name, command in click_group.commands.items():
+        assert command.help and "Example: cftrunner " + name in command.help, name
+
+
+def test_the_console_script_is_installed() -> None:
+    assert shutil.which("cftrunner") is not None

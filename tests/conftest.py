@@ -1,0 +1,162 @@
+"""Shared fixtures: a real sandbox over HTTP, a real SQLite file, and settings that wait briefly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cftrunner.retry import RetryPolicy
+from cftrunner.runner import Runner, RunSpec
+from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
+from cftrunner.settings import Settings
+from cftrunner.store import Store
+
+PROMPTS = [f"Classify message {i}: 'how do I fix my bike chain?'" for i in range(6)]
+MODEL = "safety-model-v2"
+JUDGE = "claude-4.5-sonnet"
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
+    started: list[Sandbox] = []
+
+    def make(**options: Any) -> Sandbox:
+        options.setdefault("api_key", DEFAULT_API_KEY)
+        options.setdefault("processing_seconds", 0.2)
+        sandbox = Sandbox(**options)
+        sandbox.start()
+        started.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in started:
+        sandbox.stop()
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    return make_sandbox()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/state.db"
+
+
+def quick_settings(base_url: str, db_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        base_url=base_url, db_url=db_url, api_key=DEFAULT_API_KEY, poll_interval=0.05,
+        read_timeout=2.0, retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05))
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Harness:
+    """A runner on a real SQLite file against a real sandbox, recording the sleeps it asks for."""
+
+    def __init__(self, sandbox: Sandbox, db_url: str, **overrides: Any) -> None:
+        self.sandbox = sandbox
+        self.settings = quick_settings(sandbox.url, db_url, **overrides)
+        self.store = Store(db_url)
+        self.sleeps: list[float] = []
+        self.runner = Runner(self.store, self.settings, sleep=self._sleep)
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        time.sleep(min(seconds, 0.05))
+
+    def start(self, prompts: list[str] | None = None, **spec: Any) -> str:
+        spec.setdefault("project_id", DEFAULT_PROJECT_ID)
+        spec.setdefault("model_alias", MODEL)
+        spec.setdefault("judge_model", JUDGE)
+        spec.setdefault("prompts_source", "test")
+        run = self.runner.create(RunSpec(**spec), PROMPTS if prompts is None else prompts)
+        return run.id
+
+    def close(self) -> None:
+        self.runner.client.close()
+        self.store.close()
+
+
+@pytest.fixture
+def make_harness(db_url: str) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(sandbox: Sandbox, **overrides: Any) -> Harness:
+        harness = Harness(sandbox, db_url, **overrides)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+@pytest.fixture
+def harness(make_harness: Callable[..., Harness], sandbox: Sandbox) -> Harness:
+    return make_harness(sandbox)
+
+
+def write_prompts(path: Path, prompts: list[str] | None = None) -> Path:
+    path.write_text(json.dumps({"test_prompts": PROMPTS if prompts is None else prompts}))
+    return path
+
+
+class Cli:
+    """Runs `python -m cftrunner` as a real process against a sandbox and a state file."""
+
+    def __init__(self, sandbox: Sandbox, db_url: str, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.env = {
+            **{k: v for k, v in os.environ.items()
+               if not k.startswith(("CFTRUNNER_", "API_KEY", "PREMAI_API_KEY"))},
+            "API_KEY": DEFAULT_API_KEY,
+            "CFTRUNNER_BASE_URL": sandbox.url,
+            "CFTRUNNER_DB": db_url,
+            "CFTRUNNER_POLL_INTERVAL": "0.05",
+            "CFTRUNNER_READ_TIMEOUT": "2",
+            "CFTRUNNER_RETRY_BASE_DELAY": "0.02",
+            "CFTRUNNER_RETRY_MAX_DELAY": "0.1",
+        }
+        self.prompts = write_prompts(tmp_path / "prompts.json")
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cftrunner", *args]
+
+    def start_args(self, run_id: str, *extra: str) -> list[str]:
+        return ["start", "--project-id", DEFAULT_PROJECT_ID, "--model-alias", MODEL,
+                "--prompts", str(self.prompts), "--run-id", run_id, *extra]
+
+    def run(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(*args), env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout,
+                              cwd=self.tmp_path)
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.command(*args), env={**self.env, **(env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=self.tmp_path)
+
+
+@pytest.fixture
+def cli(sandbox: Sandbox, db_url: str, tmp_path: Path) -> Cli:
+    return Cli(sandbox, db_url, tmp_path)
+
+
+def assert_exactly_once(sandbox: Sandbox, prompts: int) -> None:
+    """The sandbox holds one trace per prompt, one addition per trace, one snapshot, one job."""
+    counts = sandbox.counts()
+    assert counts["traces"] == prompts
+    assert sorted(counts["additions"].values()) == [1] * prompts
+    assert counts["snapshots"] == 1
+    assert counts["jobs"] == 1
+    assert list(counts["recommendations_generated"].values()) == [1]

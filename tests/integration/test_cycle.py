@@ -1,0 +1,276 @@
+"""A whole cycle against the sandbox over real HTTP with a real SQLite file, fault by fault."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from structlog.testing import capture_logs
+
+from cftrunner.exceptions import RunStopped
+from cftrunner.models import EffectStatus
+from cftrunner.retry import RetryPolicy
+from cftrunner.runner import Runner
+from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
+from cftrunner.states import ItemStage, RunState
+from tests.conftest import PROMPTS, Harness, assert_exactly_once
+
+EFFECT_ROUTES = ["trace_create", "add_to_dataset", "snapshot_create", "recs_generate",
+                 "finetune_create"]
+
+
+def test_a_cycle_reaches_launched_with_every_effect_once(harness: Harness, sandbox: Sandbox) -> None:
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    assert run.job_id is not None and run.snapshot_id is not None
+    assert_exactly_once(sandbox, len(PROMPTS))
+    assert {i.stage for i in harness.store.items(run.id)} == {ItemStage.ADDED}
+
+
+def test_the_job_gets_the_recommended_experiments_minus_the_advisory_keys(
+        harness: Harness, sandbox: Sandbox) -> None:
+    run = harness.runner.drive(harness.start())
+    assert run.job_id is not None
+    sent = sandbox.world.sent_experiments(run.job_id)
+    recommended = [e for e in sandbox.world.recommendations(run.snapshot_id or "")
+                   ["recommended_experiments"] if e["recommended"]]
+    assert sent == [{k: v for k, v in e.items()
+                     if k not in ("recommended", "reason_for_recommendation")} for e in recommended]
+
+
+def test_the_job_name_is_unique_to_the_run(harness: Harness, sandbox: Sandbox) -> None:
+    first = harness.runner.drive(harness.start(run_id="nightly"))
+    jobs = sandbox.world.jobs()
+    assert [j["name"] for j in jobs] == [first.job_name]
+    assert "nightly" in first.job_name and first.job_name != "cftrunner-nightly"
+
+
+def test_a_resumed_launched_run_sends_nothing(harness: Harness, sandbox: Sandbox) -> None:
+    run_id = harness.start()
+    harness.runner.drive(run_id)
+    before = sandbox.counts()["requests"]
+    assert harness.runner.drive(run_id).state is RunState.LAUNCHED
+    assert sandbox.counts()["requests"] == before
+
+
+def test_a_rejected_generation_fails_only_that_item(harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", status=400, match="message 2", judge=False))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    failed = harness.store.items(run.id, ItemStage.GEN_FAILED)
+    assert [i.position for i in failed] == [2] and failed[0].error_kind == "http_400"
+    assert sandbox.counts()["traces"] == len(PROMPTS) - 1
+
+
+def test_a_run_whose_every_generation_is_rejected_ends_failed(
+        harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", status=422, judge=False))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.FAILED
+    assert run.failure_reason and "every item failed" in run.failure_reason
+    assert sandbox.counts()["traces"] == 0
+
+
+def test_a_malformed_judgment_is_retried_with_a_reminder(harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", kind="malformed", judge=True, times=2))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    attempts = sorted(i.judge_attempts for i in harness.store.items(run.id))
+    assert attempts == [1] * (len(PROMPTS) - 1) + [3] or attempts == [1] * (len(PROMPTS) - 2) + [2, 2]
+
+
+def test_an_item_whose_judgment_never_validates_gets_no_trace_and_no_score(
+        harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", kind="malformed", judge=True, match="message 4"))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    [failed] = harness.store.items(run.id, ItemStage.JUDGE_FAILED)
+    assert failed.position == 4 and failed.score is None and failed.trace_id is None
+    assert failed.judge_attempts == 3 and failed.error_kind == "judge_malformed"
+    assert sandbox.counts()["traces"] == len(PROMPTS) - 1
+    assert all(t["input"] != PROMPTS[4] for t in sandbox.world.traces())
+
+
+def test_judge_attempts_survive_a_restart(harness: Harness, sandbox: Sandbox,
+                                          make_harness: Callable[..., Harness]) -> None:
+    """Attempts already spent are counted after a resume, so a bad item cannot loop forever."""
+    sandbox.add_fault(FaultRule(route="chat", kind="malformed", judge=True, match="message 1"))
+    run_id = harness.start()
+    with harness.store.tx() as tx:
+        item = harness.store.items(run_id)[1]
+        tx.update_item(item, judge_attempts=2)
+    harness.runner.drive(run_id)
+    judge_calls = [i for i in harness.store.items(run_id) if i.position == 1][0]
+    assert judge_calls.stage is ItemStage.JUDGE_FAILED and judge_calls.judge_attempts == 3
+
+
+@pytest.mark.parametrize("route", EFFECT_ROUTES)
+@pytest.mark.parametrize("kind", ["drop", "late", "status_after_action"])
+def test_a_lost_answer_is_reconciled_not_repeated(make_harness: Callable[..., Harness],
+                                                  sandbox: Sandbox, route: str, kind: str) -> None:
+    harness = make_harness(sandbox, read_timeout=0.5)
+    rule = (FaultRule(route=route, kind="status", status=503, after_action=True, every=2)
+            if kind == "status_after_action"
+            else FaultRule(route=route, kind=kind, delay=1.5, every=2))
+    sandbox.add_fault(rule)
+    with capture_logs() as logs:
+        run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    assert_exactly_once(sandbox, len(PROMPTS))
+    verdicts = [e["verdict"] for e in logs if e["event"] == "reconciled"]
+    assert "happened" in verdicts
+
+
+@pytest.mark.parametrize("route", EFFECT_ROUTES)
+def test_a_request_refused_before_acting_is_sent_again(make_harness: Callable[..., Harness],
+                                                       sandbox: Sandbox, route: str) -> None:
+    sandbox.add_fault(FaultRule(route=route, kind="status", status=503, times=2))
+    harness = make_harness(sandbox)
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    assert_exactly_once(sandbox, len(PROMPTS))
+
+
+def test_retry_after_is_honoured(harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="trace_create", status=429, retry_after=0.4, times=1))
+    harness.runner.drive(harness.start())
+    assert max(harness.sleeps) >= 0.4
+
+
+def test_an_unreachable_api_stops_the_run_intact_and_resume_finishes_it(
+        make_harness: Callable[..., Harness], sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="snapshot_create", status=503))
+    harness = make_harness(sandbox, retry=RetryPolicy(max_attempts=3, base_delay=0.01))
+    run_id = harness.start()
+    with pytest.raises(RunStopped, match="gave up after 3 attempts"):
+        harness.runner.drive(run_id)
+    stopped = harness.store.run(run_id)
+    assert stopped.state is RunState.ADDED and "HTTP 503" in (stopped.last_error or "")
+    sandbox.clear_faults()
+    assert harness.runner.drive(run_id).state is RunState.LAUNCHED
+    assert harness.store.run(run_id).last_error is None
+    assert_exactly_once(sandbox, len(PROMPTS))
+
+
+def test_a_connection_refused_effect_is_recorded_unsent_and_not_reconciled(
+        harness: Harness) -> None:
+    """A request that never left is marked UNSENT, so the next attempt sends without looking."""
+    run = harness.store.run(harness.start())
+    dead = Runner(harness.store, replace(harness.settings, base_url="http://127.0.0.1:9",
+                                         retry=RetryPolicy(max_attempts=1)))
+    looked: list[object] = []
+
+    def attempt() -> None:
+        dead.effect(run, "probe", "trace", None, {"n": 1},
+                    send=lambda req: {"trace_id": dead.client.create_trace(req)},
+                    reconcile=lambda eff: looked.append(eff),  # type: ignore[func-returns-value]
+                    on_done=lambda tx, out: None, on_rejected=lambda tx, exc: None)
+
+    with pytest.raises(RunStopped, match="could not connect"):
+        attempt()
+    effect = harness.store.effect(run.id, "probe")
+    assert effect is not None and effect.status is EffectStatus.UNSENT
+    with pytest.raises(RunStopped):
+        attempt()
+    assert looked == []
+    dead.client.close()
+
+
+def test_a_trace_rejected_for_good_fails_its_item(harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="trace_create", status=400, match="message 3"))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    [failed] = harness.store.items(run.id, ItemStage.TRACE_FAILED)
+    assert failed.position == 3
+    assert harness.store.effect(run.id, "trace:3").status is EffectStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_corrections_are_awaited_before_the_snapshot(make_sandbox: Callable[..., Sandbox],
+                                                     make_harness: Callable[..., Harness]) -> None:
+    sandbox = make_sandbox(processing_seconds=0.6, add_threshold=1.01)
+    harness = make_harness(sandbox)
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    items = harness.store.items(run.id)
+    assert {i.add_status for i in items} == {"queued"}
+    assert {i.processing_status for i in items} == {"none"}
+    snapshot = sandbox.world.snapshots()[0]
+    assert all(t["processingStatus"] != "processing" for t in sandbox.world.traces())
+    assert snapshot["id"] == run.snapshot_id
+
+
+def test_waiting_for_corrections_is_bounded_and_resumable(
+        make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness]) -> None:
+    sandbox = make_sandbox(processing_seconds=1.0, add_threshold=1.01)
+    harness = make_harness(sandbox, processing_timeout=0.2)
+    run_id = harness.start()
+    with pytest.raises(RunStopped, match="not finished"):
+        harness.runner.drive(run_id)
+    assert harness.store.run(run_id).state is RunState.ADDED
+    assert sandbox.counts()["snapshots"] == 0
+    relaxed = make_harness(sandbox, processing_timeout=10)
+    assert relaxed.runner.drive(run_id).state is RunState.LAUNCHED
+
+
+@pytest.mark.parametrize(("outcome", "reason"), [
+    ("failed", "failed to generate recommendations"),
+    ("none_recommended", "no recommended experiment"),
+])
+def test_unusable_recommendations_end_the_run_failed(
+        make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness],
+        outcome: str, reason: str) -> None:
+    sandbox = make_sandbox(recs_outcome=outcome)
+    harness = make_harness(sandbox)
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.FAILED and reason in (run.failure_reason or "")
+    assert sandbox.counts()["jobs"] == 0
+
+
+def test_an_unknown_project_ends_the_run_failed_before_any_generation(
+        harness: Harness, sandbox: Sandbox) -> None:
+    run = harness.runner.drive(harness.start(project_id="no-such-project"))
+    assert run.state is RunState.FAILED and "not found" in (run.failure_reason or "")
+    assert sandbox.counts()["chat"]["generate"] == 0
+
+
+def test_a_rejected_key_stops_the_run_without_failing_items(
+        make_harness: Callable[..., Harness], make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox(api_key="the-right-key")
+    harness = make_harness(sandbox, api_key="a-wrong-key")
+    run_id = harness.start()
+    with pytest.raises(RunStopped, match="401"):
+        harness.runner.drive(run_id)
+    assert harness.store.run(run_id).state is RunState.CREATED
+    assert not any(i.failed for i in harness.store.items(run_id))
+
+
+def test_the_batch_trace_shape_is_parsed(make_harness: Callable[..., Harness],
+                                         sandbox: Sandbox) -> None:
+    harness = make_harness(sandbox, trace_shape="batch")
+    assert harness.runner.drive(harness.start()).state is RunState.LAUNCHED
+    assert_exactly_once(sandbox, len(PROMPTS))
+
+
+def test_long_feedback_is_cut_to_the_api_limit(harness: Harness, sandbox: Sandbox) -> None:
+    run_id = harness.start(prompts=["x" * 50])
+    harness.runner.drive(run_id)
+    [trace] = sandbox.world.traces()
+    assert "\n\nReasoning: " in trace["feedback"] and len(trace["feedback"]) <= 2048
+
+
+def test_the_api_key_never_reaches_the_database_or_the_logs(
+        harness: Harness, sandbox: Sandbox, db_url: str, tmp_path: Path) -> None:
+    sandbox.add_fault(FaultRule(route="trace_create", status=503, times=1))
+    with capture_logs() as logs:
+        harness.runner.drive(harness.start())
+    assert DEFAULT_API_KEY not in repr(logs)
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
+    assert DEFAULT_API_KEY.encode() not in raw
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        for table in ("runs", "items", "effects", "events"):
+            assert DEFAULT_API_KEY not in repr(conn.execute(sa.text(f"select * from {table}")).all())
+    engine.dispose()
