@@ -1,0 +1,122 @@
+"""Answers parsed in every documented shape, and request bodies as the API expects them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from cftrunner import payloads
+from cftrunner.exceptions import BadResponseError, RejectedError
+
+TRACE = {"id": "t-1", "createdAt": "2026-11-21T10:00:00.123Z", "modelId": "m", "projectId": "p",
+         "input": "q", "output": "a", "score": 0.4, "feedback": "f", "addedToDataset": True,
+         "processingStatus": "processing"}
+
+
+@pytest.mark.parametrize("answer", [
+    {"id": "t-1"},                                            # tutorial: the trace
+    {**TRACE},                                                # older page: the full trace
+    {"results": [{"traceId": "t-1", "success": True}]},       # newest reference: batch results
+    [{**TRACE}],                                              # another page: an array of traces
+    {"trace": {"id": "t-1"}},
+    {"data": {"trace_id": "t-1"}},
+])
+def test_a_created_trace_id_is_read_from_every_documented_shape(answer: Any) -> None:
+    assert payloads.parse_trace_created(answer) == "t-1"
+
+
+def test_a_batch_result_with_success_false_is_a_rejection() -> None:
+    with pytest.raises(RejectedError):
+        payloads.parse_trace_created({"results": [{"traceId": "t-1", "success": False}]})
+
+
+@pytest.mark.parametrize("answer", [{}, [], "t-1", {"results": []}, None])
+def test_a_trace_answer_without_an_id_is_unreadable(answer: Any) -> None:
+    with pytest.raises(BadResponseError) as caught:
+        payloads.parse_trace_created(answer)
+    assert caught.value.maybe_happened
+
+
+def test_the_tutorial_trace_body_is_one_snake_case_object() -> None:
+    body = payloads.trace_body("tutorial", "p", "m", "q", "a", 0.5, "f")
+    assert body == {"project_id": "p", "model_id": "m", "input": "q", "output": "a",
+                    "score": 0.5, "feedback": "f"}
+
+
+def test_the_batch_trace_body_is_a_camel_case_array() -> None:
+    body = payloads.trace_body("batch", "p", "m", "q", "a", 0.5, "f")
+    assert body == [{"projectId": "p", "modelId": "m", "input": "q", "output": "a",
+                     "score": 0.5, "feedback": "f"}]
+
+
+def test_a_listed_trace_is_read_with_aware_times() -> None:
+    [trace], total = payloads.parse_trace_page({"results": [TRACE, {"no": "id"}], "total": 7})
+    assert total == 7 and trace.id == "t-1" and trace.added_to_dataset
+    assert trace.created_at == datetime(2026, 11, 21, 10, 0, 0, 123000, tzinfo=UTC)
+    assert trace.processing_status == "processing"
+
+
+@pytest.mark.parametrize(("answer", "success"), [
+    ({"traceId": "t", "status": "added", "success": True, "datapointId": "d"}, True),
+    ({"traceId": "t", "status": "queued", "success": True}, True),
+    ({"traceId": "t", "status": "added", "success": False}, False),
+    ({"traceId": "t", "status": "failed", "success": True}, False),
+])
+def test_an_addition_succeeds_only_when_it_says_so(answer: dict[str, Any], success: bool) -> None:
+    assert payloads.parse_add(answer).success is success
+
+
+@pytest.mark.parametrize("body", [
+    {"choices": []}, {"choices": [{"message": {"content": None}}]}, [], {"choices": "x"}])
+def test_a_chat_answer_without_text_is_unreadable(body: Any) -> None:
+    with pytest.raises(BadResponseError):
+        payloads.parse_chat(body)
+
+
+def test_a_chat_answer_carries_content_finish_reason_and_usage() -> None:
+    result = payloads.parse_chat({"choices": [{"finish_reason": "length", "message": {
+        "role": "assistant", "content": "hi"}}], "usage": {"total_tokens": 3}})
+    assert (result.content, result.finish_reason, result.usage) == ("hi", "length",
+                                                                    {"total_tokens": 3})
+
+
+TREE = {"project": {"id": "p", "children": [
+    {"id": "other", "type": "folder", "children": []},
+    {"id": "ds", "type": "dataset", "children": [
+        {"id": "snap", "type": "snapshot", "metadata": {"created_at": "2026-11-21T10:00:00Z"},
+         "children": [{"id": "job", "type": "finetuning-job", "label": "cftrunner-r-1",
+                       "children": [{"id": "exp", "type": "experiment"}]}]}]}]}}
+
+
+def test_the_project_tree_yields_dataset_snapshots_and_jobs() -> None:
+    root = payloads.project_root(TREE)
+    assert payloads.find_dataset_id(root) == "ds"
+    assert [s.id for s in payloads.snapshots_in_tree(root, "ds")] == ["snap"]
+    assert [j["id"] for j in payloads.jobs_in_tree(root, "snap")] == ["job"]
+    assert payloads.jobs_in_tree(root, "another-snapshot") == []
+
+
+def test_the_experiments_launched_are_the_recommended_ones_minus_two_keys() -> None:
+    experiments = [
+        {"base_model_id": "b", "n_epochs": 3, "lora": True, "recommended": True,
+         "reason_for_recommendation": "small data", "extra": {"kept": 1}},
+        {"base_model_id": "c", "training_type": "full", "recommended": False,
+         "reason_for_recommendation": "too big"},
+    ]
+    assert payloads.experiments_to_launch(experiments) == [
+        {"base_model_id": "b", "n_epochs": 3, "lora": True, "extra": {"kept": 1}}]
+
+
+def test_dataset_snapshots_are_none_when_the_answer_does_not_list_them() -> None:
+    assert payloads.parse_dataset_snapshots({"id": "ds"}) is None
+    [snap] = payloads.parse_dataset_snapshots(
+        {"snapshots": [{"id": "s", "created_at": "2026-11-21T10:00:00+01:00"}]}) or []
+    assert snap.created_at == datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("body", [{"snapshot_id": "s"}, {"snapshotId": "s"}, {"id": "s"},
+                                  {"data": {"snapshot_id": "s"}}])
+def test_ids_are_read_under_their_known_names(body: dict[str, Any]) -> None:
+    assert payloads.parse_id(body, "snapshot_id", "snapshotId", "id") == "s"
