@@ -48,8 +48,8 @@ class Reconciler:
         for trace in self.traces_since(run, since):
             if (trace.input == want["input"] and trace.output == want["output"]
                     and (trace.created_at is None or trace.created_at >= since)
-                    and (trace.score is None or abs(trace.score - want["score"]) < 1e-9)
-                    and (trace.feedback is None or trace.feedback == want["feedback"])
+                    and (trace.score is None or abs(trace.score - want["score"]) < 1e-4)
+                    and _same_text(trace.feedback, want["feedback"])
                     and not self.store.trace_claimed(trace.id)):
                 return {"trace_id": trace.id}
         return None
@@ -102,6 +102,16 @@ class Reconciler:
         if match is None or not isinstance(match.get("id"), str):
             return None
         return {"job_id": match["id"]}
+
+
+def _same_text(stored: str | None, sent: str) -> bool:
+    """Feedback as stored may be trimmed or cut shorter than sent; it must not say otherwise."""
+    if stored is None:
+        return True
+    a, b = " ".join(stored.split()), " ".join(sent.split())
+    if a == b:
+        return True
+    return bool(a) and (b.startswith(a) or a.startswith(b))
 
 
 def _absent_on_404(read: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:

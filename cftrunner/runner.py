@@ -134,6 +134,9 @@ class Runner:
         if effect is not None and effect.status in (EffectStatus.DONE, EffectStatus.FAILED):
             return
         if effect is not None and effect.status is EffectStatus.PREPARED:
+            waited = (utcnow() - effect.updated_at).total_seconds()
+            if waited < self.settings.reconcile_settle:
+                self.sleep(self.settings.reconcile_settle - waited)
             found = reconcile(effect)
             log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
                      attempts=effect.attempts)

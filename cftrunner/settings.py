@@ -33,6 +33,9 @@ class Settings:
     recs_timeout: float = 1800.0
     # How far before our own clock's intent time a remote record may be dated and still be ours.
     reconcile_skew: float = 300.0
+    # After an unknown outcome, give the server this long to finish what it may still be doing
+    # before reading its state, so that a slow request is not mistaken for a lost one.
+    reconcile_settle: float = 2.0
     reconcile_max_pages: int = 500
 
 
@@ -44,6 +47,7 @@ TUNABLES: dict[str, tuple[str, type]] = {
     "CFTRUNNER_PROCESSING_TIMEOUT": ("processing_timeout", float),
     "CFTRUNNER_RECS_TIMEOUT": ("recs_timeout", float),
     "CFTRUNNER_JUDGE_ATTEMPTS": ("judge_attempts", int),
+    "CFTRUNNER_RECONCILE_SETTLE": ("reconcile_settle", float),
     "CFTRUNNER_TRACE_SHAPE": ("trace_shape", str),
     "CFTRUNNER_MAX_ATTEMPTS": ("retry.max_attempts", int),
     "CFTRUNNER_RETRY_BASE_DELAY": ("retry.base_delay", float),

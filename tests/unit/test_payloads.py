@@ -120,3 +120,17 @@ def test_dataset_snapshots_are_none_when_the_answer_does_not_list_them() -> None
                                   {"data": {"snapshot_id": "s"}}])
 def test_ids_are_read_under_their_known_names(body: dict[str, Any]) -> None:
     assert payloads.parse_id(body, "snapshot_id", "snapshotId", "id") == "s"
+
+
+@pytest.mark.parametrize(("stored", "same"), [
+    (None, True),                                   # the listing does not show feedback
+    ("Too vague.\n\nReasoning: no category", True),
+    ("  Too vague.\n\nReasoning: no category  ", True),  # trimmed or re-spaced by the server
+    ("Too vague.\n\nReasoning:", True),              # cut shorter than sent
+    ("Fine.\n\nReasoning: ok", False),
+    ("", False),
+])
+def test_stored_feedback_matches_what_was_sent_despite_trimming(stored: str | None,
+                                                                 same: bool) -> None:
+    from cftrunner.reconcile import _same_text
+    assert _same_text(stored, "Too vague.\n\nReasoning: no category") is same
