@@ -54,7 +54,8 @@ def db_url(tmp_path: Path) -> str:
 def quick_settings(base_url: str, db_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         base_url=base_url, db_url=db_url, api_key=DEFAULT_API_KEY, poll_interval=0.05,
-        read_timeout=2.0, reconcile_settle=0.05, retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05))
+        read_timeout=2.0, reconcile_settle=0.05,
+        retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05))
     values.update(overrides)
     return Settings(**values)
 
