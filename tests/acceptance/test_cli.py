@@ -206,3 +206,21 @@ def test_every_command_is_documented_with_an_example() -> None:
 
 def test_the_console_script_is_installed() -> None:
     assert shutil.which("cftrunner") is not None
+
+
+def test_the_sandbox_command_serves_the_api(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "cftrunner", "sandbox", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split()[3]
+        assert DEFAULT_PROJECT_ID in line
+        import requests
+        project = requests.get(f"{url}/api/v1/public/projects/{DEFAULT_PROJECT_ID}",
+                               headers={"Authorization": "Bearer any"}, timeout=5)
+        assert project.status_code == 200
+        assert requests.get(f"{url}/_sandbox/counts", timeout=5).json()["traces"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,98 @@
+"""How the client classifies every way a request can fail, over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from cftrunner.client import PremClient, Timeouts
+from cftrunner.exceptions import AuthError, BadResponseError, RejectedError, TransientError
+from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Iterator[PremClient]:
+    c = PremClient(sandbox.url, DEFAULT_API_KEY, Timeouts(connect=2, read=0.5))
+    yield c
+    c.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_connection_refused_surely_did_not_happen() -> None:
+    client = PremClient(f"http://127.0.0.1:{closed_port()}", "k")
+    with pytest.raises(TransientError) as caught:
+        client.add_to_dataset("t")
+    assert caught.value.maybe_happened is False
+
+
+def test_a_dropped_connection_after_sending_may_have_happened(client: PremClient,
+                                                              sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="snapshot_create", kind="drop"))
+    with pytest.raises(TransientError) as caught:
+        client.create_snapshot(sandbox.dataset_id(), 80)
+    assert caught.value.maybe_happened is True
+
+
+def test_a_read_timeout_may_have_happened(client: PremClient, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="recs_generate", kind="late", delay=1.0))
+    with pytest.raises(TransientError, match="timed out") as caught:
+        client.generate_recommendations("s")
+    assert caught.value.maybe_happened is True
+
+
+def test_a_5xx_on_a_post_may_have_happened_but_not_on_a_get(client: PremClient,
+                                                           sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="*", status=502))
+    with pytest.raises(TransientError) as post:
+        client.create_snapshot("d", 80)
+    with pytest.raises(TransientError) as get:
+        client.project(DEFAULT_PROJECT_ID)
+    assert (post.value.maybe_happened, get.value.maybe_happened) == (True, False)
+    assert post.value.kind == "http_502"
+
+
+def test_429_surely_did_not_happen_and_carries_retry_after(client: PremClient,
+                                                           sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="finetune_create", status=429, retry_after=7))
+    with pytest.raises(TransientError) as caught:
+        client.create_finetuning_job("s", "n", [{}])
+    assert caught.value.maybe_happened is False and caught.value.retry_after == 7.0
+
+
+def test_a_4xx_is_a_rejection_that_did_not_happen(client: PremClient) -> None:
+    with pytest.raises(RejectedError) as caught:
+        client.create_snapshot("no-such-dataset", 80)
+    assert caught.value.status_code == 404 and not caught.value.maybe_happened
+    assert not isinstance(caught.value, AuthError)
+
+
+def test_a_wrong_key_is_an_auth_error(sandbox: Sandbox) -> None:
+    client = PremClient(sandbox.url, "wrong")
+    with pytest.raises(AuthError) as caught:
+        client.project(DEFAULT_PROJECT_ID)
+    assert caught.value.status_code == 401
+
+
+def test_a_2xx_that_is_not_json_is_unreadable_and_may_have_happened(
+        client: PremClient, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="trace_create", kind="malformed"))
+    body = {"project_id": DEFAULT_PROJECT_ID, "model_id": "m", "input": "q", "output": "a",
+            "score": 0.5, "feedback": "f"}
+    with pytest.raises(BadResponseError) as caught:
+        client.create_trace(body)
+    assert caught.value.maybe_happened is True
+    assert sandbox.counts()["traces"] == 1
+
+
+def test_error_messages_never_carry_the_key(sandbox: Sandbox) -> None:
+    client = PremClient(sandbox.url, "s3cret-key-value")
+    with pytest.raises(AuthError) as caught:
+        client.project(DEFAULT_PROJECT_ID)
+    assert "s3cret" not in str(caught.value) and "s3cret" not in repr(caught.value.__dict__)
