@@ -6,7 +6,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,26 +99,6 @@ class Api:
             "/api/v1/chat/completions",
             json={"model": model, "messages": [{"role": "user", "content": prompt}]},
         )
-
-
-@pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
-    started: list[Sandbox] = []
-
-    def make(**kwargs: Any) -> Sandbox:
-        sandbox = Sandbox(**kwargs)
-        sandbox.start()
-        started.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in started:
-        sandbox.stop()
-
-
-@pytest.fixture
-def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
-    return make_sandbox(processing_seconds=0.2)
 
 
 @pytest.fixture
