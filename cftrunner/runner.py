@@ -160,8 +160,12 @@ class Runner:
                     on_rejected(tx, exc)
                 log.warning("effect_rejected", key=key, error=exc.kind, status_code=exc.status_code)
                 return
-            if not exc.maybe_happened:
-                with self.store.tx() as tx:
+            with self.store.tx() as tx:
+                if exc.maybe_happened:
+                    # The server may still be working on it: the settle before reconciling
+                    # counts from now, when the request was last possibly in flight.
+                    tx.note_unknown_outcome(prepared, exc.message)
+                else:
                     tx.finish_effect(prepared, EffectStatus.UNSENT, error=exc.message)
             raise
         crashpoints.reach(f"{kind}.after_send")

@@ -34,8 +34,9 @@ class Settings:
     # How far before our own clock's intent time a remote record may be dated and still be ours.
     reconcile_skew: float = 300.0
     # After an unknown outcome, give the server this long to finish what it may still be doing
-    # before reading its state, so that a slow request is not mistaken for a lost one.
-    reconcile_settle: float = 2.0
+    # before reading its state, so that a slow request is not mistaken for a lost one. Counted
+    # from the end of the attempt (or from sending it, after a crash).
+    reconcile_settle: float = 15.0
     reconcile_max_pages: int = 500
 
 

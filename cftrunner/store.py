@@ -127,6 +127,10 @@ class Tx:
                    key=effect.key, **({"verdict": verdict} if verdict else {}),
                    **({"error": error} if error else {}))
 
+    def note_unknown_outcome(self, effect: Effect, error: str) -> None:
+        self._set_effect(effect, error=error)
+        self.event(effect.run_id, "effect_unknown", effect.item_id, key=effect.key, error=error)
+
     def _set_effect(self, effect: Effect, **values: Any) -> None:
         result = self.conn.execute(
             effects.update()
