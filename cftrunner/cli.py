@@ -38,19 +38,23 @@ def connection_options(func: F) -> F:
         click.option("--api-key", metavar="KEY",
                      help="The API key [env API_KEY or PREMAI_API_KEY]; prefer the environment, "
                           "since a command line is visible to other users of the host."),
-        click.option("--log-level", type=click.Choice(logs.LEVELS), default="info",
-                     show_default=True, help="Least severe log event written to stderr."),
+        click.option("--log-level", type=click.Choice(logs.LEVELS),
+                     help="Least severe log event written to stderr [default info]."),
     ]):
         func = option(func)
     return func
 
 
-def _settings(ctx_options: dict[str, Any]) -> Settings:
-    settings = service.settings_from(
-        db=ctx_options.pop("db", None), base_url=ctx_options.pop("base_url", None),
-        api_key=ctx_options.pop("api_key", None),
-        api_key_file=ctx_options.pop("api_key_file", None))
-    logs.configure(ctx_options.pop("log_level", "info"), secrets=[settings.api_key])
+CONNECTION_KEYS = ("db", "base_url", "api_key", "api_key_file", "log_level")
+
+
+def _settings(options: dict[str, Any]) -> Settings:
+    """Settings from the command's options, else the same options given before the command."""
+    before = click.get_current_context().find_root().params
+    given = {key: options.pop(key, None) or before.get(key) for key in CONNECTION_KEYS}
+    settings = service.settings_from(db=given["db"], base_url=given["base_url"],
+                                     api_key=given["api_key"], api_key_file=given["api_key_file"])
+    logs.configure(given["log_level"] or "info", secrets=[settings.api_key])
     return settings
 
 
@@ -63,7 +67,8 @@ def _finish(summary_state: str, run_id: str, job_id: str | None, reason: str | N
 
 @click.group()
 @click.version_option(package_name="cftrunner")
-def cli() -> None:
+@connection_options
+def cli(**_options: Any) -> None:
     """Run continuous fine-tuning cycles on Prem Studio that survive crashes and never repeat
     a remote effect. Exit status: 0 launched, 1 run failed, 2 bad input, 3 stopped (resume it)."""
 

@@ -12,7 +12,6 @@ from requests.adapters import HTTPAdapter
 
 from cftrunner import payloads
 from cftrunner.exceptions import (
-    ApiError,
     AuthError,
     BadResponseError,
     RejectedError,
@@ -152,5 +151,3 @@ class PremClient:
                             {"snapshot_id": snapshot_id, "name": name, "experiments": experiments})
         return payloads.parse_id(body, "job_id", "jobId", "id")
 
-
-__all__ = ["AddResult", "ApiError", "PremClient", "Timeouts"]

@@ -210,10 +210,6 @@ class Store:
         with self._read() as conn:
             return [_item(r) for r in conn.execute(query).all()]
 
-    def item(self, item_id: int) -> Item:
-        with self._read() as conn:
-            return _item(conn.execute(sa.select(items).where(items.c.id == item_id)).one())
-
     def summary(self, run: Run) -> RunSummary:
         with self._read() as conn:
             stages = conn.execute(

@@ -224,3 +224,14 @@ def test_the_sandbox_command_serves_the_api(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_connection_options_work_before_the_command_too(cli: Cli, tmp_path: Path,
+                                                        sandbox: Sandbox) -> None:
+    other_db = f"sqlite:///{tmp_path}/other.db"
+    assert cli.run("--db", other_db, *cli.start_args("elsewhere")).returncode == 0
+    assert stored_runs(cli) == []
+    listed = cli.run("--db", other_db, "status", "--json")
+    assert [r["run_id"] for r in json.loads(listed.stdout)] == ["elsewhere"]
+    assert cli.run("--db", other_db, "status", "--db", cli.env["CFTRUNNER_DB"]).stdout.startswith(
+        "no runs yet")
