@@ -38,6 +38,10 @@ class Settings:
     # from the end of the attempt (or from sending it, after a crash).
     reconcile_settle: float = 15.0
     reconcile_max_pages: int = 500
+    # A run's lease lasts this long unless renewed; another host takes over only after it.
+    lease_seconds: float = 60.0
+    # On SIGTERM/SIGINT, how long the request in flight may take before the process exits anyway.
+    shutdown_grace: float = 30.0
 
 
 # Tunables read from the environment (the config file of a later version holds them too).
