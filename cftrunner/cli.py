@@ -10,17 +10,29 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from cftrunner import logs, service
-from cftrunner.exceptions import CftrunnerError, InputError, RunStopped
+from cftrunner import logs, service, shutdown
+from cftrunner.exceptions import (
+    CftrunnerError,
+    InputError,
+    Interrupted,
+    LeaseLost,
+    RunBusy,
+    RunStopped,
+)
 from cftrunner.judge import DEFAULT_JUDGE_MODEL
+from cftrunner.models import Run
 from cftrunner.runner import RunSpec
 from cftrunner.settings import Settings
+from cftrunner.shutdown import Stop
+from cftrunner.states import RunState
 
 EXIT_LAUNCHED = 0
 EXIT_FAILED = 1  # the run ended FAILED
 EXIT_USAGE = 2  # bad input or usage; nothing was run
 EXIT_STOPPED = 3  # the run stopped with its state intact; `resume` continues it
+EXIT_CANCELLED = 4  # the run ended CANCELLED
 EXIT_SOFTWARE = 70  # a bug in cftrunner (EX_SOFTWARE)
+EXIT_BUSY = 75  # another live process drives the run (EX_TEMPFAIL); try again later
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,11 +70,19 @@ def _settings(options: dict[str, Any]) -> Settings:
     return settings
 
 
-def _finish(summary_state: str, run_id: str, job_id: str | None, reason: str | None) -> int:
-    if summary_state == "LAUNCHED":
-        click.echo(f"run {run_id}: LAUNCHED job {job_id}")
+def _finish(run: Run) -> int:
+    if run.state is RunState.LAUNCHED:
+        click.echo(f"run {run.id}: LAUNCHED job {run.job_id}")
         return EXIT_LAUNCHED
-    raise click.ClickException(f"run {run_id} FAILED: {reason}")
+    _error(f"run {run.id} {run.state.value}: {run.failure_reason}")
+    return EXIT_CANCELLED if run.state is RunState.CANCELLED else EXIT_FAILED
+
+
+def _stop(settings: Settings) -> Stop:
+    """SIGTERM and SIGINT stop the run at its next checkpoint instead of killing it."""
+    stop = Stop()
+    shutdown.install(stop, settings.shutdown_grace)
+    return stop
 
 
 @click.group()
@@ -70,7 +90,9 @@ def _finish(summary_state: str, run_id: str, job_id: str | None, reason: str | N
 @connection_options
 def cli(**_options: Any) -> None:
     """Run continuous fine-tuning cycles on Prem Studio that survive crashes and never repeat
-    a remote effect. Exit status: 0 launched, 1 run failed, 2 bad input, 3 stopped (resume it)."""
+    a remote effect. Exit status: 0 launched (or nothing to do), 1 run failed, 2 bad input,
+    3 stopped (resume it), 4 cancelled, 75 another process drives the run, 130/143 stopped by
+    SIGINT/SIGTERM."""
 
 
 @cli.command()
@@ -92,8 +114,8 @@ def start(project_id: str, model_alias: str, prompts_file: str, judge_model: str
     settings = _settings(options)
     spec = RunSpec(project_id=project_id, model_alias=model_alias, prompts_source=prompts_file,
                    judge_model=judge_model, split_percentage=split_percentage, run_id=run_id)
-    run = service.start(settings, spec, on_created=lambda rid: click.echo(rid))
-    return _finish(run.state.value, run.id, run.job_id, run.failure_reason)
+    return _finish(service.start(settings, spec, on_created=lambda rid: click.echo(rid),
+                                 stop=_stop(settings)))
 
 
 @cli.command()
@@ -104,8 +126,20 @@ def resume(run_id: str, **options: Any) -> int:
 
     Example: cftrunner resume 20261121-223000-a1b2c3
     """
-    run = service.resume(_settings(options), run_id)
-    return _finish(run.state.value, run.id, run.job_id, run.failure_reason)
+    settings = _settings(options)
+    return _finish(service.resume(settings, run_id, stop=_stop(settings)))
+
+
+@cli.command()
+@click.argument("run_id")
+@connection_options
+def cancel(run_id: str, **options: Any) -> int:
+    """Cancel a run: it stops at its next checkpoint, never inside a request, and ends CANCELLED.
+
+    Example: cftrunner cancel 20261121-223000-a1b2c3
+    """
+    click.echo(service.cancel(_settings(options), run_id))
+    return 0
 
 
 @cli.command()
@@ -183,6 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         _error(exc.message)
         code = EXIT_USAGE
+    except RunBusy as exc:
+        _error(exc.message)
+        code = EXIT_BUSY
+    except LeaseLost as exc:
+        _error(f"stopped: {exc.message}")
+        code = EXIT_BUSY
+    except Interrupted as exc:
+        _error(f"stopped: {exc.message}")
+        code = 128 + exc.signum
     except RunStopped as exc:
         _error(f"stopped: {exc.message}")
         code = EXIT_STOPPED

@@ -12,7 +12,10 @@
     │   │   └── AuthError     401/403: stops the whole run instead of failing items
     │   └── BadResponseError  a 2xx whose body cannot be read
     ├── JudgeOutputError      a judge answer that is not a valid judgment
+    ├── RunBusy               another live process holds the run's lease (CLI exit 75)
     └── RunStopped            the run cannot go on now; its state is intact and `resume` continues it
+        ├── LeaseLost         another process took the run over; this one must not touch it (exit 75)
+        └── Interrupted       SIGTERM or SIGINT asked the process to stop (exit 128 + signal)
 
 Each ApiError says whether the request may have reached the server (`maybe_happened`); that single
 bit decides between sending again and reconciling against remote state first.
@@ -58,6 +61,22 @@ class JudgeOutputError(CftrunnerError):
 
 class RunStopped(CftrunnerError):
     """The run cannot go on now; its state is kept and `cftrunner resume` continues it."""
+
+
+class RunBusy(CftrunnerError):
+    """Another process is driving this run."""
+
+
+class LeaseLost(RunStopped):
+    """Another process took this run over."""
+
+
+class Interrupted(RunStopped):
+    """A signal asked the process to stop."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class ApiError(CftrunnerError):

@@ -18,6 +18,28 @@ class EffectStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Owner:
+    """A process that may hold a run's lease: the pid alone is ambiguous once pids are reused."""
+
+    host: str
+    boot_id: str
+    pid: int
+    started: str
+
+    def label(self) -> str:
+        return f"{self.host} pid {self.pid}"
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A lease as stored on the run."""
+
+    token: str
+    owner: Owner
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class Run:
     id: str
     project_id: str
@@ -36,6 +58,9 @@ class Run:
     experiments: list[dict[str, Any]] | None = None
     failure_reason: str | None = None
     last_error: str | None = None
+    cycle: str | None = None
+    cancel_requested: bool = False
+    lease: LeaseInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +121,7 @@ class RunSummary:
     run: Run
     stage_counts: dict[str, int]
     failures: dict[str, int]
+    state_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_items(self) -> int:

@@ -9,12 +9,21 @@ from cftrunner.models import RunSummary
 from cftrunner.states import ITEM_FAILED, ItemStage
 
 
+def duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
 def age(then: datetime, now: datetime) -> str:
-    seconds = max(0, int((now - then).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return duration((now - then).total_seconds())
 
 
 def to_json(summary: RunSummary) -> dict[str, Any]:
@@ -34,6 +43,11 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "items": {"total": summary.total_items,
                   **{stage.value: summary.stage_counts.get(stage.value, 0) for stage in ItemStage}},
         "failures": summary.failures,
+        "state_seconds": summary.state_seconds,
+        "lease": None if run.lease is None else {
+            "owner": run.lease.owner.label(), "expires_at": run.lease.expires_at.isoformat()},
+        "cancel_requested": run.cancel_requested,
+        "cycle": run.cycle,
         "failure_reason": run.failure_reason,
         "last_error": run.last_error,
         "created_at": run.created_at.isoformat(),
@@ -51,13 +65,23 @@ def _one_line(text: str | None, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def _owner(summary: RunSummary, now: datetime) -> str | None:
+    lease = summary.run.lease
+    if lease is None:
+        return None
+    if lease.expires_at <= now:
+        return f"{lease.owner.label()} (expired)"
+    return f"{lease.owner.label()} for {age(now, lease.expires_at)}"
+
+
 def table(summaries: list[RunSummary], now: datetime) -> str:
     if not summaries:
         return "no runs yet: start one with `cftrunner start`"
-    rows = [("RUN ID", "STATE", "ITEMS", "FAILED", "AGE", "LAST ERROR")]
+    rows = [("RUN ID", "STATE", "ITEMS", "FAILED", "AGE", "OWNER", "LAST ERROR")]
     for s in summaries:
+        owner = _owner(s, now) or "-"
         rows.append((s.run.id, s.run.state.value, str(s.total_items), str(_failed(s)),
-                     age(s.run.created_at, now),
+                     age(s.run.created_at, now), owner,
                      _one_line(s.run.failure_reason or s.run.last_error, 60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
@@ -80,7 +104,12 @@ def detail(summary: RunSummary, now: datetime) -> str:
         ("dataset", run.dataset_id or "-"),
         ("snapshot", run.snapshot_id or "-"),
         ("job", f"{run.job_id or '-'} (name {run.job_name})"),
+        ("owner", _owner(summary, now) or "none"),
+        ("time", ", ".join(f"{state} {duration(v)}"
+                           for state, v in summary.state_seconds.items()) or "-"),
     ]
+    if run.cancel_requested and run.state.value != "CANCELLED":
+        lines.append(("cancel", "requested; the run stops at its next checkpoint"))
     if run.failure_reason:
         lines.append(("failed", run.failure_reason))
     if run.last_error:

@@ -28,11 +28,11 @@ def _wait(r: Runner, what: str, bound: float, done: Callable[[], bool]) -> None:
         if time.monotonic() >= deadline:
             raise RunStopped(f"{what}: not finished after {bound:g} s; `cftrunner resume` "
                              "goes on waiting")
-        r.sleep(r.settings.poll_interval)
+        r.pause(r.settings.poll_interval)
 
 
 def _fail_run(r: Runner, run: Run, reason: str) -> None:
-    with r.store.tx() as tx:
+    with r.tx() as tx:
         tx.transition_run(run.id, run.state, RunState.FAILED, failure_reason=reason)
     log.error("run_failed", reason=reason)
 
@@ -53,7 +53,7 @@ def _corrections_settled(r: Runner, run: Run) -> bool:
         if seen is None or status == "processing":
             still += 1
             continue
-        with r.store.tx() as tx:
+        with r.tx() as tx:
             if status == "failed":
                 tx.update_item(item, ItemStage.ADD_FAILED, processing_status="failed",
                                error_kind="correction_failed",
@@ -120,7 +120,7 @@ def recommendations(r: Runner, run: Run) -> None:
     elif not experiments:
         _fail_run(r, run, "the recommendations hold no recommended experiment")
     else:
-        with r.store.tx() as tx:
+        with r.tx() as tx:
             tx.transition_run(run.id, RunState.SNAPSHOT, RunState.RECS_READY,
                               experiments=experiments)
         crashpoints.reach("recs.after_ready")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import secrets
+import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,15 +19,19 @@ from cftrunner.exceptions import (
     ApiError,
     AuthError,
     BadResponseError,
+    Interrupted,
+    LeaseLost,
     RejectedError,
     RunStopped,
     TransientError,
 )
+from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
 from cftrunner.models import Effect, EffectStatus, Item, Run
 from cftrunner.reconcile import Reconciler
 from cftrunner.retry import next_delay
 from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
+from cftrunner.shutdown import Stop
 from cftrunner.states import TERMINAL, RunState
 from cftrunner.store import Store, Tx
 
@@ -51,54 +57,132 @@ def new_run_id() -> str:
     return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+class _Cancelled(Exception):
+    """The run was asked to stop for good; raised at a checkpoint."""
+
+
 class Runner:
     def __init__(self, store: Store, settings: Settings, client: PremClient | None = None, *,
-                 sleep: Callable[[float], None] = time.sleep,
-                 rand: Callable[[], float] = random.random) -> None:
+                 sleep: Callable[[float], object] | None = None,
+                 rand: Callable[[], float] = random.random, stop: Stop | None = None) -> None:
         self.store = store
         self.settings = settings
         self.client = client or PremClient(
             settings.base_url, settings.api_key,
             Timeouts(settings.connect_timeout, settings.read_timeout))
         self.reconcile = Reconciler(store, self.client, settings)
-        self.sleep = sleep
+        self.stop = stop or Stop()
+        self.sleep = sleep or self.stop.wait
         self.rand = rand
+        self.lease: Lease | None = None
+        self._cancel_checked = 0.0
 
-    def create(self, spec: RunSpec, prompts: list[str]) -> Run:
+    def create(self, spec: RunSpec, prompts: list[str], cycle: str | None = None) -> Run:
+        """Store a new run with its items, holding its lease from the first moment."""
         run_id = spec.run_id or new_run_id()
+        lease = Lease(run_id, current_owner(), self.settings.lease_seconds)
+        self.store.create_run(self.new_run(run_id, spec, cycle), prompts, lease)
+        self.lease = lease
+        log.info("run_created", run_id=run_id, items=len(prompts))
+        return self.store.run(run_id)
+
+    @staticmethod
+    def new_run(run_id: str, spec: RunSpec, cycle: str | None = None) -> Run:
         now = utcnow()
-        self.store.create_run(Run(
+        return Run(
             id=run_id, project_id=spec.project_id, model_alias=spec.model_alias,
             judge_model=spec.judge_model, split_percentage=spec.split_percentage,
             prompts_source=spec.prompts_source,
             # Unique to the run, so the job can be found again when its creation answer is lost.
             job_name=f"cftrunner-{run_id}-{secrets.token_hex(4)}",
             state=RunState.CREATED, created_at=now, updated_at=now, state_changed_at=now,
-        ), prompts)
-        log.info("run_created", run_id=run_id, items=len(prompts))
-        return self.store.run(run_id)
+            cycle=cycle)
+
+    def take(self, run_id: str) -> Run:
+        """Hold the run's lease: free, expired, or left by an owner provably dead on this host."""
+        if self.lease is not None and self.lease.run_id == run_id:
+            return self.store.run(run_id)
+        me = current_owner()
+        lease = Lease(run_id, me, self.settings.lease_seconds)
+        run = self.store.acquire_lease(lease, lambda held: provably_dead(held.owner, me))
+        self.lease = lease
+        return run
+
+    def release(self) -> None:
+        if self.lease is not None and not self.lease.lost.is_set():
+            self.store.release_lease(self.lease)
+        self.lease = None
+
+    def tx(self) -> AbstractContextManager[Tx]:
+        """A write transaction fenced by this process's lease."""
+        return self.store.tx(fence=self.lease)
+
+    def checkpoint(self) -> None:
+        """Between two pieces of work: stop here if asked to, or if the run is no longer ours."""
+        if self.stop.requested:
+            name = signal.Signals(self.stop.signum or signal.SIGTERM).name
+            raise Interrupted(self.stop.signum or signal.SIGTERM,
+                              f"stopped by {name}; the run is intact, resume it")
+        if self.lease is not None:
+            if self.lease.lost.is_set():
+                raise LeaseLost(f"run {self.lease.run_id} was taken over by another process")
+            now = time.monotonic()
+            if now - self._cancel_checked >= 1.0:
+                self._cancel_checked = now
+                if self.store.cancel_requested(self.lease.run_id):
+                    raise _Cancelled()
+
+    def pause(self, seconds: float) -> None:
+        self.sleep(seconds)
+        self.checkpoint()
+
+    def _ensure_lease(self) -> None:
+        """Just before a request with an effect: the lease must be valid now, not only lately."""
+        lease = self.lease
+        if lease is not None and not lease.locally_valid() and not self.store.renew_lease(lease):
+            raise LeaseLost(f"run {lease.run_id} was taken over by another process")
 
     def drive(self, run_id: str) -> Run:
-        """Take the run from wherever it stands to LAUNCHED or FAILED; raise RunStopped if it
-        cannot go on now, with everything obtained so far stored."""
-        run = self.store.run(run_id)
+        """Take the run from wherever it stands to a terminal state; raise RunStopped if it cannot
+        go on now, with everything obtained so far stored."""
+        run = self.take(run_id)
+        assert self.lease is not None
+        heartbeat = Heartbeat(self.store.renew_lease, self.lease)
+        heartbeat.start()
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             while run.state not in TERMINAL:
+                self.checkpoint()
                 HANDLERS[run.state](self, run)
                 run = self.store.run(run_id)
+        except _Cancelled:
+            run = self.store.run(run_id)
+            with self.tx() as tx:
+                tx.transition_run(run_id, run.state, RunState.CANCELLED,
+                                  failure_reason="cancelled on request")
+            log.warning("run_cancelled", state=run.state.value)
+            run = self.store.run(run_id)
+        except LeaseLost as exc:
+            log.error("lease_lost", reason=exc.message)
+            raise
         except RunStopped as exc:
-            self.store.record_error(run_id, exc.message)
+            self._record_error(run_id, exc.message)
             log.warning("run_stopped", state=self.store.run(run_id).state.value, reason=exc.message)
             raise
         except (AuthError, RejectedError, BadResponseError) as exc:
             message = f"{exc.message}; fix the cause, then `cftrunner resume {run_id}`"
-            self.store.record_error(run_id, message)
+            self._record_error(run_id, message)
             log.error("run_stopped", reason=message, error=exc.kind)
             raise RunStopped(message) from None
         finally:
+            heartbeat.stop()
+            self.release()
             structlog.contextvars.unbind_contextvars("run_id")
         return run
+
+    def _record_error(self, run_id: str, message: str) -> None:
+        if self.lease is None or not self.lease.lost.is_set():
+            self.store.record_error(run_id, message)
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """Call until it succeeds, sleeping per the retry policy between transient failures."""
@@ -114,7 +198,7 @@ class Runner:
                 log.warning("request_retry", what=what, attempt=attempt, error=exc.kind,
                             status_code=exc.status_code, delay=round(delay, 3),
                             maybe_happened=exc.maybe_happened)
-                self.sleep(delay)
+                self.pause(delay)
                 attempt += 1
 
     def effect(self, run: Run, key: str, kind: str, item: Item | None, request: dict[str, Any],
@@ -130,37 +214,39 @@ class Runner:
                      request: dict[str, Any], send: Callable[[dict[str, Any]], Outcome],
                      reconcile: Callable[[Effect], Outcome | None],
                      on_done: OnDone, on_rejected: OnRejected) -> None:
+        self.checkpoint()
         effect = self.store.effect(run.id, key)
         if effect is not None and effect.status in (EffectStatus.DONE, EffectStatus.FAILED):
             return
         if effect is not None and effect.status is EffectStatus.PREPARED:
             waited = (utcnow() - effect.updated_at).total_seconds()
             if waited < self.settings.reconcile_settle:
-                self.sleep(self.settings.reconcile_settle - waited)
+                self.pause(self.settings.reconcile_settle - waited)
             found = reconcile(effect)
             log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
                      attempts=effect.attempts)
             if found is not None:
-                with self.store.tx() as tx:
+                with self.tx() as tx:
                     tx.finish_effect(effect, EffectStatus.DONE, found, verdict="reconciled")
                     on_done(tx, found)
                 return
         crashpoints.reach(f"{kind}.before_intent")
-        with self.store.tx() as tx:
+        with self.tx() as tx:
             tx.prepare_effect(run.id, key, kind, item.id if item else None, request, effect)
         crashpoints.reach(f"{kind}.after_intent")
         prepared = self.store.effect(run.id, key)
         assert prepared is not None
+        self._ensure_lease()
         try:
             outcome = send(request)
         except ApiError as exc:
             if isinstance(exc, RejectedError) and not isinstance(exc, AuthError):
-                with self.store.tx() as tx:
+                with self.tx() as tx:
                     tx.finish_effect(prepared, EffectStatus.FAILED, error=exc.message)
                     on_rejected(tx, exc)
                 log.warning("effect_rejected", key=key, error=exc.kind, status_code=exc.status_code)
                 return
-            with self.store.tx() as tx:
+            with self.tx() as tx:
                 if exc.maybe_happened:
                     # The server may still be working on it: the settle before reconciling
                     # counts from now, when the request was last possibly in flight.
@@ -169,7 +255,7 @@ class Runner:
                     tx.finish_effect(prepared, EffectStatus.UNSENT, error=exc.message)
             raise
         crashpoints.reach(f"{kind}.after_send")
-        with self.store.tx() as tx:
+        with self.tx() as tx:
             tx.finish_effect(prepared, EffectStatus.DONE, outcome)
             on_done(tx, outcome)
         log.info("effect_done", key=key, **{k: v for k, v in outcome.items()

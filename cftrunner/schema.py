@@ -51,6 +51,23 @@ runs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("state_changed_at", UTCDateTime, nullable=False),
+    # The configuration cycle the run belongs to (tick's unit), when it was started by one.
+    sa.Column("cycle", sa.String(300), index=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("lease_token", sa.String(64)),
+    sa.Column("lease_host", sa.String(300)),
+    sa.Column("lease_boot_id", sa.String(64)),
+    sa.Column("lease_pid", sa.Integer),
+    sa.Column("lease_started", sa.String(32)),
+    sa.Column("lease_expires_at", UTCDateTime),
+)
+
+# One row per configuration cycle, locked while tick decides whether to start a run for it.
+cycles = sa.Table(
+    "cycles",
+    metadata,
+    sa.Column("name", sa.String(300), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 items = sa.Table(

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from cftrunner import render
-from cftrunner.exceptions import InputError
+from cftrunner.exceptions import InputError, RunBusy, RunExistsError
+from cftrunner.lease import current_owner, provably_dead
 from cftrunner.models import Run
 from cftrunner.prompts import load_prompts
 from cftrunner.runner import Runner, RunSpec
@@ -22,7 +23,8 @@ from cftrunner.settings import (
     resolve_db_url,
     tunables_from_env,
 )
-from cftrunner.states import TERMINAL
+from cftrunner.shutdown import Stop
+from cftrunner.states import TERMINAL, RunState
 from cftrunner.store import Store
 
 MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
@@ -40,7 +42,8 @@ def _check_run_id(run_id: str) -> None:
         raise InputError(f"run id {run_id!r} must be 1-100 letters, digits, '-', '_' or '.'")
 
 
-def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None]) -> Run:
+def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
+          stop: Stop | None = None) -> Run:
     """Check everything, store the run with its items, announce its id, then drive it."""
     if spec.run_id is not None:
         _check_run_id(spec.run_id)
@@ -53,16 +56,28 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None]) 
     prompts = load_prompts(spec.prompts_source)
     store = Store(settings.db_url)
     try:
-        runner = Runner(store, settings)
-        run = runner.create(replace(spec, prompts_source=str(Path(spec.prompts_source).resolve())),
-                            prompts)
+        runner = Runner(store, settings, stop=stop)
+        try:
+            run = runner.create(replace(spec, prompts_source=str(
+                Path(spec.prompts_source).resolve())), prompts)
+        except RunExistsError:
+            _raise_if_driven(store.run(spec.run_id or ""))
+            raise
         on_created(run.id)
         return runner.drive(run.id)
     finally:
         store.close()
 
 
-def resume(settings: Settings, run_id: str) -> Run:
+def _raise_if_driven(run: Run) -> None:
+    """A run another live process holds is busy (exit 75), whatever was asked of it."""
+    held = run.lease
+    if held and held.expires_at > utcnow() and not provably_dead(held.owner, current_owner()):
+        raise RunBusy(f"run {run.id} is being driven by {held.owner.label()} until "
+                      f"{held.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def resume(settings: Settings, run_id: str, stop: Stop | None = None) -> Run:
     store = Store(settings.db_url)
     try:
         run = store.run(run_id)
@@ -70,7 +85,34 @@ def resume(settings: Settings, run_id: str) -> Run:
             return run
         if not settings.api_key:
             raise InputError(MISSING_KEY)
-        return Runner(store, settings).drive(run_id)
+        return Runner(store, settings, stop=stop).drive(run_id)
+    finally:
+        store.close()
+
+
+def cancel(settings: Settings, run_id: str) -> str:
+    """Cancel a run: at once when nobody drives it, else at the driver's next checkpoint."""
+    store = Store(settings.db_url)
+    try:
+        run = store.run(run_id)
+        if run.state is RunState.CANCELLED:
+            return f"run {run_id} is already cancelled"
+        if run.state in TERMINAL:
+            raise InputError(f"run {run_id} already ended {run.state.value}; nothing to cancel")
+        store.request_cancel(run_id)
+        runner = Runner(store, settings)
+        try:
+            run = runner.take(run_id)
+        except RunBusy as busy:
+            return f"cancel requested: {busy.message}; it stops at its next checkpoint"
+        try:
+            if run.state not in TERMINAL:
+                with runner.tx() as tx:
+                    tx.transition_run(run_id, run.state, RunState.CANCELLED,
+                                      failure_reason="cancelled on request")
+        finally:
+            runner.release()
+        return f"run {run_id} cancelled"
     finally:
         store.close()
 

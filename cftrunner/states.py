@@ -17,6 +17,7 @@ class RunState(enum.StrEnum):
     RECS_READY = "RECS_READY"  # recommendations completed; the experiments to launch are stored
     LAUNCHED = "LAUNCHED"  # the fine-tuning job exists and its id is stored
     FAILED = "FAILED"  # the run cannot reach LAUNCHED; the reason is stored
+    CANCELLED = "CANCELLED"  # stopped at a checkpoint on request; nothing more will be sent
 
 
 RUN_ORDER: tuple[RunState, ...] = (
@@ -30,13 +31,14 @@ RUN_ORDER: tuple[RunState, ...] = (
     RunState.LAUNCHED,
 )
 
-TERMINAL: frozenset[RunState] = frozenset({RunState.LAUNCHED, RunState.FAILED})
+TERMINAL: frozenset[RunState] = frozenset({RunState.LAUNCHED, RunState.FAILED,
+                                          RunState.CANCELLED})
 
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    state: frozenset({nxt, RunState.FAILED}) for state, nxt in zip(RUN_ORDER, RUN_ORDER[1:], strict=False)
+    state: frozenset({nxt, RunState.FAILED, RunState.CANCELLED})
+    for state, nxt in zip(RUN_ORDER, RUN_ORDER[1:], strict=False)
 }
-RUN_TRANSITIONS[RunState.LAUNCHED] = frozenset()
-RUN_TRANSITIONS[RunState.FAILED] = frozenset()
+RUN_TRANSITIONS.update(dict.fromkeys(TERMINAL, frozenset()))
 
 
 class ItemStage(enum.StrEnum):

@@ -36,12 +36,12 @@ def generate(r: Runner, run: Run, item: Item) -> None:
     except RejectedError as exc:
         if exc.status_code in (401, 403):
             raise
-        with r.store.tx() as tx:
+        with r.tx() as tx:
             _item_failed(ItemStage.GEN_FAILED)(tx, item, exc)
         log.warning("item_failed", item=item.position, stage="generate", error=exc.kind)
         return
     crashpoints.reach("generate.after_answer")
-    with r.store.tx() as tx:
+    with r.tx() as tx:
         tx.update_item(item, ItemStage.GENERATED, answer=result.content)
     crashpoints.reach("generate.after_store")
 
@@ -61,7 +61,7 @@ def judge(r: Runner, run: Run, item: Item) -> None:
         except RejectedError as exc:
             if exc.status_code in (401, 403):
                 raise
-            with r.store.tx() as tx:
+            with r.tx() as tx:
                 tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
                                error_kind=exc.kind, error=exc.message)
             return
@@ -75,23 +75,23 @@ def judge(r: Runner, run: Run, item: Item) -> None:
             reason = exc.message
             log.warning("judge_malformed", item=item.position, attempt=attempts, reason=reason)
             if attempts < r.settings.judge_attempts:
-                with r.store.tx() as tx:
+                with r.tx() as tx:
                     tx.update_item(item, judge_attempts=attempts, judge_raw=result.content)
                 messages = [first, {"role": "assistant", "content": result.content},
                             {"role": "user", "content": REMINDER}]
                 continue
-            with r.store.tx() as tx:
+            with r.tx() as tx:
                 tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
                                judge_raw=result.content, error_kind="judge_malformed",
                                error=reason)
             return
-        with r.store.tx() as tx:
+        with r.tx() as tx:
             tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
                            judge_raw=result.content, feedback=judgment.feedback,
                            reasoning=judgment.reasoning, score=judgment.score)
         crashpoints.reach("judge.after_store")
         return
-    with r.store.tx() as tx:
+    with r.tx() as tx:
         tx.update_item(item, ItemStage.JUDGE_FAILED, error_kind="judge_malformed", error=reason)
 
 
@@ -157,9 +157,10 @@ def item_stage(r: Runner, run: Run) -> None:
         if stage is wanted:
             break
         for item in r.store.items(run.id, stage):
+            r.checkpoint()
             step(r, run, item)
     crashpoints.reach(f"transition.{target.value}")
-    with r.store.tx() as tx:
+    with r.tx() as tx:
         tx.advance_items_state(run.id, run.state, target, wanted)
     log.info("run_transitioned", from_state=run.state.value,
              to_state=r.store.run(run.id).state.value)
@@ -174,7 +175,7 @@ def _find_dataset(r: Runner, run: Run) -> bool:
             raise
         project = None
     dataset_id = payloads.find_dataset_id(project) if project is not None else None
-    with r.store.tx() as tx:
+    with r.tx() as tx:
         if dataset_id is None:
             reason = (f"project {run.project_id} not found" if project is None
                       else f"project {run.project_id} has no dataset")

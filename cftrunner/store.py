@@ -2,28 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from cftrunner import dialect
-from cftrunner.exceptions import RunExistsError, RunNotFoundError, StaleStateError
-from cftrunner.models import Effect, EffectStatus, Event, Item, Run, RunSummary
+from cftrunner.exceptions import (
+    LeaseLost,
+    RunBusy,
+    RunExistsError,
+    RunNotFoundError,
+    StaleStateError,
+)
+from cftrunner.lease import Lease
+from cftrunner.models import Effect, EffectStatus, Event, Item, LeaseInfo, Owner, Run, RunSummary
 from cftrunner.schema import effects, events, items, metadata, runs, utcnow
 from cftrunner.states import (
     ITEM_FAILED,
+    TERMINAL,
     ItemStage,
     RunState,
     check_item_transition,
     check_run_transition,
 )
 
+_LEASE_COLUMNS = ("lease_token", "lease_host", "lease_boot_id", "lease_pid", "lease_started",
+                  "lease_expires_at")
+
 
 def _run(row: sa.Row[Any]) -> Run:
-    m = row._mapping
-    return Run(**{**m, "state": RunState(m["state"])})
+    m = dict(row._mapping)
+    token, host, boot, pid, started, expires = (m.pop(c) for c in _LEASE_COLUMNS)
+    lease = (LeaseInfo(token, Owner(host or "", boot or "", pid or 0, started or ""), expires)
+             if token else None)
+    return Run(**{**m, "state": RunState(m["state"]), "lease": lease})
+
+
+def _lease_values(lease: Lease, expires_at: datetime) -> dict[str, Any]:
+    owner = lease.owner
+    return {"lease_token": lease.token, "lease_host": owner.host, "lease_boot_id": owner.boot_id,
+            "lease_pid": owner.pid, "lease_started": owner.started, "lease_expires_at": expires_at}
 
 
 def _item(row: sa.Row[Any]) -> Item:
@@ -41,6 +63,15 @@ class Tx:
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
+
+    def fence(self, lease: Lease) -> None:
+        """Fail unless this process still holds the run's lease, inside the transaction's lock."""
+        token = self.conn.execute(
+            sa.select(runs.c.lease_token).where(runs.c.id == lease.run_id).with_for_update()
+        ).scalar()
+        if token != lease.token:
+            lease.lost.set()
+            raise LeaseLost(f"run {lease.run_id} was taken over by another process")
 
     def event(self, run_id: str, kind: str, item_id: int | None = None, **data: Any) -> None:
         self.conn.execute(events.insert().values(
@@ -153,9 +184,71 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def tx(self) -> Iterator[Tx]:
+    def tx(self, fence: Lease | None = None) -> Iterator[Tx]:
+        """One write transaction; with `fence`, only while this process holds that lease."""
         with self.engine.begin() as conn:
-            yield Tx(conn)
+            tx = Tx(conn)
+            if fence is not None:
+                tx.fence(fence)
+            yield tx
+
+    def acquire_lease(self, lease: Lease, may_take_over: Callable[[LeaseInfo], bool]) -> Run:
+        """Take the run's lease if it is free, expired, or `may_take_over` proves its owner dead."""
+        with self.tx() as tx:
+            row = tx.conn.execute(sa.select(runs).where(runs.c.id == lease.run_id)
+                                  .with_for_update()).first()
+            if row is None:
+                raise RunNotFoundError(f"no run {lease.run_id!r} in this state database")
+            run = _run(row)
+            held = run.lease
+            now = utcnow()
+            if held is not None and held.token != lease.token and held.expires_at > now \
+                    and not may_take_over(held):
+                raise RunBusy(f"run {run.id} is being driven by {held.owner.label()} until "
+                              f"{held.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+            self._write_lease(tx, lease, now)
+            tx.event(run.id, "lease_acquired", None, owner=lease.owner.label(),
+                     **({"taken_from": held.owner.label()} if held else {}))
+        return self.run(lease.run_id)
+
+    def _write_lease(self, tx: Tx, lease: Lease, now: datetime) -> None:
+        started = time.monotonic()
+        tx.conn.execute(runs.update().where(runs.c.id == lease.run_id).values(
+            **_lease_values(lease, now + timedelta(seconds=lease.seconds))))
+        lease.renewed(started)
+
+    def renew_lease(self, lease: Lease) -> bool:
+        """Extend the lease while it is still this process's; False once another took it."""
+        started = time.monotonic()
+        with self.tx() as tx:
+            result = tx.conn.execute(
+                runs.update().where(runs.c.id == lease.run_id, runs.c.lease_token == lease.token)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease.seconds)))
+        if result.rowcount != 1:
+            lease.lost.set()
+            return False
+        lease.renewed(started)
+        return True
+
+    def release_lease(self, lease: Lease) -> None:
+        with self.tx() as tx:
+            tx.conn.execute(runs.update().where(
+                runs.c.id == lease.run_id, runs.c.lease_token == lease.token).values(
+                **dict.fromkeys(_LEASE_COLUMNS)))
+
+    def request_cancel(self, run_id: str) -> Run:
+        with self.tx() as tx:
+            result = tx.conn.execute(runs.update().where(runs.c.id == run_id)
+                                     .values(cancel_requested=True))
+            if result.rowcount != 1:
+                raise RunNotFoundError(f"no run {run_id!r} in this state database")
+            tx.event(run_id, "cancel_requested")
+        return self.run(run_id)
+
+    def cancel_requested(self, run_id: str) -> bool:
+        with self._read() as conn:
+            return bool(conn.execute(sa.select(runs.c.cancel_requested)
+                                     .where(runs.c.id == run_id)).scalar())
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -164,25 +257,33 @@ class Store:
             with conn.begin():
                 yield conn
 
-    def create_run(self, run: Run, prompts: list[str]) -> None:
-        """Store a run and its items together, or nothing."""
+    def create_run(self, run: Run, prompts: list[str], lease: Lease | None = None) -> None:
+        """Store a run and its items together, or nothing; with `lease`, already held by it."""
         now = utcnow()
         with self.tx() as tx:
-            exists = tx.conn.execute(sa.select(runs.c.id).where(runs.c.id == run.id)).first()
-            if exists:
-                raise RunExistsError(
-                    f"run {run.id} already exists: use `cftrunner resume {run.id}` to continue it")
-            tx.conn.execute(runs.insert().values(
-                id=run.id, project_id=run.project_id, model_alias=run.model_alias,
-                judge_model=run.judge_model, split_percentage=run.split_percentage,
-                prompts_source=run.prompts_source, job_name=run.job_name,
-                state=run.state.value, created_at=now, updated_at=now, state_changed_at=now))
-            if prompts:
-                tx.conn.execute(items.insert(), [
-                    {"run_id": run.id, "position": i, "prompt": p,
-                     "stage": ItemStage.PENDING.value, "judge_attempts": 0, "updated_at": now}
-                    for i, p in enumerate(prompts)])
-            tx.event(run.id, "run_created", items=len(prompts))
+            self.insert_run(tx, run, prompts, lease, now)
+
+    def insert_run(self, tx: Tx, run: Run, prompts: list[str], lease: Lease | None,
+                   now: datetime) -> None:
+        exists = tx.conn.execute(sa.select(runs.c.id).where(runs.c.id == run.id)).first()
+        if exists:
+            raise RunExistsError(
+                f"run {run.id} already exists: use `cftrunner resume {run.id}` to continue it")
+        tx.conn.execute(runs.insert().values(
+            id=run.id, project_id=run.project_id, model_alias=run.model_alias,
+            judge_model=run.judge_model, split_percentage=run.split_percentage,
+            prompts_source=run.prompts_source, job_name=run.job_name,
+            state=run.state.value, created_at=now, updated_at=now, state_changed_at=now,
+            cycle=run.cycle, cancel_requested=False,
+            **(_lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {})))
+        if lease is not None:
+            lease.renewed(time.monotonic())
+        if prompts:
+            tx.conn.execute(items.insert(), [
+                {"run_id": run.id, "position": i, "prompt": p,
+                 "stage": ItemStage.PENDING.value, "judge_attempts": 0, "updated_at": now}
+                for i, p in enumerate(prompts)])
+        tx.event(run.id, "run_created", items=len(prompts))
 
     def record_error(self, run_id: str, message: str | None) -> None:
         with self.tx() as tx:
@@ -219,10 +320,22 @@ class Store:
                 sa.select(items.c.stage, items.c.error_kind, sa.func.count())
                 .where(items.c.run_id == run.id, items.c.error_kind.is_not(None))
                 .group_by(items.c.stage, items.c.error_kind)).all()
+            moves = conn.execute(
+                sa.select(events.c.at, events.c.data)
+                .where(events.c.run_id == run.id, events.c.kind == "run_transitioned")
+                .order_by(events.c.id)).all()
+        seconds: dict[str, float] = {}
+        entered, state = run.created_at, RunState.CREATED.value
+        for at, data in moves:
+            seconds[state] = seconds.get(state, 0.0) + (at - entered).total_seconds()
+            entered, state = at, str(data.get("to_state"))
+        if run.state not in TERMINAL:
+            seconds[state] = seconds.get(state, 0.0) + (utcnow() - entered).total_seconds()
         return RunSummary(
             run=run,
             stage_counts={str(stage): int(n) for stage, n in stages},
-            failures={f"{stage.lower()}:{kind}": int(n) for stage, kind, n in failures})
+            failures={f"{stage.lower()}:{kind}": int(n) for stage, kind, n in failures},
+            state_seconds={k: round(v, 3) for k, v in seconds.items()})
 
     def effect(self, run_id: str, key: str) -> Effect | None:
         with self._read() as conn:

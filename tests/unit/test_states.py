@@ -25,9 +25,10 @@ def test_runs_go_through_the_checkpoints_in_order() -> None:
 
 
 @pytest.mark.parametrize("state", RUN_ORDER[:-1])
-def test_each_live_state_moves_to_the_next_or_to_failed(state: RunState) -> None:
+def test_each_live_state_moves_to_the_next_or_to_failed_or_cancelled(state: RunState) -> None:
     check_run_transition(state, next_run_state(state))
     check_run_transition(state, RunState.FAILED)
+    check_run_transition(state, RunState.CANCELLED)
 
 
 @pytest.mark.parametrize("state", RUN_ORDER[:-2])
