@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from cftrunner import logs, service, shutdown
+from cftrunner import config, logs, service, shutdown
 from cftrunner.exceptions import (
     CftrunnerError,
     InputError,
@@ -19,9 +19,7 @@ from cftrunner.exceptions import (
     RunBusy,
     RunStopped,
 )
-from cftrunner.judge import DEFAULT_JUDGE_MODEL
 from cftrunner.models import Run
-from cftrunner.runner import RunSpec
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
 from cftrunner.states import RunState
@@ -52,22 +50,29 @@ def connection_options(func: F) -> F:
                           "since a command line is visible to other users of the host."),
         click.option("--log-level", type=click.Choice(logs.LEVELS),
                      help="Least severe log event written to stderr [default info]."),
+        click.option("--config", metavar="FILE",
+                     help="TOML config file [env CFTRUNNER_CONFIG; default ./cftrunner.toml "
+                          "if present]."),
     ]):
         func = option(func)
     return func
 
 
-CONNECTION_KEYS = ("db", "base_url", "api_key", "api_key_file", "log_level")
+CONNECTION_KEYS = ("db", "base_url", "api_key", "api_key_file", "log_level", "config")
+
+
+def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
+    """Every setting: this command's options, the same options before the command, the
+    environment, the config file, defaults; logging is configured here, once."""
+    before = click.get_current_context().find_root().params
+    given = {key: options.pop(key, None) or before.get(key) for key in CONNECTION_KEYS}
+    resolved = config.resolve({**given, **cycle})
+    logs.configure(resolved.log_level, secrets=[resolved.settings.api_key])
+    return resolved
 
 
 def _settings(options: dict[str, Any]) -> Settings:
-    """Settings from the command's options, else the same options given before the command."""
-    before = click.get_current_context().find_root().params
-    given = {key: options.pop(key, None) or before.get(key) for key in CONNECTION_KEYS}
-    settings = service.settings_from(db=given["db"], base_url=given["base_url"],
-                                     api_key=given["api_key"], api_key_file=given["api_key_file"])
-    logs.configure(given["log_level"] or "info", secrets=[settings.api_key])
-    return settings
+    return _resolve(options).settings
 
 
 def _finish(run: Run) -> int:
@@ -95,27 +100,74 @@ def cli(**_options: Any) -> None:
     SIGINT/SIGTERM."""
 
 
+def cycle_options(func: F) -> F:
+    """What a cycle is made of; each may come from the config file instead."""
+    for option in reversed([
+        click.option("--project-id", help="The Prem project whose dataset is improved."),
+        click.option("--model-alias", help="The fine-tuned model that answers the prompts."),
+        click.option("--prompts", metavar="FILE",
+                     help='JSON: {"test_prompts": [...]} or a list of strings.'),
+        click.option("--judge-model", help="The judge model [default claude-4.5-sonnet]."),
+        click.option("--split-percentage", type=click.IntRange(1, 99),
+                     help="Share of the snapshot used for training [default 80]."),
+    ]):
+        func = option(func)
+    return func
+
+
+CYCLE_KEYS = ("project_id", "model_alias", "prompts", "judge_model", "split_percentage")
+
+
 @cli.command()
-@click.option("--project-id", required=True, help="The Prem project whose dataset is improved.")
-@click.option("--model-alias", required=True, help="The fine-tuned model that answers the prompts.")
-@click.option("--prompts", "prompts_file", required=True, metavar="FILE",
-              help='JSON: {"test_prompts": [...]} or a list of strings.')
-@click.option("--judge-model", default=DEFAULT_JUDGE_MODEL, show_default=True)
-@click.option("--split-percentage", type=click.IntRange(1, 99), default=80, show_default=True,
-              help="Share of the snapshot used for training.")
+@cycle_options
 @click.option("--run-id", help="Choose the run id (default: time-based and random).")
 @connection_options
-def start(project_id: str, model_alias: str, prompts_file: str, judge_model: str,
-          split_percentage: int, run_id: str | None, **options: Any) -> int:
+def start(run_id: str | None, **options: Any) -> int:
     """Start a cycle and drive it to LAUNCHED; the run id is the first line of output.
 
     Example: cftrunner start --project-id P --model-alias my-model-v3 --prompts prompts.json
     """
-    settings = _settings(options)
-    spec = RunSpec(project_id=project_id, model_alias=model_alias, prompts_source=prompts_file,
-                   judge_model=judge_model, split_percentage=split_percentage, run_id=run_id)
-    return _finish(service.start(settings, spec, on_created=lambda rid: click.echo(rid),
-                                 stop=_stop(settings)))
+    resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
+    spec = service.spec_from(resolved.cycle, run_id)
+    return _finish(service.start(resolved.settings, spec, on_created=lambda rid: click.echo(rid),
+                                 stop=_stop(resolved.settings)))
+
+
+@cli.command()
+@cycle_options
+@connection_options
+def tick(**options: Any) -> int:
+    """For cron: resume this cycle's unfinished run, or start one when the interval has passed,
+    or say there is nothing to do (exit 0). A run another process drives exits 75.
+
+    Example: cftrunner tick --config /etc/cftrunner/cftrunner.toml
+    """
+    resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
+    decision, run = service.tick(resolved, on_created=lambda rid: click.echo(rid),
+                                 stop=_stop(resolved.settings))
+    if run is None:
+        click.echo(f"nothing to do: {decision.reason}")
+        return EXIT_LAUNCHED
+    return _finish(run)
+
+
+@cli.command("config")
+@cycle_options
+@connection_options
+def show_config(**options: Any) -> int:
+    """Print every effective setting and where it came from; the API key is redacted.
+
+    Example: cftrunner config --config cftrunner.toml
+    """
+    resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
+    rows = config.describe(resolved)
+    width = max(len(key) for key, _, _ in rows)
+    value_width = min(50, max(len(value) for _, value, _ in rows))
+    if resolved.config_path:
+        click.echo(f"# config file: {resolved.config_path}")
+    for key, value, source in rows:
+        click.echo(f"{key:<{width}}  {value:<{value_width}}  ({source})")
+    return 0
 
 
 @cli.command()

@@ -51,3 +51,13 @@ def _fence_sqlite(engine: sa.Engine) -> None:
     def on_begin(connection: sa.Connection) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, **values: Any) -> None:
+    """INSERT that leaves an existing row with the same key alone, on either database."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        conn.execute(pg_insert(table).values(**values).on_conflict_do_nothing())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        conn.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())

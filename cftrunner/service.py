@@ -10,31 +10,33 @@ from pathlib import Path
 from typing import Any
 
 from cftrunner import render
+from cftrunner.config import Cycle, Resolved
 from cftrunner.exceptions import InputError, RunBusy, RunExistsError
 from cftrunner.lease import current_owner, provably_dead
 from cftrunner.models import Run
 from cftrunner.prompts import load_prompts
 from cftrunner.runner import Runner, RunSpec
 from cftrunner.schema import utcnow
-from cftrunner.settings import (
-    Settings,
-    resolve_api_key,
-    resolve_base_url,
-    resolve_db_url,
-    tunables_from_env,
-)
+from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
 from cftrunner.states import TERMINAL, RunState
 from cftrunner.store import Store
+from cftrunner.tick import Decision, cycle_name
+from cftrunner.tick import tick as run_tick
 
 MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
 
 
-def settings_from(*, db: str | None = None, base_url: str | None = None,
-                  api_key: str | None = None, api_key_file: str | None = None) -> Settings:
-    return tunables_from_env(Settings(
-        base_url=resolve_base_url(base_url), db_url=resolve_db_url(db),
-        api_key=resolve_api_key(api_key, api_key_file)))
+def spec_from(cycle: Cycle, run_id: str | None) -> RunSpec:
+    """The run to start, from a resolved cycle; what is missing is bad input."""
+    missing = [f"--{key.replace('_', '-')}" for key in ("project_id", "model_alias", "prompts")
+               if not getattr(cycle, key)]
+    if missing:
+        raise InputError(f"start needs {', '.join(missing)} (or the same keys in the config file)")
+    assert cycle.project_id and cycle.model_alias and cycle.prompts
+    return RunSpec(project_id=cycle.project_id, model_alias=cycle.model_alias,
+                   prompts_source=cycle.prompts, judge_model=cycle.judge_model,
+                   split_percentage=cycle.split_percentage, run_id=run_id)
 
 
 def _check_run_id(run_id: str) -> None:
@@ -59,7 +61,8 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
         runner = Runner(store, settings, stop=stop)
         try:
             run = runner.create(replace(spec, prompts_source=str(
-                Path(spec.prompts_source).resolve())), prompts)
+                Path(spec.prompts_source).resolve())), prompts,
+                cycle=cycle_name(spec.project_id, spec.model_alias))
         except RunExistsError:
             _raise_if_driven(store.run(spec.run_id or ""))
             raise
@@ -86,6 +89,17 @@ def resume(settings: Settings, run_id: str, stop: Stop | None = None) -> Run:
         if not settings.api_key:
             raise InputError(MISSING_KEY)
         return Runner(store, settings, stop=stop).drive(run_id)
+    finally:
+        store.close()
+
+
+def tick(resolved: Resolved, on_created: Callable[[str], None],
+         stop: Stop | None = None) -> tuple[Decision, Run | None]:
+    if not resolved.settings.api_key:
+        raise InputError(MISSING_KEY)
+    store = Store(resolved.settings.db_url)
+    try:
+        return run_tick(Runner(store, resolved.settings, stop=stop), resolved.cycle, on_created)
     finally:
         store.close()
 

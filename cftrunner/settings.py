@@ -1,19 +1,27 @@
-"""The one frozen settings object, resolved from the command line, then the environment, then defaults."""
+"""The one frozen settings object, and the table of every setting: its key, variable, check and default."""
 
 from __future__ import annotations
 
-import os
+import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cftrunner.exceptions import InputError
+from cftrunner.judge import DEFAULT_JUDGE_MODEL
 from cftrunner.retry import RetryPolicy
 
 DEFAULT_BASE_URL = "https://studio.premai.io"
 DEFAULT_DB = "sqlite:///state/cftrunner.db"
 KEY_VARIABLES = ("API_KEY", "PREMAI_API_KEY")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TRACE_SHAPES = ("tutorial", "batch")
+DEFAULT_SPLIT_PERCENTAGE = 80
+DEFAULT_INTERVAL = 86400.0
+DEFAULT_FAILED_RETRY_INTERVAL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -44,76 +52,207 @@ class Settings:
     shutdown_grace: float = 30.0
 
 
-# Tunables read from the environment (the config file of a later version holds them too).
-TUNABLES: dict[str, tuple[str, type]] = {
-    "CFTRUNNER_POLL_INTERVAL": ("poll_interval", float),
-    "CFTRUNNER_CONNECT_TIMEOUT": ("connect_timeout", float),
-    "CFTRUNNER_READ_TIMEOUT": ("read_timeout", float),
-    "CFTRUNNER_PROCESSING_TIMEOUT": ("processing_timeout", float),
-    "CFTRUNNER_RECS_TIMEOUT": ("recs_timeout", float),
-    "CFTRUNNER_JUDGE_ATTEMPTS": ("judge_attempts", int),
-    "CFTRUNNER_RECONCILE_SETTLE": ("reconcile_settle", float),
-    "CFTRUNNER_TRACE_SHAPE": ("trace_shape", str),
-    "CFTRUNNER_MAX_ATTEMPTS": ("retry.max_attempts", int),
-    "CFTRUNNER_RETRY_BASE_DELAY": ("retry.base_delay", float),
-    "CFTRUNNER_RETRY_MAX_DELAY": ("retry.max_delay", float),
-}
+Kind = Literal["integer", "number", "duration", "choice", "text", "path", "url", "db"]
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DB_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def tunables_from_env(settings: Settings, env: Mapping[str, str] = os.environ) -> Settings:
-    """Apply the CFTRUNNER_* tunables present in the environment; a bad value is an InputError."""
+@dataclass(frozen=True)
+class Rule:
+    """Which values a key accepts, and what each becomes."""
+
+    kind: Kind
+    low: float | None = None
+    high: float | None = None
+    above: bool = False  # `low` itself is refused
+    choices: tuple[str, ...] = ()
+
+    @property
+    def requirement(self) -> str:
+        """What a value must be, to finish "KEY must be ..."."""
+        if self.kind in ("integer", "number", "duration"):
+            noun = {"integer": "an integer", "number": "a number", "duration": "a duration"}[self.kind]
+            if self.low is not None and self.high is not None:
+                bound = f" from {number_text(self.low)} to {number_text(self.high)}"
+            else:
+                bound = f" {'>' if self.above else '>='} {number_text(self.low or 0)}"
+            forms = ' ("90s", "30m", "24h", "7d" or a number of seconds)' if self.kind == "duration" else ""
+            return noun + bound + forms
+        if self.kind == "choice":
+            return "one of " + ", ".join(json.dumps(c) for c in self.choices)
+        return {"text": "a non-empty string", "path": "a non-empty string (a path)",
+                "url": "a URL starting with http:// or https://",
+                "db": f"an SQLAlchemy URL such as {DEFAULT_DB}"}[self.kind]
+
+    def check(self, value: object, text: bool) -> Any:
+        """The setting's value for `value`, or ValueError. `text`: strings may spell numbers."""
+        if self.kind in ("integer", "number"):
+            if text and isinstance(value, str):
+                value = (int if self.kind == "integer" else float)(value)
+            if isinstance(value, bool) or not isinstance(value, int | float) or (
+                    self.kind == "integer" and not isinstance(value, int)):
+                raise ValueError(value)
+            return self._bounded(value) if self.kind == "integer" else float(self._bounded(value))
+        if self.kind == "duration":
+            if isinstance(value, str):
+                value = parse_duration(value)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(value)
+            return float(self._bounded(value))
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(value)
+        if self.kind == "choice":
+            if value.strip().lower() not in self.choices:
+                raise ValueError(value)
+            return value.strip().lower()
+        if self.kind == "url":
+            url = value.strip().rstrip("/")
+            if not re.fullmatch(r"https?://[^/\s]+.*", url):
+                raise ValueError(value)
+            return url
+        if self.kind == "db" and not _DB_URL.match(value.strip()):
+            raise ValueError(value)
+        return value.strip()
+
+    def _bounded(self, value: float) -> float:
+        as_float = float(value)  # OverflowError, a ValueError-like refusal, for an absurd integer
+        if not math.isfinite(as_float) or (self.high is not None and value > self.high):
+            raise ValueError(value)
+        if self.low is not None and (value < self.low or (self.above and value == self.low)):
+            raise ValueError(value)
+        return value
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90s", "30m", "24h", "7d" or "90"; ValueError for anything else."""
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+
+
+def number_text(value: float) -> str:
+    """A number as written in a config file: 30 rather than 30.0."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds in the largest unit that divides them: 86400 -> "1d", 5400 -> "90m"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{number_text(seconds / size)}{unit}"
+    return f"{number_text(seconds)}s"
+
+
+def shown(value: object) -> str:
+    """A refused value as the message quotes it: strings in double quotes, tables by name."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:76] + '..."'
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its dotted key in the config file, where its value lands, its rule and default."""
+
+    name: str
+    target: str  # "settings.<field>", "settings.retry.<field>", "cycle.<field>", or a Resolved field
+    rule: Rule
+    default: Any
+    env: str | None = None
+
+    def check(self, value: object, *, text: bool, label: str) -> Any:
+        """The setting's value; an InputError "LABEL must be ..., not VALUE" if the rule refuses it."""
+        try:
+            return self.rule.check(value, text)
+        except (ValueError, OverflowError):
+            raise InputError(f"{label} must be {self.rule.requirement}, not {shown(value)}") from None
+
+
+_D = Settings()
+TEXT = Rule("text")
+PATH = Rule("path")
+POSITIVE = Rule("number", 0, above=True)
+NOT_NEGATIVE = Rule("number", 0)
+
+
+def _setting(name: str, target: str, rule: Rule, env: str | None = None) -> Key:
+    value: Any = _D
+    for part in target.split(".")[1:]:
+        value = getattr(value, part)
+    return Key(name, target, rule, value, env)
+
+
+# In the config file's order. Settings fields missing here are not meant to be tuned.
+KEYS: tuple[Key, ...] = (
+    Key("project_id", "cycle.project_id", TEXT, None),
+    Key("model_alias", "cycle.model_alias", TEXT, None),
+    Key("prompts", "cycle.prompts", PATH, None),
+    Key("judge_model", "cycle.judge_model", TEXT, DEFAULT_JUDGE_MODEL),
+    Key("split_percentage", "cycle.split_percentage", Rule("integer", 1, 99), DEFAULT_SPLIT_PERCENTAGE),
+    Key("interval", "cycle.interval", Rule("duration", 0, above=True), DEFAULT_INTERVAL,
+        "CFTRUNNER_INTERVAL"),
+    Key("failed_retry_interval", "cycle.failed_retry_interval", Rule("duration", 0),
+        DEFAULT_FAILED_RETRY_INTERVAL),
+    _setting("db", "settings.db_url", Rule("db"), "CFTRUNNER_DB"),
+    _setting("base_url", "settings.base_url", Rule("url"), "CFTRUNNER_BASE_URL"),
+    Key("api_key_file", "api_key_file", PATH, None),
+    Key("log_level", "log_level", Rule("choice", choices=LOG_LEVELS), "info", "CFTRUNNER_LOG_LEVEL"),
+    _setting("retry.max_attempts", "settings.retry.max_attempts", Rule("integer", 1),
+             "CFTRUNNER_MAX_ATTEMPTS"),
+    _setting("retry.base_delay", "settings.retry.base_delay", NOT_NEGATIVE, "CFTRUNNER_RETRY_BASE_DELAY"),
+    _setting("retry.max_delay", "settings.retry.max_delay", NOT_NEGATIVE, "CFTRUNNER_RETRY_MAX_DELAY"),
+    _setting("retry.max_retry_after", "settings.retry.max_retry_after", NOT_NEGATIVE),
+    _setting("timeouts.connect", "settings.connect_timeout", POSITIVE, "CFTRUNNER_CONNECT_TIMEOUT"),
+    _setting("timeouts.read", "settings.read_timeout", POSITIVE, "CFTRUNNER_READ_TIMEOUT"),
+    _setting("timeouts.poll_interval", "settings.poll_interval", POSITIVE, "CFTRUNNER_POLL_INTERVAL"),
+    _setting("timeouts.processing", "settings.processing_timeout", POSITIVE,
+             "CFTRUNNER_PROCESSING_TIMEOUT"),
+    _setting("timeouts.recommendations", "settings.recs_timeout", POSITIVE, "CFTRUNNER_RECS_TIMEOUT"),
+    _setting("timeouts.reconcile_settle", "settings.reconcile_settle", NOT_NEGATIVE,
+             "CFTRUNNER_RECONCILE_SETTLE"),
+    _setting("timeouts.lease", "settings.lease_seconds", POSITIVE, "CFTRUNNER_LEASE_SECONDS"),
+    _setting("timeouts.shutdown_grace", "settings.shutdown_grace", POSITIVE, "CFTRUNNER_SHUTDOWN_GRACE"),
+    _setting("judge.attempts", "settings.judge_attempts", Rule("integer", 1), "CFTRUNNER_JUDGE_ATTEMPTS"),
+    _setting("judge.temperature", "settings.judge_temperature", Rule("number", 0, 2)),
+    _setting("api.trace_shape", "settings.trace_shape", Rule("choice", choices=TRACE_SHAPES),
+             "CFTRUNNER_TRACE_SHAPE"),
+)
+KEY_BY_NAME = {key.name: key for key in KEYS}
+_ENV_KEYS = {key.env: key for key in KEYS if key.env}
+
+def from_env(key: Key, env: Mapping[str, str]) -> Any:
+    """The key's value from its environment variable, checked; None when unset or empty."""
+    raw = env.get(key.env) if key.env else None
+    return None if not raw else key.check(raw, text=True, label=str(key.env))
+
+
+def apply(settings: Settings, values: Mapping[str, Any]) -> Settings:
+    """`settings` with the values of checked keys (by dotted name) set; other keys are ignored."""
     top: dict[str, Any] = {}
     retry: dict[str, Any] = {}
-    for variable, (name, kind) in TUNABLES.items():
-        raw = env.get(variable)
-        if raw is None or raw == "":
-            continue
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise InputError(f"{variable}={raw!r} is not {'an integer' if kind is int else 'a number'}"
-                             ) from None
-        if kind is not str and value <= 0:
-            raise InputError(f"{variable} must be positive, not {raw}")
-        if name.startswith("retry."):
-            retry[name.removeprefix("retry.")] = value
-        else:
-            top[name] = value
-    if top.get("trace_shape", settings.trace_shape) not in ("tutorial", "batch"):
-        raise InputError("CFTRUNNER_TRACE_SHAPE must be 'tutorial' or 'batch'")
+    for name, value in values.items():
+        target = KEY_BY_NAME[name].target
+        if target.startswith("settings.retry."):
+            retry[target.removeprefix("settings.retry.")] = value
+        elif target.startswith("settings."):
+            top[target.removeprefix("settings.")] = value
+    return replace(settings, **top, retry=replace(settings.retry, **retry))
+
+
+def read_key_file(path: str) -> str:
     try:
-        return replace(settings, **top, retry=replace(settings.retry, **retry))
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-
-
-def resolve_api_key(explicit: str | None, key_file: str | None,
-                    env: Mapping[str, str] = os.environ) -> str:
-    """The API key from --api-key, --api-key-file, API_KEY or PREMAI_API_KEY; '' when none."""
-    if explicit:
-        return explicit.strip()
-    if key_file:
-        try:
-            return Path(key_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InputError(f"cannot read the API key file {key_file}: {exc.strerror}") from None
-    for name in KEY_VARIABLES:
-        if env.get(name, "").strip():
-            return env[name].strip()
-    return ""
-
-
-def resolve_db_url(explicit: str | None, env: Mapping[str, str] = os.environ) -> str:
-    url = explicit or env.get("CFTRUNNER_DB") or DEFAULT_DB
-    if url == DEFAULT_DB:
-        # The default home of the state file is created on first use, so cron in a fresh
-        # working directory needs no set-up.
-        Path("state").mkdir(exist_ok=True)
-    return url
-
-
-def resolve_base_url(explicit: str | None, env: Mapping[str, str] = os.environ) -> str:
-    url = (explicit or env.get("CFTRUNNER_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise InputError(f"the base URL must start with http:// or https://, not {url!r}")
-    return url
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InputError(f"cannot read the API key file {path}: {reason}") from None

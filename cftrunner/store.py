@@ -20,7 +20,7 @@ from cftrunner.exceptions import (
 )
 from cftrunner.lease import Lease
 from cftrunner.models import Effect, EffectStatus, Event, Item, LeaseInfo, Owner, Run, RunSummary
-from cftrunner.schema import effects, events, items, metadata, runs, utcnow
+from cftrunner.schema import cycles, effects, events, items, metadata, runs, utcnow
 from cftrunner.states import (
     ITEM_FAILED,
     TERMINAL,
@@ -108,6 +108,18 @@ class Tx:
                                 failure_reason=f"every item failed ({failed or 'no items'})")
             return
         self.transition_run(run_id, current, target)
+
+    def lock_cycle(self, name: str) -> None:
+        """Hold the cycle's row until commit, so two ticks cannot both start a run for it."""
+        dialect.insert_ignoring_duplicates(self.conn, cycles, name=name, created_at=utcnow())
+        self.conn.execute(sa.select(cycles.c.name).where(cycles.c.name == name).with_for_update())
+
+    def latest_run(self, cycle: str, states: tuple[RunState, ...] = ()) -> Run | None:
+        query = sa.select(runs).where(runs.c.cycle == cycle)
+        if states:
+            query = query.where(runs.c.state.in_([s.value for s in states]))
+        row = self.conn.execute(query.order_by(runs.c.created_at.desc()).limit(1)).first()
+        return None if row is None else _run(row)
 
     def update_run(self, run_id: str, current: RunState, **fields: Any) -> None:
         result = self.conn.execute(
