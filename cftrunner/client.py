@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import structlog
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
@@ -19,6 +21,8 @@ from cftrunner.exceptions import (
 )
 from cftrunner.payloads import AddResult, ChatResult, Recommendations, RemoteSnapshot, RemoteTrace
 from cftrunner.retry import parse_retry_after
+
+log = structlog.get_logger("cftrunner")
 
 
 @dataclass(frozen=True)
@@ -66,17 +70,22 @@ class PremClient:
 
     def request(self, method: str, path: str, body: Any = None,
                 params: dict[str, Any] | None = None) -> Any:
+        started = time.monotonic()
         try:
             resp = self.session.request(
                 method, self.base_url + path, json=body, params=params,
                 timeout=(self.timeouts.connect, self.timeouts.read))
         except requests.RequestException as exc:
+            log.debug("api_request", method=method, path=path, error=type(exc).__name__,
+                      elapsed_ms=round((time.monotonic() - started) * 1000))
             unsent = _surely_unsent(exc)
             what = "could not connect" if unsent else (
                 "timed out" if isinstance(exc, requests.Timeout) else "connection lost")
             raise TransientError(f"{method} {path}: {what}", maybe_happened=not unsent,
                                  method=method, path=path) from None
         status = resp.status_code
+        log.debug("api_request", method=method, path=path, status_code=status,
+                  elapsed_ms=round((time.monotonic() - started) * 1000))
         if 200 <= status < 300:
             if not resp.content:
                 return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -9,7 +10,9 @@ from typing import Any, TextIO
 
 import structlog
 
-LEVELS = ("debug", "info", "warning", "error")
+from cftrunner.settings import LOG_LEVELS
+
+LEVELS = LOG_LEVELS
 
 
 class _Redact:
@@ -28,6 +31,21 @@ class _Redact:
         return event
 
 
+class _Unfailing:
+    """A stream whose write errors (a closed pipe, a full disk) never stop the run."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.write(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
 def configure(level: str = "info", secrets: list[str] | None = None,
               stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
@@ -43,6 +61,6 @@ def configure(level: str = "info", secrets: list[str] | None = None,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(_Unfailing(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

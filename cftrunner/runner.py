@@ -83,7 +83,6 @@ class Runner:
         lease = Lease(run_id, current_owner(), self.settings.lease_seconds)
         self.store.create_run(self.new_run(run_id, spec, cycle), prompts, lease)
         self.lease = lease
-        log.info("run_created", run_id=run_id, items=len(prompts))
         return self.store.run(run_id)
 
     @staticmethod
@@ -224,7 +223,7 @@ class Runner:
                 self.pause(self.settings.reconcile_settle - waited)
             found = reconcile(effect)
             log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
-                     attempts=effect.attempts)
+                     attempt=effect.attempts)
             if found is not None:
                 with self.tx() as tx:
                     tx.finish_effect(effect, EffectStatus.DONE, found, verdict="reconciled")
@@ -258,8 +257,6 @@ class Runner:
         with self.tx() as tx:
             tx.finish_effect(prepared, EffectStatus.DONE, outcome)
             on_done(tx, outcome)
-        log.info("effect_done", key=key, **{k: v for k, v in outcome.items()
-                                             if isinstance(v, str | int | float | bool)})
         crashpoints.reach(f"{kind}.after_outcome")
 
 

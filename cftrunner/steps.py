@@ -162,8 +162,6 @@ def item_stage(r: Runner, run: Run) -> None:
     crashpoints.reach(f"transition.{target.value}")
     with r.tx() as tx:
         tx.advance_items_state(run.id, run.state, target, wanted)
-    log.info("run_transitioned", from_state=run.state.value,
-             to_state=r.store.run(run.id).state.value)
 
 
 def _find_dataset(r: Runner, run: Run) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 
 from cftrunner import dialect
 from cftrunner.exceptions import (
@@ -29,6 +31,11 @@ from cftrunner.states import (
     check_item_transition,
     check_run_transition,
 )
+
+log = structlog.get_logger("cftrunner")
+_LOG_LEVELS = {"item_transitioned": logging.DEBUG, "effect_prepared": logging.DEBUG,
+               "run_error": logging.WARNING, "effect_unknown": logging.WARNING,
+               "effect_unsent": logging.WARNING, "effect_failed": logging.WARNING}
 
 _LEASE_COLUMNS = ("lease_token", "lease_host", "lease_boot_id", "lease_pid", "lease_started",
                   "lease_expires_at")
@@ -63,6 +70,7 @@ class Tx:
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
+        self.logged: list[tuple[str, dict[str, Any]]] = []
 
     def fence(self, lease: Lease) -> None:
         """Fail unless this process still holds the run's lease, inside the transaction's lock."""
@@ -74,8 +82,10 @@ class Tx:
             raise LeaseLost(f"run {lease.run_id} was taken over by another process")
 
     def event(self, run_id: str, kind: str, item_id: int | None = None, **data: Any) -> None:
+        """An event row; the same fact is logged once the transaction has committed."""
         self.conn.execute(events.insert().values(
             run_id=run_id, item_id=item_id, at=utcnow(), kind=kind, data=data))
+        self.logged.append((kind, {"run_id": run_id, **data}))
 
     def transition_run(self, run_id: str, current: RunState, target: RunState,
                        **fields: Any) -> None:
@@ -89,7 +99,7 @@ class Tx:
                     **({} if target is RunState.FAILED else {"last_error": None}), **fields))
         if result.rowcount != 1:
             raise StaleStateError(f"run {run_id} is no longer {current.value}")
-        self.event(run_id, "run_transitioned", from_state=current.value, to_state=target.value,
+        self.event(run_id, "run_transitioned", state=target.value, from_state=current.value,
                    **({"reason": fields["failure_reason"]} if "failure_reason" in fields else {}))
 
     def advance_items_state(self, run_id: str, current: RunState, target: RunState,
@@ -143,8 +153,8 @@ class Tx:
             raise StaleStateError(f"item {item.position} is no longer {item.stage.value}")
         if target is not None:
             detail = {"error_kind": fields["error_kind"]} if "error_kind" in fields else {}
-            self.event(item.run_id, "item_transitioned", item.id, position=item.position,
-                       from_stage=item.stage.value, to_stage=target.value, **detail)
+            self.event(item.run_id, "item_transitioned", item.id, item=item.position,
+                       from_stage=item.stage.value, stage=target.value, **detail)
 
     def prepare_effect(self, run_id: str, key: str, kind: str, item_id: int | None,
                        request: dict[str, Any], previous: Effect | None) -> None:
@@ -166,8 +176,10 @@ class Tx:
                       outcome: dict[str, Any] | None = None, error: str | None = None,
                       verdict: str | None = None) -> None:
         self._set_effect(effect, status=status.value, outcome=outcome, error=error)
+        facts = {k: v for k, v in (outcome or {}).items() if isinstance(v, str | int | float)}
         self.event(effect.run_id, f"effect_{status.value.lower()}", effect.item_id,
-                   key=effect.key, **({"verdict": verdict} if verdict else {}),
+                   key=effect.key, attempt=effect.attempts, **facts,
+                   **({"verdict": verdict} if verdict else {}),
                    **({"error": error} if error else {}))
 
     def note_unknown_outcome(self, effect: Effect, error: str) -> None:
@@ -203,6 +215,8 @@ class Store:
             if fence is not None:
                 tx.fence(fence)
             yield tx
+        for kind, fields in tx.logged:
+            log.log(_LOG_LEVELS.get(kind, logging.INFO), kind, **fields)
 
     def acquire_lease(self, lease: Lease, may_take_over: Callable[[LeaseInfo], bool]) -> Run:
         """Take the run's lease if it is free, expired, or `may_take_over` proves its owner dead."""
@@ -340,7 +354,7 @@ class Store:
         entered, state = run.created_at, RunState.CREATED.value
         for at, data in moves:
             seconds[state] = seconds.get(state, 0.0) + (at - entered).total_seconds()
-            entered, state = at, str(data.get("to_state"))
+            entered, state = at, str(data.get("state"))
         if run.state not in TERMINAL:
             seconds[state] = seconds.get(state, 0.0) + (utcnow() - entered).total_seconds()
         return RunSummary(

@@ -235,3 +235,16 @@ def test_connection_options_work_before_the_command_too(cli: Cli, tmp_path: Path
     assert [r["run_id"] for r in json.loads(listed.stdout)] == ["elsewhere"]
     assert cli.run("--db", other_db, "status", "--db", cli.env["CFTRUNNER_DB"]).stdout.startswith(
         "no runs yet")
+
+
+def test_a_closed_stderr_does_not_stop_the_run(cli: Cli, sandbox: Sandbox) -> None:
+    """Cron may close the log pipe; a log line that cannot be written is dropped, not fatal."""
+    proc = subprocess.Popen(cli.command(*cli.start_args("no-logs"), "--log-level", "debug"),
+                            env=cli.env, cwd=cli.tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    proc.stderr.close()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert out.splitlines()[-1].startswith("run no-logs: LAUNCHED")
+    assert_exactly_once(sandbox, len(PROMPTS))
