@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import secrets
 import signal
@@ -181,12 +182,14 @@ class Runner:
 
     def _record_error(self, run_id: str, message: str) -> None:
         if self.lease is None or not self.lease.lost.is_set():
-            self.store.record_error(run_id, message)
+            with contextlib.suppress(LeaseLost), self.tx() as tx:
+                tx.record_error(run_id, message)
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """Call until it succeeds, sleeping per the retry policy between transient failures."""
         attempt = 1
         while True:
+            self._ensure_lease()
             try:
                 return call()
             except (TransientError, BadResponseError) as exc:

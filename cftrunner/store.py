@@ -119,6 +119,11 @@ class Tx:
             return
         self.transition_run(run_id, current, target)
 
+    def record_error(self, run_id: str, message: str) -> None:
+        self.conn.execute(runs.update().where(runs.c.id == run_id)
+                          .values(last_error=message, updated_at=utcnow()))
+        self.event(run_id, "run_error", message=message)
+
     def lock_cycle(self, name: str) -> None:
         """Hold the cycle's row until commit, so two ticks cannot both start a run for it."""
         dialect.insert_ignoring_duplicates(self.conn, cycles, name=name, created_at=utcnow())
@@ -311,12 +316,6 @@ class Store:
                 for i, p in enumerate(prompts)])
         tx.event(run.id, "run_created", items=len(prompts))
 
-    def record_error(self, run_id: str, message: str | None) -> None:
-        with self.tx() as tx:
-            tx.conn.execute(runs.update().where(runs.c.id == run_id)
-                            .values(last_error=message, updated_at=utcnow()))
-            if message:
-                tx.event(run_id, "run_error", message=message)
 
     def run(self, run_id: str) -> Run:
         with self._read() as conn:
