@@ -1,0 +1,138 @@
+"""Leases on a real SQLite file: who may take a run, and what a process that lost it can do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from cftrunner.exceptions import LeaseLost, RunBusy
+from cftrunner.lease import Lease, current_owner, process_start, provably_dead
+from cftrunner.models import LeaseInfo, Owner
+from cftrunner.states import ItemStage, RunState
+from cftrunner.store import Store
+from tests.integration.test_store import make_run
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    s.create_run(make_run(), ["a", "b"])
+    yield s
+    s.close()
+
+
+def never(_held: LeaseInfo) -> bool:
+    return False
+
+
+def exited_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_owner_on_another_host_is_never_proven_dead() -> None:
+    me = current_owner()
+    assert not provably_dead(replace(me, host="elsewhere", pid=exited_pid()), me)
+
+
+def test_an_owner_from_before_a_reboot_is_dead() -> None:
+    me = current_owner()
+    assert provably_dead(replace(me, boot_id="an-earlier-boot"), me)
+
+
+def test_an_exited_owner_on_this_host_is_dead() -> None:
+    me = current_owner()
+    pid = exited_pid()
+    assert process_start(pid) == ""
+    assert provably_dead(replace(me, pid=pid, started="12345"), me)
+
+
+def test_a_reused_pid_does_not_keep_a_dead_owner_alive() -> None:
+    me = current_owner()
+    assert provably_dead(replace(me, started=str(int(me.started) + 1)), me)
+
+
+def test_a_live_owner_is_not_dead() -> None:
+    me = current_owner()
+    assert not provably_dead(me, me)
+
+
+def test_a_free_run_is_taken(store: Store) -> None:
+    lease = Lease("r1", current_owner(), 30)
+    run = store.acquire_lease(lease, never)
+    assert run.lease is not None and run.lease.token == lease.token
+    assert lease.locally_valid()
+
+
+def test_a_live_lease_makes_the_run_busy_naming_its_owner(store: Store) -> None:
+    first = Lease("r1", Owner("host-a", "boot", 4242, "1"), 30)
+    store.acquire_lease(first, never)
+    with pytest.raises(RunBusy, match="host-a pid 4242 until"):
+        store.acquire_lease(Lease("r1", current_owner(), 30), never)
+
+
+def test_an_expired_lease_is_taken_over(store: Store) -> None:
+    store.acquire_lease(Lease("r1", Owner("host-a", "boot", 1, "1"), 0.2), never)
+    time.sleep(0.3)
+    taker = Lease("r1", current_owner(), 30)
+    run = store.acquire_lease(taker, never)
+    assert run.lease is not None and run.lease.token == taker.token
+    assert store.events("r1")[-1].data["taken_from"] == "host-a pid 1"
+
+
+def test_a_provably_dead_owner_is_taken_over_before_expiry(store: Store) -> None:
+    store.acquire_lease(Lease("r1", Owner("host-a", "boot", 1, "1"), 300), never)
+    taker = Lease("r1", current_owner(), 30)
+    store.acquire_lease(taker, lambda held: held.owner.host == "host-a")
+    assert store.run("r1").lease.token == taker.token  # type: ignore[union-attr]
+
+
+def test_a_process_that_lost_its_lease_cannot_write(store: Store) -> None:
+    loser = Lease("r1", current_owner(), 0.1)
+    store.acquire_lease(loser, never)
+    time.sleep(0.2)
+    store.acquire_lease(Lease("r1", Owner("other", "b", 2, "2"), 30), never)
+    item = store.items("r1")[0]
+    with pytest.raises(LeaseLost), store.tx(fence=loser) as tx:
+        tx.update_item(item, ItemStage.GENERATED, answer="late")
+    assert store.items("r1")[0].answer is None and loser.lost.is_set()
+
+
+def test_a_lost_lease_cannot_be_renewed(store: Store) -> None:
+    loser = Lease("r1", current_owner(), 0.1)
+    store.acquire_lease(loser, never)
+    time.sleep(0.2)
+    store.acquire_lease(Lease("r1", Owner("other", "b", 2, "2"), 30), never)
+    assert store.renew_lease(loser) is False
+    assert not loser.locally_valid()
+
+
+def test_renewal_extends_the_expiry(store: Store) -> None:
+    lease = Lease("r1", current_owner(), 30)
+    store.acquire_lease(lease, never)
+    before = store.run("r1").lease.expires_at  # type: ignore[union-attr]
+    time.sleep(0.05)
+    assert store.renew_lease(lease)
+    assert store.run("r1").lease.expires_at > before  # type: ignore[union-attr]
+
+
+def test_a_released_lease_frees_the_run(store: Store) -> None:
+    lease = Lease("r1", current_owner(), 30)
+    store.acquire_lease(lease, never)
+    store.release_lease(lease)
+    assert store.run("r1").lease is None
+    store.acquire_lease(Lease("r1", Owner("other", "b", 2, "2"), 30), never)
+
+
+def test_a_fenced_transition_by_the_holder_succeeds(store: Store) -> None:
+    lease = Lease("r1", current_owner(), 30)
+    store.acquire_lease(lease, never)
+    with store.tx(fence=lease) as tx:
+        tx.transition_run("r1", RunState.CREATED, RunState.CANCELLED, failure_reason="x")
+    assert store.run("r1").state is RunState.CANCELLED
