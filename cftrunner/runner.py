@@ -124,8 +124,9 @@ class Runner:
             raise Interrupted(self.stop.signum or signal.SIGTERM,
                               f"stopped by {name}; the run is intact, resume it")
         if self.lease is not None:
-            if self.lease.lost.is_set():
-                raise LeaseLost(f"run {self.lease.run_id} was taken over by another process")
+            # After a pause (SIGSTOP, a frozen VM) the lost flag may not be set yet: check the
+            # lease against the clock, and against the database once the clock says it lapsed.
+            self._ensure_lease()
             now = time.monotonic()
             if now - self._cancel_checked >= 1.0:
                 self._cancel_checked = now
@@ -137,9 +138,11 @@ class Runner:
         self.checkpoint()
 
     def _ensure_lease(self) -> None:
-        """Just before a request with an effect: the lease must be valid now, not only lately."""
+        """Just before a request: the lease must be valid now, not only lately."""
         lease = self.lease
-        if lease is not None and not lease.locally_valid() and not self.store.renew_lease(lease):
+        if lease is None:
+            return
+        if lease.lost.is_set() or (not lease.locally_valid() and not self.store.renew_lease(lease)):
             raise LeaseLost(f"run {lease.run_id} was taken over by another process")
 
     def drive(self, run_id: str) -> Run:
@@ -155,6 +158,8 @@ class Runner:
                 self.checkpoint()
                 HANDLERS[run.state](self, run)
                 run = self.store.run(run_id)
+            # The terminal state may have been written by a process that took the run over.
+            self._ensure_lease()
         except _Cancelled:
             run = self.store.run(run_id)
             with self.tx() as tx:

@@ -72,6 +72,12 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
         store.close()
 
 
+def _already_ended(run: Run) -> str:
+    if run.state is RunState.CANCELLED:
+        return f"run {run.id} is already cancelled"
+    raise InputError(f"run {run.id} already ended {run.state.value}; nothing to cancel")
+
+
 def _raise_if_driven(run: Run) -> None:
     """A run another live process holds is busy (exit 75), whatever was asked of it."""
     held = run.lease
@@ -108,22 +114,19 @@ def cancel(settings: Settings, run_id: str) -> str:
     """Cancel a run: at once when nobody drives it, else at the driver's next checkpoint."""
     store = Store(settings.db_url)
     try:
-        run = store.run(run_id)
-        if run.state is RunState.CANCELLED:
-            return f"run {run_id} is already cancelled"
-        if run.state in TERMINAL:
-            raise InputError(f"run {run_id} already ended {run.state.value}; nothing to cancel")
-        store.request_cancel(run_id)
+        if not store.request_cancel(run_id):
+            return _already_ended(store.run(run_id))
         runner = Runner(store, settings)
         try:
             run = runner.take(run_id)
         except RunBusy as busy:
             return f"cancel requested: {busy.message}; it stops at its next checkpoint"
         try:
-            if run.state not in TERMINAL:
-                with runner.tx() as tx:
-                    tx.transition_run(run_id, run.state, RunState.CANCELLED,
-                                      failure_reason="cancelled on request")
+            if run.state in TERMINAL:  # it ended between the request and the lease
+                return _already_ended(run)
+            with runner.tx() as tx:
+                tx.transition_run(run_id, run.state, RunState.CANCELLED,
+                                  failure_reason="cancelled on request")
         finally:
             runner.release()
         return f"run {run_id} cancelled"

@@ -267,14 +267,16 @@ class Store:
                 runs.c.id == lease.run_id, runs.c.lease_token == lease.token).values(
                 **dict.fromkeys(_LEASE_COLUMNS)))
 
-    def request_cancel(self, run_id: str) -> Run:
+    def request_cancel(self, run_id: str) -> bool:
+        """Mark a live run for cancelling; False when it has already ended."""
         with self.tx() as tx:
-            result = tx.conn.execute(runs.update().where(runs.c.id == run_id)
-                                     .values(cancel_requested=True))
-            if result.rowcount != 1:
-                raise RunNotFoundError(f"no run {run_id!r} in this state database")
-            tx.event(run_id, "cancel_requested")
-        return self.run(run_id)
+            result = tx.conn.execute(
+                runs.update().where(runs.c.id == run_id,
+                                    runs.c.state.not_in([s.value for s in TERMINAL]))
+                .values(cancel_requested=True))
+            if result.rowcount == 1:
+                tx.event(run_id, "cancel_requested")
+        return result.rowcount == 1
 
     def cancel_requested(self, run_id: str) -> bool:
         with self._read() as conn:
@@ -290,9 +292,9 @@ class Store:
 
     def create_run(self, run: Run, prompts: list[str], lease: Lease | None = None) -> None:
         """Store a run and its items together, or nothing; with `lease`, already held by it."""
-        now = utcnow()
         with self.tx() as tx:
-            self.insert_run(tx, run, prompts, lease, now)
+            # Timed once the write lock is held, so the stored lease expiry is not early.
+            self.insert_run(tx, run, prompts, lease, utcnow())
 
     def insert_run(self, tx: Tx, run: Run, prompts: list[str], lease: Lease | None,
                    now: datetime) -> None:

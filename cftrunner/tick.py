@@ -40,9 +40,9 @@ def decide_and_claim(runner: Runner, cycle: Cycle, prompts: list[str]) -> Decisi
     assert cycle.project_id and cycle.model_alias and cycle.prompts
     name = cycle_name(cycle.project_id, cycle.model_alias)
     store: Store = runner.store
-    now = utcnow()
     with store.tx() as tx:
         tx.lock_cycle(name)
+        now = utcnow()  # once the cycle is locked, so the new lease's expiry is not early
         latest = tx.latest_run(name)
         if latest is not None and latest.state not in TERMINAL:
             return Decision("resume", latest.id, f"run {latest.id} is unfinished")

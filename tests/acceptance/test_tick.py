@@ -1,0 +1,321 @@
+"""`cftrunner tick` as cron runs it, with a config file: one cycle per interval, whatever happens."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cftrunner import crashpoints
+from cftrunner.sandbox import DEFAULT_PROJECT_ID, FaultRule, Sandbox
+from cftrunner.store import Store
+from tests.acceptance import test_ownership as ownership
+from tests.acceptance.test_ownership import (
+    BUSY,
+    FEW_PROMPTS,
+    HOST,
+    OVERLAP_LATENCY,
+    Proc,
+    assert_one_drove_and_the_others_were_turned_away,
+    busy_with,
+    one_error_line,
+    received,
+    report_overlap,
+    requests_sent,
+    run_together,
+    utcnow,
+    wait_until,
+)
+from tests.conftest import MODEL, Cli, write_prompts
+
+pytestmark = pytest.mark.slow
+
+spawn = ownership.spawn  # the same fixture: processes, killed at the end if still running
+KILLED = -signal.SIGKILL
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A sandbox, a config file naming it and a state file, and `tick --config FILE` to run."""
+
+    sandbox: Sandbox
+    cli: Cli
+    config: Path
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.config.parent}/state/cron.db"
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return ("tick", "--config", str(self.config))
+
+    def tick(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return self.cli.run(*self.args, env=env)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first."""
+        result = self.cli.run("status", "--json", "--config", str(self.config))
+        assert result.returncode == 0, result.stderr
+        shown: list[dict[str, Any]] = json.loads(result.stdout)
+        return shown
+
+
+CONFIG_KEYS = {"interval": '"4s"', "failed_retry_interval": '"1h"'}
+
+
+def write_config(folder: Path, sandbox: Sandbox, keys: dict[str, str], tail: str = "") -> Path:
+    """A config file holding the whole cycle and where to find the API and the state file; `keys`
+    are TOML values by key, `tail` is appended (sections)."""
+    write_prompts(folder / "prompts.json", FEW_PROMPTS)
+    lines = [f'project_id = "{DEFAULT_PROJECT_ID}"', f'model_alias = "{MODEL}"',
+             'prompts = "prompts.json"', f'base_url = "{sandbox.url}"', 'db = "sqlite:///state/cron.db"',
+             *(f"{key} = {value}" for key, value in keys.items())]
+    config = folder / "cftrunner.toml"
+    config.write_text("\n".join(lines) + "\n" + tail)
+    return config
+
+
+@pytest.fixture
+def make_cron(make_sandbox: Callable[..., Sandbox], db_url: str,
+              tmp_path: Path) -> Callable[..., Cron]:
+    """A sandbox with the given options, and a config file on it whose `keys` override CONFIG_KEYS."""
+
+    def make(keys: dict[str, str] | None = None, tail: str = "", **sandbox_options: Any) -> Cron:
+        sandbox = make_sandbox(**sandbox_options)
+        cli = Cli(sandbox, db_url, tmp_path)
+        # The file, not the environment, says where the API and the state file are.
+        del cli.env["CFTRUNNER_BASE_URL"], cli.env["CFTRUNNER_DB"]
+        folder = tmp_path / "cron"
+        folder.mkdir()
+        config = write_config(folder, sandbox, {**CONFIG_KEYS, **(keys or {})}, tail)
+        return Cron(sandbox, cli, config)
+
+    return make
+
+
+def assert_cycles_launched_once(sandbox: Sandbox, cycles: int) -> None:
+    """Every effect of every cycle happened once: traces, additions, snapshots, recommendations, jobs."""
+    counts = sandbox.counts()
+    assert counts["traces"] == cycles * len(FEW_PROMPTS)
+    assert sorted(counts["additions"].values()) == [1] * cycles * len(FEW_PROMPTS)
+    assert counts["snapshots"] == cycles
+    assert sorted(counts["recommendations_generated"].values()) == [1] * cycles
+    assert counts["jobs"] == cycles
+
+
+def launched_line(run_id: str) -> str:
+    return f"run {run_id}: LAUNCHED job "
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# -- many ticks at once, and ticks killed at random ----------------------------------------------
+
+
+def test_eight_ticks_at_once_create_one_run_launch_it_once_and_seven_exit_75(
+        make_cron: Callable[..., Cron], spawn: Callable[..., Proc],
+        record_property: Callable[[str, object], None]) -> None:
+    cron = make_cron(latency=OVERLAP_LATENCY)
+
+    procs = run_together(cron.cli, spawn, [cron.args] * 8)
+
+    [run] = cron.runs()
+    driver = assert_one_drove_and_the_others_were_turned_away(procs, run["run_id"])
+    assert driver.stdout.splitlines()[0] == run["run_id"]
+    report_overlap("tick x 8", procs, record_property)
+    assert run["state"] == "LAUNCHED"
+    assert_cycles_launched_once(cron.sandbox, 1)
+
+
+INTERVAL = 4.0
+TICKS = 12
+# Twelve ticks 0.6 s apart span 6.6 s: past the first cycle's interval, short of a third one.
+SLOT = 0.6
+TICK_LATENCY = 0.05  # a tick that drives a whole cycle then takes about 1.4 s
+KILL_SHARE = 0.5
+KILL_AFTER = (0.3, 1.2)  # seconds after its start: after start-up, mostly while driving
+# Seeds whose first tick, the one that starts the first cycle, is among those killed.
+SEEDS = (1, 3)
+
+
+def takeovers(db_url: str) -> int:
+    """How often a run's lease was taken from an owner that had died holding it."""
+    store = Store(db_url)
+    try:
+        return sum("taken_from" in event.data for run in store.runs()
+                   for event in store.events(run.id) if event.kind == "lease_acquired")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ticks_killed_at_random_launch_exactly_one_cycle_per_interval(
+        make_cron: Callable[..., Cron], spawn: Callable[..., Proc], seed: int,
+        record_property: Callable[[str, object], None]) -> None:
+    """Cron starts a tick every SLOT seconds, whether the last one has ended or not; about half
+    of the ticks are SIGKILLed at a random moment."""
+    cron = make_cron(latency=TICK_LATENCY)
+    rand = random.Random(seed)
+    began = time.monotonic()
+    procs: list[Proc] = []
+    kill_at: dict[int, float] = {}
+
+    def kill_those_due() -> None:
+        for proc in procs:
+            if not proc.done() and time.monotonic() >= kill_at.get(proc.pid, float("inf")):
+                proc.kill()
+
+    for number in range(TICKS):
+        while time.monotonic() < began + number * SLOT:
+            kill_those_due()
+            time.sleep(0.005)
+        procs.append(spawn(cron.cli, *cron.args))
+        if rand.random() < KILL_SHARE:
+            kill_at[procs[-1].pid] = time.monotonic() + rand.uniform(*KILL_AFTER)
+    while not all([proc.done() for proc in procs]):
+        kill_those_due()
+        time.sleep(0.005)
+    finishing = None
+    if cron.runs()[0]["state"] != "LAUNCHED":  # its driver was killed last: cron's next tick
+        finishing = cron.tick()
+        assert finishing.returncode == 0, finishing.stderr
+
+    exits = [proc.returncode for proc in procs]
+    taken = takeovers(cron.db_url)
+    record_property("exits", exits)
+    print(f"\nseed {seed}: exits {exits}{', then one more tick' if finishing else ''}; "
+          f"{taken} takeovers from a killed owner")
+    assert set(exits) <= {0, BUSY, KILLED}, "\n".join(p.describe() for p in procs)
+    assert taken >= 1, "no kill landed while a run was being driven"
+    for proc in procs:
+        assert "database is locked" not in proc.stderr
+        if proc.returncode == BUSY:
+            assert busy_with(proc.stderr).host == HOST
+    second, first = cron.runs()
+    assert (first["state"], second["state"]) == ("LAUNCHED", "LAUNCHED")
+    assert when(second["created_at"]) - when(first["created_at"]) >= timedelta(seconds=INTERVAL)
+    assert_cycles_launched_once(cron.sandbox, 2)
+    assert sorted(job["id"] for job in cron.sandbox.world.jobs()) == sorted(
+        [first["job_id"], second["job_id"]])
+
+
+# -- one tick at a time ------------------------------------------------------------------------
+
+
+def test_tick_with_nothing_due_says_so_exits_0_and_sends_nothing(
+        make_cron: Callable[..., Cron]) -> None:
+    cron = make_cron()
+    first = cron.tick()
+    assert first.returncode == 0, first.stderr
+    run_id = first.stdout.splitlines()[0]
+    sent = requests_sent(cron.sandbox)
+
+    again = cron.tick()
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"nothing to do: the last cycle {run_id} LAUNCHED ")
+    assert "next in" in again.stdout
+    assert requests_sent(cron.sandbox) == sent
+    assert len(cron.runs()) == 1
+
+
+def test_tick_resumes_the_cycle_s_unfinished_run(make_cron: Callable[..., Cron]) -> None:
+    cron = make_cron()
+    killed = cron.tick(env={crashpoints.ENV: "trace.after_intent:2"})
+    assert killed.returncode == KILLED, killed.stderr
+    run_id = killed.stdout.splitlines()[0]
+
+    resumed = cron.tick()
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines() == [launched_line(run_id) + cron.runs()[0]["job_id"]]
+    [run] = cron.runs()
+    assert (run["run_id"], run["state"]) == (run_id, "LAUNCHED")
+    assert_cycles_launched_once(cron.sandbox, 1)
+
+
+def test_tick_while_another_process_drives_the_cycle_exits_75(
+        make_cron: Callable[..., Cron], spawn: Callable[..., Proc]) -> None:
+    cron = make_cron()
+    cron.sandbox.add_fault(FaultRule(route="trace_create", kind="latency", delay=2.0, times=1))
+    driver = spawn(cron.cli, *cron.args)
+    wait_until(lambda: received("trace_create")(cron.sandbox.counts()), "tracing", alive=driver)
+
+    refused = cron.tick()
+
+    assert refused.returncode == BUSY, refused.stderr
+    busy = busy_with(refused.stderr)
+    assert (busy.host, busy.pid) == (HOST, driver.pid)
+    assert busy.until > utcnow()
+    assert refused.stdout == ""
+    driver.wait()
+    assert driver.returncode == 0, driver.describe()
+    [run] = cron.runs()
+    assert run["state"] == "LAUNCHED" and busy.run_id == run["run_id"]
+    assert_cycles_launched_once(cron.sandbox, 1)
+
+
+FAILED_RETRY = 3.0
+
+
+def test_after_a_failed_cycle_tick_waits_the_failed_retry_interval(
+        make_cron: Callable[..., Cron]) -> None:
+    cron = make_cron({"failed_retry_interval": f'"{FAILED_RETRY:g}s"', "interval": '"1h"'})
+    cron.sandbox.add_fault(FaultRule(route="chat", status=400, judge=False))
+    failed = cron.tick()
+    assert failed.returncode == 1, failed.stderr
+    assert "every item failed" in one_error_line(failed.stderr)
+    [run] = cron.runs()
+    cron.sandbox.clear_faults()
+    sent = requests_sent(cron.sandbox)
+
+    waiting = cron.tick()
+
+    assert waiting.returncode == 0, waiting.stderr
+    assert waiting.stdout.startswith(f"nothing to do: the last cycle {run['run_id']} FAILED ")
+    assert "next try in" in waiting.stdout
+    assert requests_sent(cron.sandbox) == sent
+    due = when(run["state_changed_at"]) + timedelta(seconds=FAILED_RETRY)
+    time.sleep(max(0.0, (due - utcnow()).total_seconds()) + 0.1)
+
+    retried = cron.tick()
+
+    assert retried.returncode == 0, retried.stderr
+    new, old = cron.runs()
+    assert (new["state"], old["state"], old["run_id"]) == ("LAUNCHED", "FAILED", run["run_id"])
+    assert retried.stdout.splitlines()[0] == new["run_id"]
+    assert_cycles_launched_once(cron.sandbox, 1)
+
+
+@pytest.mark.parametrize(("keys", "tail", "named"), [
+    pytest.param({"interval": '"soon"'}, "", "interval", id="interval-not-a-duration"),
+    pytest.param({"interval": "0"}, "", "interval", id="interval-zero"),
+    pytest.param({"failed_retry_interval": '"-1h"'}, "", "failed_retry_interval",
+                 id="negative-failed-retry-interval"),
+    pytest.param({"intervall": '"4s"'}, "", "intervall", id="unknown-key"),
+    pytest.param({}, '[timeouts]\nlease = "long"\n', "timeouts.lease", id="lease-not-a-number"),
+])
+def test_a_bad_config_is_exit_2_with_one_line_naming_the_key(
+        make_cron: Callable[..., Cron], keys: dict[str, str], tail: str, named: str) -> None:
+    cron = make_cron(keys, tail)
+
+    refused = cron.tick()
+
+    assert refused.returncode == 2
+    line = one_error_line(refused.stderr)
+    assert f"{cron.config}: {named}" in line or f"unknown key {named}" in line, line
+    assert refused.stdout == ""
+    assert requests_sent(cron.sandbox) == 0
+    assert not (cron.config.parent / "state" / "cron.db").exists()
