@@ -248,3 +248,35 @@ def test_a_closed_stderr_does_not_stop_the_run(cli: Cli, sandbox: Sandbox) -> No
     assert proc.returncode == 0
     assert out.splitlines()[-1].startswith("run no-logs: LAUNCHED")
     assert_exactly_once(sandbox, len(PROMPTS))
+
+
+def test_status_shows_time_in_each_state_and_the_lease(cli: Cli) -> None:
+    assert cli.run(*cli.start_args("timed")).returncode == 0
+    data = json.loads(cli.run("status", "timed", "--json").stdout)
+    assert set(data["state_seconds"]) == {"CREATED", "GENERATED", "JUDGED", "TRACED", "ADDED",
+                                          "SNAPSHOT", "RECS_READY"}
+    assert data["lease"] is None and data["cancel_requested"] is False
+    detail = cli.run("status", "timed").stdout
+    assert "owner      none" in detail and "time       CREATED" in detail
+
+
+def test_config_shows_each_setting_its_source_and_never_the_key(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "cftrunner.toml").write_text('model_alias = "from-file"\n[retry]\nmax_attempts = 9\n')
+    result = cli.run("config", "--split-percentage", "70",
+                     env={"API_KEY": "sk-very-secret-key-1234"})
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line[:1] != "#"}
+    assert rows["model_alias"].split()[1] == "from-file" and "file" in rows["model_alias"]
+    assert "command line" in rows["split_percentage"]
+    assert "environment CFTRUNNER_DB" in rows["db"]
+    assert rows["retry.max_attempts"].split()[1] == "9"
+    assert "sk-very-secret" not in result.stdout and "****1234" in rows["api_key"]
+
+
+def test_a_config_file_with_an_unknown_key_is_one_line_naming_it(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "cftrunner.toml").write_text("[retry]\nmax_attempt = 3\n")
+    result = cli.run(*cli.start_args("cfg"))
+    assert result.returncode == 2
+    assert "retry.max_attempt" in one_error_line(result)
+    (tmp_path / "cftrunner.toml").unlink()
+    assert stored_runs(cli) == []
