@@ -13,7 +13,7 @@ from cftrunner import crashpoints, payloads
 from cftrunner.exceptions import ApiError, RunStopped
 from cftrunner.models import Run
 from cftrunner.states import ItemStage, RunState
-from cftrunner.store import Tx
+from cftrunner.transaction import Tx
 
 if TYPE_CHECKING:
     from cftrunner.runner import Runner

@@ -34,7 +34,8 @@ from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
 from cftrunner.states import TERMINAL, RunState
-from cftrunner.store import Store, Tx
+from cftrunner.store import Store
+from cftrunner.transaction import Tx
 
 log = structlog.get_logger("cftrunner")
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
 from cftrunner.judge import REMINDER, Judgment, judge_prompt, parse_judgment, trace_feedback
 from cftrunner.models import Item, Run
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
-from cftrunner.store import Tx
+from cftrunner.transaction import Tx
 
 if TYPE_CHECKING:
     from cftrunner.runner import Runner

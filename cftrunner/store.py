@@ -1,4 +1,4 @@
-"""The state store: runs, items, effect intents and events; every write is one checked transaction."""
+"""The state store: opening transactions, reading runs, items and effects, and holding leases."""
 
 from __future__ import annotations
 
@@ -7,199 +7,29 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
 from cftrunner import dialect
-from cftrunner.exceptions import (
-    LeaseLost,
-    RunBusy,
-    RunExistsError,
-    RunNotFoundError,
-    StaleStateError,
-)
+from cftrunner.exceptions import RunBusy, RunExistsError, RunNotFoundError
 from cftrunner.lease import Lease
-from cftrunner.models import Effect, EffectStatus, Event, Item, LeaseInfo, Owner, Run, RunSummary
-from cftrunner.schema import cycles, effects, events, items, metadata, runs, utcnow
-from cftrunner.states import (
-    ITEM_FAILED,
-    TERMINAL,
-    ItemStage,
-    RunState,
-    check_item_transition,
-    check_run_transition,
+from cftrunner.models import Effect, Event, Item, LeaseInfo, Run, RunSummary
+from cftrunner.schema import effects, events, items, metadata, runs, utcnow
+from cftrunner.states import TERMINAL, ItemStage, RunState
+from cftrunner.transaction import (
+    LEASE_COLUMNS,
+    Tx,
+    effect_from,
+    item_from,
+    lease_values,
+    run_from,
 )
 
 log = structlog.get_logger("cftrunner")
 _LOG_LEVELS = {"item_transitioned": logging.DEBUG, "effect_prepared": logging.DEBUG,
                "run_error": logging.WARNING, "effect_unknown": logging.WARNING,
                "effect_unsent": logging.WARNING, "effect_failed": logging.WARNING}
-
-_LEASE_COLUMNS = ("lease_token", "lease_host", "lease_boot_id", "lease_pid", "lease_started",
-                  "lease_expires_at")
-
-
-def _run(row: sa.Row[Any]) -> Run:
-    m = dict(row._mapping)
-    token, host, boot, pid, started, expires = (m.pop(c) for c in _LEASE_COLUMNS)
-    lease = (LeaseInfo(token, Owner(host or "", boot or "", pid or 0, started or ""), expires)
-             if token else None)
-    return Run(**{**m, "state": RunState(m["state"]), "lease": lease})
-
-
-def _lease_values(lease: Lease, expires_at: datetime) -> dict[str, Any]:
-    owner = lease.owner
-    return {"lease_token": lease.token, "lease_host": owner.host, "lease_boot_id": owner.boot_id,
-            "lease_pid": owner.pid, "lease_started": owner.started, "lease_expires_at": expires_at}
-
-
-def _item(row: sa.Row[Any]) -> Item:
-    m = row._mapping
-    return Item(**{**m, "stage": ItemStage(m["stage"])})
-
-
-def _effect(row: sa.Row[Any]) -> Effect:
-    m = row._mapping
-    return Effect(**{**m, "status": EffectStatus(m["status"])})
-
-
-class Tx:
-    """The writes of one transaction; each checks the state it changes from."""
-
-    def __init__(self, conn: sa.Connection) -> None:
-        self.conn = conn
-        self.logged: list[tuple[str, dict[str, Any]]] = []
-
-    def fence(self, lease: Lease) -> None:
-        """Fail unless this process still holds the run's lease, inside the transaction's lock."""
-        token = self.conn.execute(
-            sa.select(runs.c.lease_token).where(runs.c.id == lease.run_id).with_for_update()
-        ).scalar()
-        if token != lease.token:
-            lease.lost.set()
-            raise LeaseLost(f"run {lease.run_id} was taken over by another process")
-
-    def event(self, run_id: str, kind: str, item_id: int | None = None, **data: Any) -> None:
-        """An event row; the same fact is logged once the transaction has committed."""
-        self.conn.execute(events.insert().values(
-            run_id=run_id, item_id=item_id, at=utcnow(), kind=kind, data=data))
-        self.logged.append((kind, {"run_id": run_id, **data}))
-
-    def transition_run(self, run_id: str, current: RunState, target: RunState,
-                       **fields: Any) -> None:
-        check_run_transition(current, target)
-        now = utcnow()
-        result = self.conn.execute(
-            runs.update()
-            .where(runs.c.id == run_id, runs.c.state == current.value)
-            # last_error speaks of the state being left; a failure keeps it as evidence.
-            .values(state=target.value, updated_at=now, state_changed_at=now,
-                    **({} if target is RunState.FAILED else {"last_error": None}), **fields))
-        if result.rowcount != 1:
-            raise StaleStateError(f"run {run_id} is no longer {current.value}")
-        self.event(run_id, "run_transitioned", state=target.value, from_state=current.value,
-                   **({"reason": fields["failure_reason"]} if "failure_reason" in fields else {}))
-
-    def advance_items_state(self, run_id: str, current: RunState, target: RunState,
-                            wanted: ItemStage) -> None:
-        """Move the run to `target` if every item is at `wanted` or failed; FAILED if all failed."""
-        counts: dict[str, int] = {stage: n for stage, n in self.conn.execute(
-            sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run_id)
-            .group_by(items.c.stage))}
-        order = list(ItemStage)
-        behind = {s.value for s in order[:order.index(wanted)] if s not in ITEM_FAILED}
-        if any(counts.get(stage) for stage in behind):
-            raise StaleStateError(f"run {run_id}: items are still short of {wanted.value}")
-        if not counts.get(wanted.value):
-            failed = ", ".join(f"{n} {stage.lower()}" for stage, n in sorted(counts.items()))
-            self.transition_run(run_id, current, RunState.FAILED,
-                                failure_reason=f"every item failed ({failed or 'no items'})")
-            return
-        self.transition_run(run_id, current, target)
-
-    def record_error(self, run_id: str, message: str) -> None:
-        self.conn.execute(runs.update().where(runs.c.id == run_id)
-                          .values(last_error=message, updated_at=utcnow()))
-        self.event(run_id, "run_error", message=message)
-
-    def lock_cycle(self, name: str) -> None:
-        """Hold the cycle's row until commit, so two ticks cannot both start a run for it."""
-        dialect.insert_ignoring_duplicates(self.conn, cycles, name=name, created_at=utcnow())
-        self.conn.execute(sa.select(cycles.c.name).where(cycles.c.name == name).with_for_update())
-
-    def latest_run(self, cycle: str, states: tuple[RunState, ...] = ()) -> Run | None:
-        query = sa.select(runs).where(runs.c.cycle == cycle)
-        if states:
-            query = query.where(runs.c.state.in_([s.value for s in states]))
-        row = self.conn.execute(query.order_by(runs.c.created_at.desc()).limit(1)).first()
-        return None if row is None else _run(row)
-
-    def update_run(self, run_id: str, current: RunState, **fields: Any) -> None:
-        result = self.conn.execute(
-            runs.update()
-            .where(runs.c.id == run_id, runs.c.state == current.value)
-            .values(updated_at=utcnow(), **fields))
-        if result.rowcount != 1:
-            raise StaleStateError(f"run {run_id} is no longer {current.value}")
-
-    def update_item(self, item: Item, target: ItemStage | None = None, **fields: Any) -> None:
-        """Change an item that is still at `item.stage`; move it to `target` when given."""
-        values = dict(fields)
-        if target is not None:
-            check_item_transition(item.stage, target)
-            values["stage"] = target.value
-        result = self.conn.execute(
-            items.update()
-            .where(items.c.id == item.id, items.c.stage == item.stage.value)
-            .values(updated_at=utcnow(), **values))
-        if result.rowcount != 1:
-            raise StaleStateError(f"item {item.position} is no longer {item.stage.value}")
-        if target is not None:
-            detail = {"error_kind": fields["error_kind"]} if "error_kind" in fields else {}
-            self.event(item.run_id, "item_transitioned", item.id, item=item.position,
-                       from_stage=item.stage.value, stage=target.value, **detail)
-
-    def prepare_effect(self, run_id: str, key: str, kind: str, item_id: int | None,
-                       request: dict[str, Any], previous: Effect | None) -> None:
-        now = utcnow()
-        if previous is None:
-            self.conn.execute(effects.insert().values(
-                run_id=run_id, key=key, kind=kind, item_id=item_id,
-                status=EffectStatus.PREPARED.value, request=request, prepared_at=now,
-                attempts=1, updated_at=now))
-        else:
-            # prepared_at keeps the first attempt's time: any earlier attempt may be the one that
-            # landed, so reconciliation must look back that far.
-            self._set_effect(previous, status=EffectStatus.PREPARED.value, request=request,
-                             attempts=previous.attempts + 1)
-        self.event(run_id, "effect_prepared", item_id, key=key,
-                   attempt=1 if previous is None else previous.attempts + 1)
-
-    def finish_effect(self, effect: Effect, status: EffectStatus,
-                      outcome: dict[str, Any] | None = None, error: str | None = None,
-                      verdict: str | None = None) -> None:
-        self._set_effect(effect, status=status.value, outcome=outcome, error=error)
-        facts = {k: v for k, v in (outcome or {}).items() if isinstance(v, str | int | float)}
-        self.event(effect.run_id, f"effect_{status.value.lower()}", effect.item_id,
-                   key=effect.key, attempt=effect.attempts, **facts,
-                   **({"verdict": verdict} if verdict else {}),
-                   **({"error": error} if error else {}))
-
-    def note_unknown_outcome(self, effect: Effect, error: str) -> None:
-        self._set_effect(effect, error=error)
-        self.event(effect.run_id, "effect_unknown", effect.item_id, key=effect.key, error=error)
-
-    def _set_effect(self, effect: Effect, **values: Any) -> None:
-        result = self.conn.execute(
-            effects.update()
-            .where(effects.c.run_id == effect.run_id, effects.c.key == effect.key,
-                   effects.c.status == effect.status.value,
-                   effects.c.attempts == effect.attempts)
-            .values(updated_at=utcnow(), **values))
-        if result.rowcount != 1:
-            raise StaleStateError(f"effect {effect.key} of run {effect.run_id} changed meanwhile")
 
 
 class Store:
@@ -230,7 +60,7 @@ class Store:
                                   .with_for_update()).first()
             if row is None:
                 raise RunNotFoundError(f"no run {lease.run_id!r} in this state database")
-            run = _run(row)
+            run = run_from(row)
             held = run.lease
             now = utcnow()
             if held is not None and held.token != lease.token and held.expires_at > now \
@@ -245,7 +75,7 @@ class Store:
     def _write_lease(self, tx: Tx, lease: Lease, now: datetime) -> None:
         started = time.monotonic()
         tx.conn.execute(runs.update().where(runs.c.id == lease.run_id).values(
-            **_lease_values(lease, now + timedelta(seconds=lease.seconds))))
+            **lease_values(lease, now + timedelta(seconds=lease.seconds))))
         lease.renewed(started)
 
     def renew_lease(self, lease: Lease) -> bool:
@@ -265,7 +95,7 @@ class Store:
         with self.tx() as tx:
             tx.conn.execute(runs.update().where(
                 runs.c.id == lease.run_id, runs.c.lease_token == lease.token).values(
-                **dict.fromkeys(_LEASE_COLUMNS)))
+                **dict.fromkeys(LEASE_COLUMNS)))
 
     def request_cancel(self, run_id: str) -> bool:
         """Mark a live run for cancelling; False when it has already ended."""
@@ -308,7 +138,7 @@ class Store:
             prompts_source=run.prompts_source, job_name=run.job_name,
             state=run.state.value, created_at=now, updated_at=now, state_changed_at=now,
             cycle=run.cycle, cancel_requested=False,
-            **(_lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {})))
+            **(lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {})))
         if lease is not None:
             lease.renewed(time.monotonic())
         if prompts:
@@ -324,19 +154,19 @@ class Store:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
         if row is None:
             raise RunNotFoundError(f"no run {run_id!r} in this state database")
-        return _run(row)
+        return run_from(row)
 
     def runs(self) -> list[Run]:
         with self._read() as conn:
             rows = conn.execute(sa.select(runs).order_by(runs.c.created_at.desc())).all()
-        return [_run(r) for r in rows]
+        return [run_from(r) for r in rows]
 
     def items(self, run_id: str, stage: ItemStage | None = None) -> list[Item]:
         query = sa.select(items).where(items.c.run_id == run_id).order_by(items.c.position)
         if stage is not None:
             query = query.where(items.c.stage == stage.value)
         with self._read() as conn:
-            return [_item(r) for r in conn.execute(query).all()]
+            return [item_from(r) for r in conn.execute(query).all()]
 
     def summary(self, run: Run) -> RunSummary:
         with self._read() as conn:
@@ -368,13 +198,13 @@ class Store:
         with self._read() as conn:
             row = conn.execute(sa.select(effects).where(
                 effects.c.run_id == run_id, effects.c.key == key)).first()
-        return None if row is None else _effect(row)
+        return None if row is None else effect_from(row)
 
     def effects(self, run_id: str) -> list[Effect]:
         with self._read() as conn:
             rows = conn.execute(sa.select(effects).where(effects.c.run_id == run_id)
                                 .order_by(effects.c.prepared_at)).all()
-        return [_effect(r) for r in rows]
+        return [effect_from(r) for r in rows]
 
     def trace_claimed(self, trace_id: str) -> bool:
         with self._read() as conn:

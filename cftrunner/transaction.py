@@ -1,0 +1,185 @@
+"""The writes of one transaction, each checking the state it changes from, and row mapping."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from cftrunner import dialect
+from cftrunner.exceptions import LeaseLost, StaleStateError
+from cftrunner.lease import Lease
+from cftrunner.models import Effect, EffectStatus, Item, LeaseInfo, Owner, Run
+from cftrunner.schema import cycles, effects, events, items, runs, utcnow
+from cftrunner.states import (
+    ITEM_FAILED,
+    ItemStage,
+    RunState,
+    check_item_transition,
+    check_run_transition,
+)
+
+LEASE_COLUMNS = ("lease_token", "lease_host", "lease_boot_id", "lease_pid", "lease_started",
+                  "lease_expires_at")
+
+
+def run_from(row: sa.Row[Any]) -> Run:
+    m = dict(row._mapping)
+    token, host, boot, pid, started, expires = (m.pop(c) for c in LEASE_COLUMNS)
+    lease = (LeaseInfo(token, Owner(host or "", boot or "", pid or 0, started or ""), expires)
+             if token else None)
+    return Run(**{**m, "state": RunState(m["state"]), "lease": lease})
+
+
+def lease_values(lease: Lease, expires_at: datetime) -> dict[str, Any]:
+    owner = lease.owner
+    return {"lease_token": lease.token, "lease_host": owner.host, "lease_boot_id": owner.boot_id,
+            "lease_pid": owner.pid, "lease_started": owner.started, "lease_expires_at": expires_at}
+
+
+def item_from(row: sa.Row[Any]) -> Item:
+    m = row._mapping
+    return Item(**{**m, "stage": ItemStage(m["stage"])})
+
+
+def effect_from(row: sa.Row[Any]) -> Effect:
+    m = row._mapping
+    return Effect(**{**m, "status": EffectStatus(m["status"])})
+
+
+class Tx:
+    """The writes of one transaction; each checks the state it changes from."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.logged: list[tuple[str, dict[str, Any]]] = []
+
+    def fence(self, lease: Lease) -> None:
+        """Fail unless this process still holds the run's lease, inside the transaction's lock."""
+        token = self.conn.execute(
+            sa.select(runs.c.lease_token).where(runs.c.id == lease.run_id).with_for_update()
+        ).scalar()
+        if token != lease.token:
+            lease.lost.set()
+            raise LeaseLost(f"run {lease.run_id} was taken over by another process")
+
+    def event(self, run_id: str, kind: str, item_id: int | None = None, **data: Any) -> None:
+        """An event row; the same fact is logged once the transaction has committed."""
+        self.conn.execute(events.insert().values(
+            run_id=run_id, item_id=item_id, at=utcnow(), kind=kind, data=data))
+        self.logged.append((kind, {"run_id": run_id, **data}))
+
+    def transition_run(self, run_id: str, current: RunState, target: RunState,
+                       **fields: Any) -> None:
+        check_run_transition(current, target)
+        now = utcnow()
+        result = self.conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.state == current.value)
+            # last_error speaks of the state being left; a failure keeps it as evidence.
+            .values(state=target.value, updated_at=now, state_changed_at=now,
+                    **({} if target is RunState.FAILED else {"last_error": None}), **fields))
+        if result.rowcount != 1:
+            raise StaleStateError(f"run {run_id} is no longer {current.value}")
+        self.event(run_id, "run_transitioned", state=target.value, from_state=current.value,
+                   **({"reason": fields["failure_reason"]} if "failure_reason" in fields else {}))
+
+    def advance_items_state(self, run_id: str, current: RunState, target: RunState,
+                            wanted: ItemStage) -> None:
+        """Move the run to `target` if every item is at `wanted` or failed; FAILED if all failed."""
+        counts: dict[str, int] = {stage: n for stage, n in self.conn.execute(
+            sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run_id)
+            .group_by(items.c.stage))}
+        order = list(ItemStage)
+        behind = {s.value for s in order[:order.index(wanted)] if s not in ITEM_FAILED}
+        if any(counts.get(stage) for stage in behind):
+            raise StaleStateError(f"run {run_id}: items are still short of {wanted.value}")
+        if not counts.get(wanted.value):
+            failed = ", ".join(f"{n} {stage.lower()}" for stage, n in sorted(counts.items()))
+            self.transition_run(run_id, current, RunState.FAILED,
+                                failure_reason=f"every item failed ({failed or 'no items'})")
+            return
+        self.transition_run(run_id, current, target)
+
+    def record_error(self, run_id: str, message: str) -> None:
+        self.conn.execute(runs.update().where(runs.c.id == run_id)
+                          .values(last_error=message, updated_at=utcnow()))
+        self.event(run_id, "run_error", message=message)
+
+    def lock_cycle(self, name: str) -> None:
+        """Hold the cycle's row until commit, so two ticks cannot both start a run for it."""
+        dialect.insert_ignoring_duplicates(self.conn, cycles, name=name, created_at=utcnow())
+        self.conn.execute(sa.select(cycles.c.name).where(cycles.c.name == name).with_for_update())
+
+    def latest_run(self, cycle: str, states: tuple[RunState, ...] = ()) -> Run | None:
+        query = sa.select(runs).where(runs.c.cycle == cycle)
+        if states:
+            query = query.where(runs.c.state.in_([s.value for s in states]))
+        row = self.conn.execute(query.order_by(runs.c.created_at.desc()).limit(1)).first()
+        return None if row is None else run_from(row)
+
+    def update_run(self, run_id: str, current: RunState, **fields: Any) -> None:
+        result = self.conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.state == current.value)
+            .values(updated_at=utcnow(), **fields))
+        if result.rowcount != 1:
+            raise StaleStateError(f"run {run_id} is no longer {current.value}")
+
+    def update_item(self, item: Item, target: ItemStage | None = None, **fields: Any) -> None:
+        """Change an item that is still at `item.stage`; move it to `target` when given."""
+        values = dict(fields)
+        if target is not None:
+            check_item_transition(item.stage, target)
+            values["stage"] = target.value
+        result = self.conn.execute(
+            items.update()
+            .where(items.c.id == item.id, items.c.stage == item.stage.value)
+            .values(updated_at=utcnow(), **values))
+        if result.rowcount != 1:
+            raise StaleStateError(f"item {item.position} is no longer {item.stage.value}")
+        if target is not None:
+            detail = {"error_kind": fields["error_kind"]} if "error_kind" in fields else {}
+            self.event(item.run_id, "item_transitioned", item.id, item=item.position,
+                       from_stage=item.stage.value, stage=target.value, **detail)
+
+    def prepare_effect(self, run_id: str, key: str, kind: str, item_id: int | None,
+                       request: dict[str, Any], previous: Effect | None) -> None:
+        now = utcnow()
+        if previous is None:
+            self.conn.execute(effects.insert().values(
+                run_id=run_id, key=key, kind=kind, item_id=item_id,
+                status=EffectStatus.PREPARED.value, request=request, prepared_at=now,
+                attempts=1, updated_at=now))
+        else:
+            # prepared_at keeps the first attempt's time: any earlier attempt may be the one that
+            # landed, so reconciliation must look back that far.
+            self._set_effect(previous, status=EffectStatus.PREPARED.value, request=request,
+                             attempts=previous.attempts + 1)
+        self.event(run_id, "effect_prepared", item_id, key=key,
+                   attempt=1 if previous is None else previous.attempts + 1)
+
+    def finish_effect(self, effect: Effect, status: EffectStatus,
+                      outcome: dict[str, Any] | None = None, error: str | None = None,
+                      verdict: str | None = None) -> None:
+        self._set_effect(effect, status=status.value, outcome=outcome, error=error)
+        facts = {k: v for k, v in (outcome or {}).items() if isinstance(v, str | int | float)}
+        self.event(effect.run_id, f"effect_{status.value.lower()}", effect.item_id,
+                   key=effect.key, attempt=effect.attempts, **facts,
+                   **({"verdict": verdict} if verdict else {}),
+                   **({"error": error} if error else {}))
+
+    def note_unknown_outcome(self, effect: Effect, error: str) -> None:
+        self._set_effect(effect, error=error)
+        self.event(effect.run_id, "effect_unknown", effect.item_id, key=effect.key, error=error)
+
+    def _set_effect(self, effect: Effect, **values: Any) -> None:
+        result = self.conn.execute(
+            effects.update()
+            .where(effects.c.run_id == effect.run_id, effects.c.key == effect.key,
+                   effects.c.status == effect.status.value,
+                   effects.c.attempts == effect.attempts)
+            .values(updated_at=utcnow(), **values))
+        if result.rowcount != 1:
+            raise StaleStateError(f"effect {effect.key} of run {effect.run_id} changed meanwhile")
