@@ -50,6 +50,10 @@ class Settings:
     lease_seconds: float = 60.0
     # On SIGTERM/SIGINT, how long the request in flight may take before the process exits anyway.
     shutdown_grace: float = 30.0
+    # Items in flight at once (each has at most one request outstanding).
+    concurrency: int = 8
+    # A ceiling on requests per second across the run; None for none.
+    max_rps: float | None = None
 
 
 Kind = Literal["integer", "number", "duration", "choice", "text", "path", "url", "db"]
@@ -227,6 +231,9 @@ KEYS: tuple[Key, ...] = (
     _setting("judge.temperature", "settings.judge_temperature", Rule("number", 0, 2)),
     _setting("api.trace_shape", "settings.trace_shape", Rule("choice", choices=TRACE_SHAPES),
              "CFTRUNNER_TRACE_SHAPE"),
+    _setting("api.concurrency", "settings.concurrency", Rule("integer", 1, 256),
+             "CFTRUNNER_CONCURRENCY"),
+    _setting("api.max_rps", "settings.max_rps", POSITIVE, "CFTRUNNER_MAX_RPS"),
 )
 KEY_BY_NAME = {key.name: key for key in KEYS}
 _ENV_KEYS = {key.env: key for key in KEYS if key.env}
