@@ -106,7 +106,7 @@ def cycle_options(func: F) -> F:
         click.option("--project-id", help="The Prem project whose dataset is improved."),
         click.option("--model-alias", help="The fine-tuned model that answers the prompts."),
         click.option("--prompts", metavar="FILE",
-                     help='JSON: {"test_prompts": [...]} or a list of strings.'),
+                     help='JSON ({"test_prompts": [...]} or a list of strings) or JSONL.'),
         click.option("--judge-model", help="The judge model [default claude-4.5-sonnet]."),
         click.option("--split-percentage", type=click.IntRange(1, 99),
                      help="Share of the snapshot used for training [default 80]."),

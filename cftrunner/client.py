@@ -54,12 +54,14 @@ def _error_message(resp: requests.Response) -> str:
 
 
 class PremClient:
-    def __init__(self, base_url: str, api_key: str, timeouts: Timeouts | None = None) -> None:
+    def __init__(self, base_url: str, api_key: str, timeouts: Timeouts | None = None,
+                 connections: int = 10) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts or Timeouts()
         self.session = requests.Session()
         # urllib3 must never resend on its own: a resent POST is exactly the duplicate to avoid.
-        adapter = HTTPAdapter(max_retries=0)
+        # One pooled connection per concurrent item keeps connections reused, not reopened.
+        adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=max(10, connections))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["Authorization"] = f"Bearer {api_key}"

@@ -23,13 +23,17 @@ def create_engine(url: str) -> sa.Engine:
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     database = parsed.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        parent = Path(database).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise InputError(f"the state database folder {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise InputError(f"the state database folder {parent} is not writable")
-    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise InputError(f"the state database must be an SQLite file or PostgreSQL, not {url!r}")
+    parent = Path(database).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"the state database folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"the state database folder {parent} is not writable")
+    # Concurrent items each borrow a connection for a short transaction; SQLite connections
+    # are cheap, so the pool may grow rather than make a worker wait for one.
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+                              poolclass=sa.pool.QueuePool, pool_size=8, max_overflow=256)
     _fence_sqlite(engine)
     return engine
 

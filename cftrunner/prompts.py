@@ -1,54 +1,190 @@
-"""Loading and checking the prompts file that a run sends to the model."""
+"""Reading and checking the prompts file that a run sends to the model, as a stream."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from cftrunner.exceptions import PromptsError
 
 PROMPTS_KEY = "test_prompts"
+PROMPT_FIELD = "prompt"
 _SHAPE = f'an object with a "{PROMPTS_KEY}" list, or a list of strings'
+_BOM = b"\xef\xbb\xbf"
+_NOT_BLANK = re.compile(rb"[^ \t\r\n]")
+
+# One raw entry: its 0-based index, its line (JSONL only) and the decoded value.
+_Entry = tuple[int, int | None, object]
+_UNREAD = object()  # a JSON document not parsed yet
+
+
+def iter_prompts(path: str | os.PathLike[str]) -> Iterator[str]:
+    """The prompts in the file at `path`, unchanged and in file order, read as a stream.
+
+    Three formats: the tutorial's JSON object `{"test_prompts": ["...", ...]}` (other keys are
+    ignored), a JSON list of strings, or JSONL: one prompt a line, a JSON string or an object with
+    a "prompt" field, blank lines skipped. JSONL is chosen by the `.jsonl` suffix, or when the first
+    line is a JSON string, or an object with a "prompt" field or with more lines after it.
+
+    Every prompt must be a non-blank string, and no prompt may repeat another: two identical
+    prompts would give two identical traces that reconciling a lost answer could not tell apart,
+    and a duplicated training example is rarely intended. A file that cannot be read, or is empty,
+    raises PromptsError at once; a bad prompt raises it when iteration reaches it, naming the file,
+    the prompt's index and, in JSONL, its line.
+    """
+    file = Path(path)
+    jsonl, document = _sniff(file)
+    if jsonl:
+        return _checked(file, _jsonl_entries(file), jsonl=True)
+    return _checked(file, _json_entries(file, document), jsonl=False)
 
 
 def load_prompts(path: str | os.PathLike[str]) -> list[str]:
-    """The prompts in the file at `path`, unchanged and in file order.
-
-    The file is either the tutorial's JSON object `{"test_prompts": ["...", ...]}` (other keys are
-    ignored) or a JSON list of strings. Every prompt must be a non-blank string, and no prompt may
-    repeat another: two identical prompts would give two identical traces that reconciling a lost
-    answer could not tell apart, and a duplicated training example is rarely intended.
-    Raises PromptsError, naming the file and the problem, otherwise.
-    """
-    file = Path(path)
-    text = _read_text(file)
-    return _checked(file, _json_items(file, text))
+    """Every prompt of a small file, checked, as a list (see `iter_prompts`)."""
+    return list(iter_prompts(path))
 
 
-def _read_text(file: Path) -> str:
+def check_prompts(path: str | os.PathLike[str]) -> int:
+    """Check every prompt of the file without keeping them (see `iter_prompts`); how many."""
+    return sum(1 for _ in iter_prompts(path))
+
+
+def _open(file: Path) -> BinaryIO:
     if file.is_dir():
         raise PromptsError(f"{file}: is a directory, not a prompts file")
     try:
-        data = file.read_bytes()
+        return file.open("rb")
     except FileNotFoundError:
         raise PromptsError(f"{file}: no such file") from None
     except OSError as error:
         raise PromptsError(f"{file}: cannot be read ({error.strerror or error})") from None
+
+
+def _decoded(file: Path, data: bytes | memoryview, offset: int, where: str = "") -> str:
+    """`data`, found at byte `offset` of the file, as text."""
     try:
-        # utf-8-sig: editors on Windows often start the file with a byte order mark.
-        text = data.decode("utf-8-sig")
+        return str(data, "utf-8")
     except UnicodeDecodeError as error:
-        raise PromptsError(f"{file}: not UTF-8 text (bad byte at offset {error.start})") from None
-    if not text.strip():
-        raise PromptsError(f"{file}: the file is empty")
-    return text
+        raise PromptsError(f"{file}: {where}not UTF-8 text (bad byte at offset "
+                           f"{offset + error.start})") from None
 
 
-def _json_items(file: Path, text: str) -> list[object]:
-    """The raw prompt entries of a JSON prompts file, before any check of the entries themselves."""
+def _lines(handle: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, line without a leading byte order mark) for each line."""
+    offset = 0
+    for number, line in enumerate(handle, 1):
+        start = offset
+        offset += len(line)
+        if number == 1 and line.startswith(_BOM):
+            # Editors on Windows often start the file with a byte order mark.
+            line, start = line[len(_BOM):], start + len(_BOM)
+        yield number, start, line
+
+
+def _sniff(file: Path) -> tuple[bool, object]:
+    """Whether the file is JSONL, from its suffix or its first line, and the JSON document when
+    that line already was all of it; refuses an empty file."""
+    with _open(file) as handle:
+        line = handle.readline()
+        start = len(_BOM) if line.startswith(_BOM) else 0
+        line = line[start:]
+        while line and not line.strip():
+            start += len(line)
+            line = handle.readline()
+        if not line:
+            raise PromptsError(f"{file}: the file is empty")
+        head = _first_char(line)
+        if file.suffix.lower() == ".jsonl" or head == b'"':
+            return True, _UNREAD
+        if head != b"{":
+            return False, _UNREAD
+        text = _decoded(file, line, start)
+        del line
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return False, _UNREAD  # an object spread over several lines: JSON
+        del text
+        more = any(rest.strip() for rest in handle)
+    # A lone object without "prompt" is the tutorial's format (maybe gone wrong): JSON.
+    if PROMPTS_KEY not in value and (PROMPT_FIELD in value or more):
+        return True, _UNREAD
+    # json.dumps writes one line: that line's parse is the document's, not to be done again.
+    return False, _UNREAD if more else value
+
+
+def _first_char(line: bytes) -> bytes:
+    # Found without copying the line (a one-line JSON file can be large), nor keeping a match
+    # object that would hold on to it.
+    found = _NOT_BLANK.search(line)
+    return found.group() if found else b""
+
+
+def _jsonl_entries(file: Path) -> Iterator[_Entry]:
+    """Each non-blank line's prompt, decoded one line at a time."""
+    index = 0
+    with _open(file) as handle:
+        for number, start, line in _lines(handle):
+            if not line.strip():
+                continue
+            where = f"line {number}: prompt {index} is "
+            text = _decoded(file, line, start, where)
+            try:
+                value = json.loads(text)
+            except ValueError as error:
+                detail = (f"{error.msg} at column {error.colno}"
+                          if isinstance(error, json.JSONDecodeError) else str(error))
+                raise PromptsError(f"{file}: {where}not valid JSON ({detail})") from None
+            if isinstance(value, dict):
+                if PROMPT_FIELD not in value:
+                    raise PromptsError(
+                        f'{file}: {where}an object without a "{PROMPT_FIELD}" field')
+                value = value[PROMPT_FIELD]
+            elif not isinstance(value, str):
+                raise PromptsError(f'{file}: {where}{_json_type(value)}, not a string or an '
+                                   f'object with a "{PROMPT_FIELD}" field')
+            yield index, number, value
+            index += 1
+
+
+def _json_entries(file: Path, document: object = _UNREAD) -> Iterator[_Entry]:
+    """The entries of a JSON prompts file, or of its `document` when already parsed.
+
+    The stdlib parser reads whole documents only: the file is read and parsed once, the bytes and
+    the text are dropped as soon as they are no longer needed, and the parsed list is yielded from
+    without further copies. For files too large for that, JSONL is read one line at a time.
+    """
+    parsed = _parsed(file) if document is _UNREAD else document
+    del document
+    if isinstance(parsed, dict):
+        if PROMPTS_KEY not in parsed:
+            raise PromptsError(f'{file}: expected {_SHAPE}; the object has no "{PROMPTS_KEY}" key')
+        parsed = parsed[PROMPTS_KEY]
+        if not isinstance(parsed, list):
+            raise PromptsError(
+                f'{file}: "{PROMPTS_KEY}" must be a list of strings, not {_json_type(parsed)}'
+            )
+    elif not isinstance(parsed, list):
+        raise PromptsError(f"{file}: expected {_SHAPE}, not {_json_type(parsed)}")
+    if not parsed:
+        raise PromptsError(f"{file}: the list of prompts is empty")
+    for index, value in enumerate(parsed):
+        yield index, None, value
+
+
+def _parsed(file: Path) -> object:
+    with _open(file) as handle:
+        data = handle.read()
+    skip = len(_BOM) if data.startswith(_BOM) else 0
+    text = _decoded(file, memoryview(data)[skip:], skip)
+    del data
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise PromptsError(
             f"{file}: not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
@@ -56,36 +192,40 @@ def _json_items(file: Path, text: str) -> list[object]:
     # An integer of over 4300 digits is refused with a plain ValueError.
     except ValueError as error:
         raise PromptsError(f"{file}: not valid JSON: {error}") from None
-    if isinstance(data, dict):
-        if PROMPTS_KEY not in data:
-            raise PromptsError(f'{file}: expected {_SHAPE}; the object has no "{PROMPTS_KEY}" key')
-        data = data[PROMPTS_KEY]
-        if not isinstance(data, list):
-            raise PromptsError(
-                f'{file}: "{PROMPTS_KEY}" must be a list of strings, not {_json_type(data)}'
-            )
-    elif not isinstance(data, list):
-        raise PromptsError(f"{file}: expected {_SHAPE}, not {_json_type(data)}")
-    return list(data)
 
 
-def _checked(file: Path, items: list[object]) -> list[str]:
-    if not items:
-        raise PromptsError(f"{file}: the list of prompts is empty")
-    prompts: list[str] = []
-    first_index: dict[str, int] = {}
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise PromptsError(f"{file}: prompt {index} is {_json_type(item)}, not a string")
-        if not item.strip():
-            raise PromptsError(f"{file}: prompt {index} is empty or only whitespace")
-        if item in first_index:
-            raise PromptsError(
-                f"{file}: prompt {index} is a duplicate of prompt {first_index[item]}"
-            )
-        first_index[item] = index
-        prompts.append(item)
-    return prompts
+def _checked(file: Path, entries: Iterator[_Entry], jsonl: bool) -> Iterator[str]:
+    """The entries' prompts, each checked; duplicates are found by digest, not by keeping every
+    prompt, and only once one is found is the file read again for the first copy's index."""
+    seen: set[bytes] = set()
+    for index, line, value in entries:
+        where = f"{file}: {'' if line is None else f'line {line}: '}prompt {index}"
+        if not isinstance(value, str):
+            raise PromptsError(f"{where} is {_json_type(value)}, not a string")
+        if not value.strip():
+            raise PromptsError(f"{where} is empty or only whitespace")
+        digest = _digest(value)
+        if digest in seen:
+            first = _first_copy(file, value, index, jsonl)
+            if first is not None:  # else two different prompts share a digest: not a duplicate
+                raise PromptsError(f"{where} is a duplicate of {first}")
+        seen.add(digest)
+        yield value
+
+
+def _digest(prompt: str) -> bytes:
+    # surrogatepass: a JSON "\ud800" escape decodes to a lone surrogate, which UTF-8 cannot encode.
+    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _first_copy(file: Path, prompt: str, before: int, jsonl: bool) -> str | None:
+    """Where `prompt` first occurs in the file before prompt `before`, as a message names it."""
+    for index, line, value in _jsonl_entries(file) if jsonl else _json_entries(file):
+        if index >= before:
+            break
+        if value == prompt:
+            return f"prompt {index}" + ("" if line is None else f" (line {line})")
+    return None
 
 
 def _json_type(value: object) -> str:

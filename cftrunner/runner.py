@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import random
 import secrets
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +41,7 @@ from cftrunner.transaction import Tx
 
 log = structlog.get_logger("cftrunner")
 T = TypeVar("T")
+_DONE = object()
 
 Outcome = dict[str, Any]
 OnDone = Callable[[Tx, Outcome], None]
@@ -71,7 +74,8 @@ class Runner:
         self.settings = settings
         self.client = client or PremClient(
             settings.base_url, settings.api_key,
-            Timeouts(settings.connect_timeout, settings.read_timeout))
+            Timeouts(settings.connect_timeout, settings.read_timeout),
+            connections=settings.concurrency + 2)
         self.reconcile = Reconciler(store, self.client, settings)
         self.stop = stop or Stop()
         self.sleep = sleep or self.stop.wait
@@ -79,7 +83,7 @@ class Runner:
         self.lease: Lease | None = None
         self._cancel_checked = 0.0
 
-    def create(self, spec: RunSpec, prompts: list[str], cycle: str | None = None) -> Run:
+    def create(self, spec: RunSpec, prompts: Iterable[str], cycle: str | None = None) -> Run:
         """Store a new run with its items, holding its lease from the first moment."""
         run_id = spec.run_id or new_run_id()
         lease = Lease(run_id, current_owner(), self.settings.lease_seconds)
@@ -190,6 +194,40 @@ class Runner:
         if self.lease is None or not self.lease.lost.is_set():
             with contextlib.suppress(LeaseLost), self.tx() as tx:
                 tx.record_error(run_id, message)
+
+    def for_each(self, items: Sequence[T], work: Callable[[T], None]) -> None:
+        """Do `work` on every item, `concurrency` items at a time. The first failure stops new
+        work; the items already under way finish their current request; then it is raised."""
+        workers = min(self.settings.concurrency, len(items))
+        if workers <= 1:
+            for item in items:
+                work(item)
+            return
+        queue = iter(items)
+        taking = threading.Lock()
+        failures: list[BaseException] = []
+
+        def worker() -> None:
+            while not failures:
+                with taking:
+                    item = next(queue, _DONE)
+                if item is _DONE:
+                    return
+                try:
+                    work(item)  # type: ignore[arg-type]
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                    failures.append(exc)
+
+        # Each thread runs in its own copy of the context, so log lines keep the run id.
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(worker,),
+                                    name=f"cftrunner-item-{n}", daemon=True)
+                   for n in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """Call until it succeeds, sleeping per the retry policy between transient failures."""

@@ -14,8 +14,8 @@ from cftrunner.config import Cycle, Resolved
 from cftrunner.exceptions import InputError, RunBusy, RunExistsError
 from cftrunner.lease import current_owner, provably_dead
 from cftrunner.models import Run
-from cftrunner.prompts import load_prompts
-from cftrunner.runner import Runner, RunSpec
+from cftrunner.prompts import iter_prompts
+from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
@@ -55,14 +55,16 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
                         ("judge model", spec.judge_model)):
         if not value.strip():
             raise InputError(f"the {name} is empty")
-    prompts = load_prompts(spec.prompts_source)
+    # An unreadable or empty file is refused here; each prompt is checked as it is stored, and a
+    # bad one rolls the whole run back, before any request.
+    prompts = iter_prompts(spec.prompts_source)
     store = Store(settings.db_url)
     try:
         runner = Runner(store, settings, stop=stop)
+        spec = replace(spec, run_id=spec.run_id or new_run_id(),
+                       prompts_source=str(Path(spec.prompts_source).resolve()))
         try:
-            run = runner.create(replace(spec, prompts_source=str(
-                Path(spec.prompts_source).resolve())), prompts,
-                cycle=cycle_name(spec.project_id, spec.model_alias))
+            run = runner.create(spec, prompts, cycle_name(spec.project_id, spec.model_alias))
         except RunExistsError:
             _raise_if_driven(store.run(spec.run_id or ""))
             raise

@@ -148,20 +148,27 @@ ITEM_STEPS: dict[ItemStage, Callable[[Runner, Run, Item], None]] = {
 
 
 def item_stage(r: Runner, run: Run) -> None:
-    """Take every item still short of the run's next state one stage on, then advance the run."""
-    target = next_run_state(run.state)
-    wanted = STAGE_FOR_RUN_STATE[target]
+    """Take every unfinished item through generate, judge, trace and add, each item on its own and
+    up to `concurrency` at once; then advance the run through the states that now hold."""
     if run.state is RunState.CREATED and run.dataset_id is None and not _find_dataset(r, run):
         return
-    for stage, step in ITEM_STEPS.items():
-        if stage is wanted:
-            break
-        for item in r.store.items(run.id, stage):
-            r.checkpoint()
-            step(r, run, item)
-    crashpoints.reach(f"transition.{target.value}")
-    with r.tx() as tx:
-        tx.advance_items_state(run.id, run.state, target, wanted)
+    unfinished = [item for item in r.store.items(run.id) if item.stage in ITEM_STEPS]
+    r.for_each(unfinished, lambda item: _finish_item(r, run, item))
+    state = run.state
+    while (target := next_run_state(state)) in STAGE_FOR_RUN_STATE:
+        crashpoints.reach(f"transition.{target.value}")
+        with r.tx() as tx:
+            tx.advance_items_state(run.id, state, target, STAGE_FOR_RUN_STATE[target])
+        state = r.store.run(run.id).state
+        if state is not target:
+            return
+
+
+def _finish_item(r: Runner, run: Run, item: Item) -> None:
+    while item.stage in ITEM_STEPS:
+        r.checkpoint()
+        ITEM_STEPS[item.stage](r, run, item)
+        item = r.store.item(item.id)
 
 
 def _find_dataset(r: Runner, run: Run) -> bool:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -27,6 +28,7 @@ from cftrunner.transaction import (
 )
 
 log = structlog.get_logger("cftrunner")
+ITEM_BATCH = 1000  # item rows per INSERT when a run is created
 _LOG_LEVELS = {"item_transitioned": logging.DEBUG, "effect_prepared": logging.DEBUG,
                "run_error": logging.WARNING, "effect_unknown": logging.WARNING,
                "effect_unsent": logging.WARNING, "effect_failed": logging.WARNING}
@@ -120,14 +122,19 @@ class Store:
             with conn.begin():
                 yield conn
 
-    def create_run(self, run: Run, prompts: list[str], lease: Lease | None = None) -> None:
-        """Store a run and its items together, or nothing; with `lease`, already held by it."""
+    def create_run(self, run: Run, prompts: Iterable[str], lease: Lease | None = None) -> None:
+        """Store a run and its items together, or nothing; with `lease`, already held by it.
+
+        `prompts` may be a stream (see `prompts.iter_prompts`): an error it raises part way rolls
+        the whole run back."""
         with self.tx() as tx:
             # Timed once the write lock is held, so the stored lease expiry is not early.
             self.insert_run(tx, run, prompts, lease, utcnow())
 
-    def insert_run(self, tx: Tx, run: Run, prompts: list[str], lease: Lease | None,
+    def insert_run(self, tx: Tx, run: Run, prompts: Iterable[str], lease: Lease | None,
                    now: datetime) -> None:
+        """Insert a run and its items inside `tx`, the items `ITEM_BATCH` rows at a time, so a
+        large stream of prompts is never held as rows all at once."""
         exists = tx.conn.execute(sa.select(runs.c.id).where(runs.c.id == run.id)).first()
         if exists:
             raise RunExistsError(
@@ -141,12 +148,14 @@ class Store:
             **(lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {})))
         if lease is not None:
             lease.renewed(time.monotonic())
-        if prompts:
-            tx.conn.execute(items.insert(), [
-                {"run_id": run.id, "position": i, "prompt": p,
-                 "stage": ItemStage.PENDING.value, "judge_attempts": 0, "updated_at": now}
-                for i, p in enumerate(prompts)])
-        tx.event(run.id, "run_created", items=len(prompts))
+        numbered = enumerate(prompts)
+        count = 0
+        while batch := [{"run_id": run.id, "position": i, "prompt": p,
+                         "stage": ItemStage.PENDING.value, "judge_attempts": 0, "updated_at": now}
+                        for i, p in itertools.islice(numbered, ITEM_BATCH)]:
+            tx.conn.execute(items.insert(), batch)
+            count += len(batch)
+        tx.event(run.id, "run_created", items=count)
 
 
     def run(self, run_id: str) -> Run:
@@ -167,6 +176,10 @@ class Store:
             query = query.where(items.c.stage == stage.value)
         with self._read() as conn:
             return [item_from(r) for r in conn.execute(query).all()]
+
+    def item(self, item_id: int) -> Item:
+        with self._read() as conn:
+            return item_from(conn.execute(sa.select(items).where(items.c.id == item_id)).one())
 
     def summary(self, run: Run) -> RunSummary:
         with self._read() as conn:

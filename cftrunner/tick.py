@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +13,7 @@ from cftrunner.config import Cycle
 from cftrunner.exceptions import InputError
 from cftrunner.lease import Lease, current_owner
 from cftrunner.models import Run
-from cftrunner.prompts import load_prompts
+from cftrunner.prompts import check_prompts, iter_prompts
 from cftrunner.render import duration
 from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
@@ -34,7 +34,7 @@ class Decision:
     reason: str
 
 
-def decide_and_claim(runner: Runner, cycle: Cycle, prompts: list[str]) -> Decision:
+def decide_and_claim(runner: Runner, cycle: Cycle, prompts: Iterable[str]) -> Decision:
     """In one transaction under the cycle's lock: pick what to do, and when a new cycle is due,
     create its run already leased to this process, so a concurrent tick finds it owned."""
     assert cycle.project_id and cycle.model_alias and cycle.prompts
@@ -75,8 +75,10 @@ def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None]) -> tup
         raise InputError(f"tick needs {', '.join(missing)} (in the config file or on the command "
                          "line)")
     assert cycle.prompts is not None
-    prompts = load_prompts(Path(cycle.prompts))
-    decision = decide_and_claim(runner, cycle, prompts)
+    # Checked in full before anything else, even when the run to drive already exists; then read
+    # again as the new run's items are stored, so the prompts are never all held at once.
+    check_prompts(Path(cycle.prompts))
+    decision = decide_and_claim(runner, cycle, iter_prompts(Path(cycle.prompts)))
     log.info("tick", action=decision.action, run_id=decision.run_id, reason=decision.reason)
     if decision.action == "wait" or decision.run_id is None:
         return decision, None

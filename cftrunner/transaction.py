@@ -87,7 +87,8 @@ class Tx:
 
     def advance_items_state(self, run_id: str, current: RunState, target: RunState,
                             wanted: ItemStage) -> None:
-        """Move the run to `target` if every item is at `wanted` or failed; FAILED if all failed."""
+        """Move the run to `target` if every item is at `wanted` (or past it) or failed; FAILED
+        if all failed. Items move on independently, so some may be stages ahead of the run."""
         counts: dict[str, int] = {stage: n for stage, n in self.conn.execute(
             sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run_id)
             .group_by(items.c.stage))}
@@ -95,7 +96,8 @@ class Tx:
         behind = {s.value for s in order[:order.index(wanted)] if s not in ITEM_FAILED}
         if any(counts.get(stage) for stage in behind):
             raise StaleStateError(f"run {run_id}: items are still short of {wanted.value}")
-        if not counts.get(wanted.value):
+        alive = {s.value for s in order[order.index(wanted):] if s not in ITEM_FAILED}
+        if not any(counts.get(stage) for stage in alive):
             failed = ", ".join(f"{n} {stage.lower()}" for stage, n in sorted(counts.items()))
             self.transition_run(run_id, current, RunState.FAILED,
                                 failure_reason=f"every item failed ({failed or 'no items'})")

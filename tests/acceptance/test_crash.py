@@ -368,11 +368,14 @@ def test_a_kill_before_the_platform_acts_on_a_sent_request_does_not_lead_to_send
         cli: Cli, sandbox: Sandbox, route: str) -> None:
     """The process dies with its request received but not yet acted on; `resume` follows."""
     act_delay = SETTLE - 1.0
-    sandbox.add_fault(FaultRule(route=route, kind="latency", delay=act_delay, times=1))
+    # Every request on the route is held, so with several items in flight none lands before
+    # the kill; the held ones still act after the kill, while the resume runs at full speed.
+    sandbox.add_fault(FaultRule(route=route, kind="latency", delay=act_delay))
     received = lambda: sandbox.counts()["requests"].get(route, 0) >= 1  # noqa: E731
 
     killed = run_until(cli, cli.start_args(RUN_ID), kill_when=received, env=SETTLE_ENV)
     killed_at = time.monotonic()
+    sandbox.clear_faults()
     assert killed.returncode == KILLED, tail(killed.stderr)
     assert not ACTED_ON[route](sandbox.counts())
     resume_to_launched(cli, env=SETTLE_ENV)

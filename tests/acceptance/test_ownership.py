@@ -232,9 +232,11 @@ def make_cli(make_sandbox: Callable[..., Sandbox], db_url: str,
              tmp_path: Path) -> Callable[..., tuple[Sandbox, Cli]]:
     """A sandbox with the given options, and a Cli on it with a few prompts."""
 
-    def make(**sandbox_options: Any) -> tuple[Sandbox, Cli]:
+    def make(concurrency: int = 1, **sandbox_options: Any) -> tuple[Sandbox, Cli]:
         sandbox = make_sandbox(**sandbox_options)
         cli = Cli(sandbox, db_url, tmp_path)
+        # One item at a time by default, so "the request in flight" is one known request.
+        cli.env["CFTRUNNER_CONCURRENCY"] = str(concurrency)
         write_prompts(cli.prompts, FEW_PROMPTS)
         return sandbox, cli
 
@@ -556,11 +558,37 @@ def test_a_signal_lets_the_request_in_flight_finish_records_it_releases_the_leas
     items = stored(db_url)[1]
     assert items[0].trace_id is not None and sandbox.counts()["traces"] == 1
     shown = status(cli)
-    assert shown["lease"] is None and shown["state"] == "JUDGED"
+    assert shown["lease"] is None and shown["items"]["TRACED"] == 1
 
     assert cli.run("resume", RUN_ID).returncode == 0
     assert_launched_once(cli, sandbox)
     assert stored(db_url)[1][0].trace_id == items[0].trace_id
+
+
+def test_a_signal_lets_every_concurrent_request_in_flight_finish_and_records_each(
+        make_cli: Callable[..., tuple[Sandbox, Cli]], spawn: Callable[..., Proc],
+        db_url: str) -> None:
+    """With several items in flight, each in-flight trace is recorded and nothing new starts."""
+    sandbox, cli = make_cli(concurrency=4)
+    write_prompts(cli.prompts, [f"concurrent prompt {i}" for i in range(6)])
+    sandbox.add_fault(FaultRule(route="trace_create", kind="latency", delay=1.0))
+    proc = spawn(cli, *cli.start_args(RUN_ID))
+    wait_until(lambda: sandbox.counts()["requests"].get("trace_create", 0) >= 2,
+               "two traces in flight", alive=proc)
+    proc.send(signal.SIGTERM)
+    wait_until(lambda: "shutdown_requested" in proc.stderr, "the signal seen", alive=proc)
+    sent = requests_sent(sandbox)
+    proc.wait(30)
+
+    assert proc.returncode == 128 + signal.SIGTERM, proc.describe()
+    # A worker past its last checkpoint when the signal came may still send the request it was
+    # about to send; none starts a further one.
+    assert requests_sent(sandbox) - sent <= 4, "new work was taken after the signal"
+    traced = [item for item in stored(db_url)[1] if item.trace_id]
+    assert len(traced) == sandbox.counts()["traces"] >= 2
+    assert cli.run("resume", RUN_ID).returncode == 0
+    assert status(cli)["state"] == "LAUNCHED"
+    assert_exactly_once(sandbox, 6)
 
 
 def test_a_second_signal_exits_at_once_and_resume_still_gives_every_effect_once(
@@ -605,7 +633,8 @@ def test_cancel_of_a_driven_run_stops_it_at_the_next_checkpoint_never_mid_reques
         make_cli: Callable[..., tuple[Sandbox, Cli]], spawn: Callable[..., Proc],
         db_url: str) -> None:
     sandbox, cli = make_cli()
-    driver = start_tracing_slowly(cli, sandbox, spawn, delay=2.0)
+    # Slow, yet inside the 2 s read timeout, so the request's outcome is known when it returns.
+    driver = start_tracing_slowly(cli, sandbox, spawn, delay=1.2)
 
     cancelled = cli.run("cancel", RUN_ID)
     assert cancelled.returncode == 0, cancelled.stderr

@@ -167,6 +167,9 @@ def test_ticks_killed_at_random_launch_exactly_one_cycle_per_interval(
     """Cron starts a tick every SLOT seconds, whether the last one has ended or not; about half
     of the ticks are SIGKILLed at a random moment."""
     cron = make_cron(latency=TICK_LATENCY)
+    # One item at a time keeps a cycle long enough for the random kills to land mid-run; item
+    # concurrency under kills is the crash tests' subject.
+    cron.cli.env["CFTRUNNER_CONCURRENCY"] = "1"
     rand = random.Random(seed)
     began = time.monotonic()
     procs: list[Proc] = []

@@ -1,0 +1,512 @@
+"""Benchmark a whole cftrunner cycle against the local Prem sandbox: wall time, CPU, memory, resume.
+
+Usage:
+    python benchmarks/bench.py                  # the full default run (about 5 minutes on 2 cores)
+    python benchmarks/bench.py --quick          # a smoke run with small N (under 30 s)
+    python benchmarks/bench.py --n 1000 --latency 0.05 --concurrency 16 --json
+    python benchmarks/bench.py --skip-sequential --skip-memory --skip-resume
+
+Everything is real except the API: the sandbox serves over HTTP on 127.0.0.1 from this process,
+each cycle runs `Runner.create` + `Runner.drive` in a child process (`bench.py --child cycle`) on an
+SQLite file in a temporary folder, so the runner and the sandbox do not share a GIL or a memory
+figure. Every sandbox request sleeps `--latency` seconds; additions are corrected after 0.2 s
+(`processing_seconds`), recommendations are ready at the first poll (`recs_polls=1`), and the
+runner polls every 0.05 s, so deliberate waits stay small.
+
+What it measures, in order:
+ 1. Concurrent cycle (N = --n, --latency, --concurrency): wall time from create to the end of drive;
+    requests per route as the sandbox received them; the lower bound
+        bound = sum over routes of (requests x latency) / concurrency,
+    i.e. the wall time if request latencies overlapped perfectly and nothing else took time;
+    efficiency = bound / wall. Deliberate waits (the runner's sleeps: polls for corrections and
+    recommendations, retry backoff) are in the wall time but not in the bound; they are reported
+    apart, with efficiency excluding them = bound / (wall - waits), and the average number of
+    requests in flight = sum(requests x latency) / (wall - waits).
+ 2. The same cycle one request at a time (concurrency 1, the tutorial's way). It defaults to
+    N = 200 (--sequential-n), as N = 1,000 at 50 ms would take over 200 s; the comparable figure
+    is the ratio of per-item wall times, printed with the ratio of the raw wall times.
+ 3. CPU and peak memory: the cycle at zero latency with N = 20,000 (--memory-n; with --skip-memory,
+    N = --n and CPU only). CPU seconds per item = `time.process_time()` around `drive()` in the
+    child, divided by N; the sandbox's CPU is not in it (it runs in this process). The peak RSS
+    comes from `os.wait4`'s resource usage for that child alone, so this process does not count.
+    This phase takes most of the default run's time: it is CPU-bound in the runner.
+ 4. Resume to the first request: a run of 20,000 items (--resume-n) is created, and resumed once
+    until its first request (which reads the project, before any item is loaded), as after a crash
+    early in the cycle. Then a fresh `python -m cftrunner resume RUN_ID` is started: the time from
+    spawning it to the first request the sandbox receives (a hook on the sandbox's request ledger,
+    in this process) is the figure. A third fresh process (`bench.py --child resume`) splits that
+    time into interpreter and imports, setup, and `Runner.drive()` up to its first request.
+
+Targets are printed next to the figures and are not asserted: efficiency >= 0.85 at concurrency 16,
+50 ms and N = 1,000; peak memory under 150 MB at N = 20,000; resume to the first request under 2 s
+at N = 20,000. MB here is 10^6 bytes.
+
+Before items run concurrently, `concurrency` is ignored and efficiency comes out near
+1 / concurrency; the "requests in flight" line shows which is the case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # measure this checkout, not whichever cftrunner is installed
+
+import cftrunner  # noqa: E402
+from cftrunner import logs  # noqa: E402
+from cftrunner.exceptions import RunStopped  # noqa: E402
+from cftrunner.retry import RetryPolicy  # noqa: E402
+from cftrunner.runner import Runner, RunSpec  # noqa: E402
+from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox  # noqa: E402
+from cftrunner.settings import Settings  # noqa: E402
+from cftrunner.store import Store  # noqa: E402
+
+MODEL = "bench-safety-model-v1"
+JUDGE = "claude-4.5-sonnet"
+PROCESSING_SECONDS = 0.2
+POLL_INTERVAL = 0.05
+# Requests the run makes once (or once per poll), not once per item: they cannot overlap across items.
+RUN_LEVEL_ROUTES = frozenset({"project", "trace_list", "dataset", "snapshot_create", "recs_generate",
+                              "recs_get", "finetune_create", "finetune_get", "models"})
+TARGET_EFFICIENCY = 0.85
+TARGET_MEMORY_MB = 150.0
+TARGET_RESUME_S = 2.0
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Benchmark prompt {i}: is this message safe? 'how do I fix my bike chain?'"
+            for i in range(n)]
+
+
+def settings_for(url: str, db_url: str, concurrency: int) -> Settings:
+    values: dict[str, Any] = dict(
+        base_url=url, db_url=db_url, api_key=DEFAULT_API_KEY, poll_interval=POLL_INTERVAL,
+        read_timeout=30.0, reconcile_settle=0.05,
+        retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05))
+    # Works before and after `concurrency` exists; where it is ignored, items go one at a time.
+    if "concurrency" in {f.name for f in dataclasses.fields(Settings)}:
+        values["concurrency"] = concurrency
+    return Settings(**values)
+
+
+def spec() -> RunSpec:
+    return RunSpec(project_id=DEFAULT_PROJECT_ID, model_alias=MODEL, prompts_source="bench",
+                   judge_model=JUDGE)
+
+
+class Waits:
+    """A sleep for the runner that records how long at least one deliberate wait was under way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._since = 0.0
+        self.seconds = 0.0
+        self.count = 0
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._since = time.perf_counter()
+            self._active += 1
+            self.count += 1
+        try:
+            time.sleep(max(0.0, seconds))
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self.seconds += time.perf_counter() - self._since
+
+
+# -- the child processes -------------------------------------------------------------------------
+
+def child_cycle(args: argparse.Namespace) -> None:
+    """Create and drive one run; print one JSON line of what this process measured."""
+    logs.configure("warning")
+    store = Store(args.db)
+    waits = Waits()
+    runner = Runner(store, settings_for(args.url, args.db, args.concurrency), sleep=waits.sleep)
+    items = prompts(args.n)
+    started = time.perf_counter()
+    run = runner.create(spec(), items)
+    created = time.perf_counter()
+    cpu = time.process_time()
+    stopped = None
+    try:
+        run = runner.drive(run.id)
+    except RunStopped as exc:
+        stopped = exc.message
+    cpu_drive = time.process_time() - cpu
+    ended = time.perf_counter()
+    state = store.run(run.id).state.value
+    runner.client.close()
+    store.close()
+    print(json.dumps({"state": state, "stopped": stopped, "wall_s": ended - started,
+                      "create_s": created - started, "drive_s": ended - created,
+                      "cpu_drive_s": cpu_drive, "waits_s": waits.seconds, "waits_n": waits.count}),
+          flush=True)
+
+
+def child_resume(args: argparse.Namespace) -> None:
+    """Drive an existing run, telling the parent when `drive()` is called; the parent kills us."""
+    main_at = time.time()
+    logs.configure("warning")
+    store = Store(args.db)
+    runner = Runner(store, settings_for(args.url, args.db, args.concurrency))
+    print(json.dumps({"main_at": main_at, "drive_at": time.time()}), flush=True)
+    runner.drive(args.run_id)
+
+
+# -- the parent ----------------------------------------------------------------------------------
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CFTRUNNER_", "API_KEY", "PREMAI_API_KEY"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_child(argv: list[str], tmp: Path) -> tuple[dict[str, Any], resource.struct_rusage]:
+    """Run `bench.py --child ...` to its end; its JSON line and its own resource usage."""
+    out_path, err_path = tmp / "child.out", tmp / "child.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", *argv], stdout=out, stderr=err,
+                                env=child_env(), cwd=tmp)
+        # wait4 rather than wait: the peak RSS of this child alone, not of every child so far.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    lines = out_path.read_text().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = err_path.read_text()[-3000:]
+        raise SystemExit(f"bench child {' '.join(argv)} exited {proc.returncode}:\n{tail}")
+    return json.loads(lines[-1]), usage
+
+
+def maxrss_bytes(usage: resource.struct_rusage) -> int:
+    return usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+
+
+def cycle(tmp: Path, name: str, n: int, latency: float, concurrency: int,
+          page_size: int | None) -> dict[str, Any]:
+    """One whole cycle in a child against a fresh sandbox here; the figures of both sides."""
+    folder = tmp / name
+    folder.mkdir()
+    db = f"sqlite:///{folder}/state.db"
+    options: dict[str, Any] = {"page_size": page_size} if page_size else {}
+    with Sandbox(latency=latency, processing_seconds=PROCESSING_SECONDS, recs_polls=1,
+                 **options) as sandbox:
+        child, usage = run_child(["cycle", "--url", sandbox.url, "--db", db, "--n", str(n),
+                                  "--concurrency", str(concurrency)], folder)
+        counts = sandbox.counts()
+    requests: dict[str, int] = dict(sorted(counts["requests"].items(), key=lambda kv: -kv[1]))
+    total = sum(requests.values())
+    run_level = sum(c for route, c in requests.items() if route in RUN_LEVEL_ROUTES)
+    wall, waits = child["wall_s"], child["waits_s"]
+    busy = max(wall - waits, 1e-9)
+    bound = total * latency / concurrency
+    tight = (total - run_level) * latency / concurrency + run_level * latency
+    return {
+        "n": n, "latency_s": latency, "concurrency": concurrency, "state": child["state"],
+        "stopped": child["stopped"], "wall_s": wall, "create_s": child["create_s"],
+        "requests": requests, "requests_total": total, "run_level_requests": run_level,
+        "traces": counts["traces"], "jobs": counts["jobs"],
+        "waits_s": waits, "waits_n": child["waits_n"],
+        "bound_s": bound, "efficiency": bound / wall if latency else None,
+        "efficiency_excluding_waits": bound / busy if latency else None,
+        "bound_run_level_serial_s": tight,
+        "efficiency_run_level_serial": tight / wall if latency else None,
+        "in_flight": total * latency / busy if latency else None,
+        "wall_per_item_s": wall / n, "wall_per_request_s": wall / max(total, 1),
+        "cpu_drive_s": child["cpu_drive_s"], "cpu_per_item_s": child["cpu_drive_s"] / n,
+        "cpu_process_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": maxrss_bytes(usage) / 1e6,
+    }
+
+
+@contextlib.contextmanager
+def first_request(sandbox: Sandbox) -> Iterator[tuple[threading.Event, list[tuple[float, str]]]]:
+    """Record when, and on which route, the sandbox receives its first request from now on: a hook
+    on its request ledger, which the server calls on receipt, before the latency sleep."""
+    seen = threading.Event()
+    first: list[tuple[float, str]] = []
+    ledger = sandbox.world.ledger
+    received = ledger.received
+
+    def hooked(route: str) -> None:
+        if not seen.is_set():
+            first.append((time.perf_counter(), route))
+            seen.set()
+        received(route)
+
+    ledger.received = hooked  # type: ignore[method-assign]
+    try:
+        yield seen, first
+    finally:
+        del ledger.received  # the class's method again
+
+
+def time_to_first_request(sandbox: Sandbox, command: list[str], env: dict[str, str],
+                          cwd: Path) -> dict[str, Any]:
+    """Spawn `command`; seconds from spawning it to the sandbox's first request, then stop it."""
+    with first_request(sandbox) as (seen, first):
+        return _time_to_first_request(seen, first, command, env, cwd)
+
+
+def _time_to_first_request(seen: threading.Event, first: list[tuple[float, str]],
+                           command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    spawned = time.perf_counter()
+    spawned_at = time.time()
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not seen.wait(0.002):
+        if proc.poll() is not None or time.perf_counter() - spawned > 120:
+            break
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    if not first:
+        raise SystemExit(f"{' '.join(command)} sent no request (exit {proc.returncode}):\n{err[-3000:]}")
+    at, route = first[0]
+    return {"seconds": at - spawned, "route": route, "spawned_at": spawned_at,
+            "first_at": spawned_at + (at - spawned), "stdout": out}
+
+
+def resume(tmp: Path, n: int, concurrency: int) -> dict[str, Any]:
+    folder = tmp / "resume"
+    folder.mkdir()
+    db = f"sqlite:///{folder}/state.db"
+    with Sandbox(processing_seconds=PROCESSING_SECONDS, recs_polls=1) as sandbox:
+        store = Store(db)
+        runner = Runner(store, settings_for(sandbox.url, db, concurrency))
+        started = time.perf_counter()
+        run_id = runner.create(spec(), prompts(n)).id
+        create_s = time.perf_counter() - started
+        runner.release()
+        runner.client.close()
+        store.close()
+        env = {**child_env(), "API_KEY": DEFAULT_API_KEY, "CFTRUNNER_BASE_URL": sandbox.url,
+               "CFTRUNNER_DB": db, "CFTRUNNER_LOG_LEVEL": "warning",
+               "CFTRUNNER_POLL_INTERVAL": str(POLL_INTERVAL),
+               "CFTRUNNER_CONCURRENCY": str(concurrency)}
+        command = [sys.executable, "-m", "cftrunner", "resume", run_id]
+        early = time_to_first_request(sandbox, command, env, folder)
+        cli = time_to_first_request(sandbox, command, env, folder)
+        split = time_to_first_request(
+            sandbox, [sys.executable, __file__, "--child", "resume", "--url", sandbox.url,
+                      "--db", db, "--run-id", run_id, "--concurrency", str(concurrency)],
+            child_env(), folder)
+    marks = json.loads(split["stdout"].strip().splitlines()[0])
+    return {
+        "n": n, "create_s": create_s, "seconds": cli["seconds"], "first_route": cli["route"],
+        "early": {"seconds": early["seconds"], "first_route": early["route"]},
+        "split": {"seconds": split["seconds"], "first_route": split["route"],
+                  "interpreter_and_imports_s": marks["main_at"] - split["spawned_at"],
+                  "setup_s": marks["drive_at"] - marks["main_at"],
+                  "drive_to_first_request_s": split["first_at"] - marks["drive_at"]},
+    }
+
+
+# -- printing ------------------------------------------------------------------------------------
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def at_target(figures: dict[str, Any]) -> str:
+    exact = (figures["n"], figures["latency_s"], figures["concurrency"]) == (1000, 0.05, 16)
+    return "" if exact else "; these are not the target's parameters"
+
+
+def print_cycle(title: str, f: dict[str, Any], target: bool) -> None:
+    print(f"\n{title}: N={f['n']:,}, latency {f['latency_s'] * 1000:g} ms, "
+          f"concurrency {f['concurrency']}")
+    end = f"state {f['state']}" + (f" (stopped: {f['stopped']})" if f["stopped"] else "")
+    print(f"  {end}; traces {f['traces']:,}, jobs {f['jobs']}")
+    print(f"  wall time          {f['wall_s']:8.2f} s   (of which create {f['create_s']:.2f} s)")
+    routes = ", ".join(f"{route} {count:,}" for route, count in f["requests"].items())
+    print(f"  requests           {f['requests_total']:8,}     {routes}")
+    lat = f["latency_s"]
+    print(f"  bound              {f['bound_s']:8.2f} s   = {f['requests_total']:,} x {lat:g} s "
+          f"/ {f['concurrency']}")
+    print(f"  deliberate waits   {f['waits_s']:8.2f} s   in {f['waits_n']:,} sleeps (polls, backoff)")
+    if f["efficiency"] is None:
+        return
+    goal = (f" (target >= {TARGET_EFFICIENCY} at concurrency 16, 50 ms, N = 1,000: "
+            f"{met(f['efficiency'] >= TARGET_EFFICIENCY)}{at_target(f)})") if target else ""
+    print(f"  efficiency         {f['efficiency']:8.3f}     = bound / wall{goal}")
+    print(f"  excluding waits    {f['efficiency_excluding_waits']:8.3f}     = bound / (wall - waits)")
+    print(f"  in flight, average {f['in_flight']:8.2f}     = requests x latency / (wall - waits), "
+          f"of {f['concurrency']} allowed")
+    run_level = f["run_level_requests"]
+    if f["concurrency"] > 1:
+        print(f"  run-level requests {run_level:8,}     (made once per run or per poll, not per "
+              f"item); counting them as one at a time, the bound is "
+              f"{f['bound_run_level_serial_s']:.2f} s and efficiency "
+              f"{f['efficiency_run_level_serial']:.3f}")
+    print(f"  per item           {f['wall_per_item_s'] * 1000:8.2f} ms;  per request "
+          f"{f['wall_per_request_s'] * 1000:.2f} ms")
+
+
+def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    conc, seq = figures.get("concurrent"), figures.get("sequential")
+    if conc:
+        print_cycle("1. Concurrent cycle", conc, target=True)
+        if conc["in_flight"] is not None and conc["concurrency"] > 1 and conc["in_flight"] < 1.5:
+            print("  note: about one request in flight; concurrency is not in effect in this version")
+    if seq:
+        print_cycle("2. The same cycle one request at a time (the tutorial's way)", seq,
+                    target=False)
+        if conc:
+            note = (f" (sequential N = {seq['n']:,} rather than {conc['n']:,}, to keep the run "
+                    "short: compare per-item times)" if seq["n"] != conc["n"] else "")
+            print(f"  ratio, per item    {figures['ratio_per_item']:8.2f} x   sequential / "
+                  f"concurrent per-item wall time{note}")
+            print(f"  ratio, wall times  {figures['ratio_wall']:8.2f} x   sequential / concurrent")
+    zero = figures.get("zero_latency")
+    if zero:
+        print(f"\n3. CPU and peak memory at zero latency: N={zero['n']:,}, concurrency "
+              f"{zero['concurrency']}; state {zero['state']}"
+              + (f" (stopped: {zero['stopped']})" if zero["stopped"] else ""))
+        print(f"  CPU per item       {zero['cpu_per_item_s'] * 1000:8.3f} ms  = process_time() "
+              f"around drive(), {zero['cpu_drive_s']:.2f} s / {zero['n']:,} (the runner's process "
+              "only)")
+        if not args.skip_memory:
+            ok = zero["peak_rss_mb"] < TARGET_MEMORY_MB
+            note = "" if zero["n"] == 20_000 else "; N is not the target's 20,000"
+            print(f"  peak RSS           {zero['peak_rss_mb']:8.1f} MB  of the child process running "
+                  f"the cycle (target < {TARGET_MEMORY_MB:g} MB at N = 20,000: {met(ok)}{note})")
+        print(f"  wall time          {zero['wall_s']:8.2f} s   ({zero['requests_total']:,} requests: "
+              + ", ".join(f"{route} {count:,}" for route, count in zero["requests"].items()) + ")")
+    res = figures.get("resume")
+    if res:
+        split = res["split"]
+        ok = res["seconds"] < TARGET_RESUME_S
+        note = "" if res["n"] == 20_000 else "; N is not the target's 20,000"
+        print(f"\n4. Resume to the first request: a run of N={res['n']:,} items "
+              f"(created in {res['create_s']:.2f} s)")
+        print(f"  first resume       {res['early']['seconds']:8.2f} s   to its first request "
+              f"({res['early']['first_route']}, before any item is loaded); then stopped by SIGTERM")
+        print(f"  `cftrunner resume` {res['seconds']:8.2f} s   from spawning the process to the first "
+              f"request ({res['first_route']}) (target < {TARGET_RESUME_S:g} s: {met(ok)}{note})")
+        print(f"  again, split       {split['seconds']:8.2f} s   = interpreter and imports "
+              f"{split['interpreter_and_imports_s']:.2f} s + setup {split['setup_s']:.2f} s + "
+              f"drive() to the first request ({split['first_route']}) "
+              f"{split['drive_to_first_request_s']:.2f} s")
+
+
+# -- the entry point -----------------------------------------------------------------------------
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=None, help="items in the concurrent cycle (1000)")
+    parser.add_argument("--latency", type=float, default=None,
+                        help="seconds the sandbox adds to every request (0.05)")
+    parser.add_argument("--concurrency", type=int, default=16, help="Settings.concurrency (16)")
+    parser.add_argument("--sequential-n", type=int, default=None,
+                        help="items in the one-at-a-time cycle (200, at most --n)")
+    parser.add_argument("--memory-n", type=int, default=None, help="items in the memory cycle (20000)")
+    parser.add_argument("--resume-n", type=int, default=None, help="items in the resumed run (20000)")
+    parser.add_argument("--page-size", type=int, default=None,
+                        help="traces per page of the sandbox's trace list (the sandbox's default)")
+    parser.add_argument("--skip-sequential", action="store_true",
+                        help="no one-request-at-a-time comparison")
+    parser.add_argument("--skip-memory", action="store_true",
+                        help="measure CPU at zero latency with --n items, not the memory cycle")
+    parser.add_argument("--skip-resume", action="store_true", help="no resume timing")
+    parser.add_argument("--quick", action="store_true",
+                        help="small N and 20 ms latency for a smoke run (under 30 s)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON object of all figures")
+    parser.add_argument("--child", choices=("cycle", "resume"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {"n": 60 if quick else 1000, "latency": 0.02 if quick else 0.05,
+                "memory_n": 1000 if quick else 20_000, "resume_n": 2000 if quick else 20_000}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.sequential_n is None:
+        args.sequential_n = min(30 if quick else 200, args.n)
+    if min(args.n, args.sequential_n, args.memory_n, args.resume_n, args.concurrency) < 1:
+        parser.error("counts and --concurrency must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.child == "cycle":
+        return child_cycle(args)
+    if args.child == "resume":
+        return child_resume(args)
+    logs.configure("warning")
+    started = time.perf_counter()
+    page = f"page_size={args.page_size}" if args.page_size else "page_size=sandbox default"
+    print(f"cftrunner {cftrunner.__version__} benchmark: Python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, {platform.system()}")
+    print(f"sandbox over HTTP on 127.0.0.1 in this process (processing_seconds={PROCESSING_SECONDS}, "
+          f"recs_polls=1, {page}); each cycle in a child process on an SQLite file in a temp dir; "
+          f"poll_interval={POLL_INTERVAL}")
+    print("bound = sum over routes of requests x latency / concurrency: the wall time if every "
+          "request's latency overlapped perfectly and nothing else took time. efficiency = bound / "
+          "wall. Deliberate waits (the runner's sleeps) are in the wall time, not in the bound.")
+    figures: dict[str, Any] = {"config": {
+        "n": args.n, "latency_s": args.latency, "concurrency": args.concurrency,
+        "sequential_n": args.sequential_n, "memory_n": args.memory_n, "resume_n": args.resume_n,
+        "page_size": args.page_size, "processing_seconds": PROCESSING_SECONDS,
+        "poll_interval": POLL_INTERVAL, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "loadavg_1m_start": os.getloadavg()[0]}}
+    phases: list[tuple[str, bool, Callable[[Path], Any]]] = [
+        ("concurrent", True, lambda tmp: cycle(tmp, "concurrent", args.n, args.latency,
+                                               args.concurrency, args.page_size)),
+        ("sequential", not args.skip_sequential,
+         lambda tmp: cycle(tmp, "sequential", args.sequential_n, args.latency, 1, args.page_size)),
+        ("zero_latency", True,
+         lambda tmp: cycle(tmp, "zero_latency", args.n if args.skip_memory else args.memory_n, 0.0,
+                           args.concurrency, args.page_size)),
+        ("resume", not args.skip_resume, lambda tmp: resume(tmp, args.resume_n, args.concurrency)),
+    ]
+    with tempfile.TemporaryDirectory(prefix="cftrunner-bench-") as tmp:
+        for name, wanted, measure in phases:
+            if wanted:
+                print(f"... {name}", file=sys.stderr, flush=True)
+                figures[name] = measure(Path(tmp))
+    conc, seq = figures["concurrent"], figures.get("sequential")
+    if seq:
+        figures["ratio_per_item"] = seq["wall_per_item_s"] / conc["wall_per_item_s"]
+        figures["ratio_wall"] = seq["wall_s"] / conc["wall_s"]
+    figures["bench_wall_s"] = time.perf_counter() - started
+    report(args, figures)
+    figures["loadavg_1m_end"] = os.getloadavg()[0]
+    print(f"\nbenchmark took {figures['bench_wall_s']:.1f} s; load average (1 min) "
+          f"{figures['config']['loadavg_1m_start']:.2f} at the start, "
+          f"{figures['loadavg_1m_end']:.2f} at the end (other work on the machine skews the figures)")
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
