@@ -27,11 +27,19 @@ class Reconciler:
         return effect.prepared_at - timedelta(seconds=self.settings.reconcile_skew)
 
     def traces_since(self, run: Run, since: datetime) -> Iterator[RemoteTrace]:
-        """The run's project/model traces, newest first, down to `since`; stops the run when the
-        listing is too long to be read to the end, since absence could then not be proven."""
+        """The run's project/model traces, newest first, down to `since`. The listing's own
+        `total` bounds the pages read; without one, `reconcile_max_pages` does, and a listing
+        longer than that stops the run, since absence could then not be proven."""
         seen = 0
-        for page in range(1, self.settings.reconcile_max_pages + 1):
+        limit = self.settings.reconcile_max_pages
+        previous: list[str] = []
+        page = 1
+        while page <= limit:
             traces, total = self.client.traces(run.project_id, run.model_alias, page)
+            ids = [t.id for t in traces]
+            if ids and ids == previous:
+                raise RunStopped(f"run {run.id}: the trace list returns the same page again; "
+                                 "cannot confirm a lost request")
             yield from traces
             seen += len(traces)
             if not traces or (total is not None and seen >= total):
@@ -39,8 +47,12 @@ class Reconciler:
             oldest = traces[-1].created_at
             if oldest is not None and oldest < since:
                 return
-        raise RunStopped(f"run {run.id}: the trace list is longer than "
-                         f"{self.settings.reconcile_max_pages} pages; cannot confirm a lost request")
+            if page == 1 and total is not None:
+                # Traces created while paging push older ones onto later pages: allow for them.
+                limit = max(limit, -(-total // len(traces)) + self.settings.reconcile_max_pages)
+            previous, page = ids, page + 1
+        raise RunStopped(f"run {run.id}: the trace list is longer than {limit} pages; "
+                         "cannot confirm a lost request")
 
     def trace(self, run: Run, effect: Effect) -> dict[str, Any] | None:
         want = effect.request

@@ -274,3 +274,13 @@ def test_the_api_key_never_reaches_the_database_or_the_logs(
         for table in ("runs", "items", "effects", "events"):
             assert DEFAULT_API_KEY not in repr(conn.execute(sa.text(f"select * from {table}")).all())
     engine.dispose()
+
+
+def test_a_trace_list_longer_than_the_page_cap_is_read_to_its_end_when_it_has_a_total(
+        make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness]) -> None:
+    """Corrections of a large run need more pages than reconcile_max_pages; the total bounds them."""
+    sandbox = make_sandbox(page_size=2, add_threshold=1.01, processing_seconds=0.1)
+    harness = make_harness(sandbox, reconcile_max_pages=1)
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    assert sandbox.counts()["requests"]["trace_list"] >= 3
