@@ -19,6 +19,7 @@ from cftrunner.exceptions import (
     RejectedError,
     TransientError,
 )
+from cftrunner.limiter import RateLimiter
 from cftrunner.payloads import AddResult, ChatResult, Recommendations, RemoteSnapshot, RemoteTrace
 from cftrunner.retry import parse_retry_after
 
@@ -55,9 +56,10 @@ def _error_message(resp: requests.Response) -> str:
 
 class PremClient:
     def __init__(self, base_url: str, api_key: str, timeouts: Timeouts | None = None,
-                 connections: int = 10) -> None:
+                 connections: int = 10, limiter: RateLimiter | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts or Timeouts()
+        self.limiter = limiter or RateLimiter()
         self.session = requests.Session()
         # urllib3 must never resend on its own: a resent POST is exactly the duplicate to avoid.
         # One pooled connection per concurrent item keeps connections reused, not reopened.
@@ -72,6 +74,7 @@ class PremClient:
 
     def request(self, method: str, path: str, body: Any = None,
                 params: dict[str, Any] | None = None) -> Any:
+        self.limiter.wait_turn()
         started = time.monotonic()
         try:
             resp = self.session.request(
@@ -88,7 +91,11 @@ class PremClient:
         status = resp.status_code
         log.debug("api_request", method=method, path=path, status_code=status,
                   elapsed_ms=round((time.monotonic() - started) * 1000))
+        if status == 429 or (status == 503 and "Retry-After" in resp.headers):
+            self.limiter.pushed_back(parse_retry_after(resp.headers.get("Retry-After"),
+                                                       datetime.now(UTC)))
         if 200 <= status < 300:
+            self.limiter.went_through()
             if not resp.content:
                 return None
             try:

@@ -29,6 +29,7 @@ from cftrunner.exceptions import (
     TransientError,
 )
 from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
+from cftrunner.limiter import RateLimiter
 from cftrunner.models import Effect, EffectStatus, Item, Run
 from cftrunner.reconcile import Reconciler
 from cftrunner.retry import next_delay
@@ -75,7 +76,7 @@ class Runner:
         self.client = client or PremClient(
             settings.base_url, settings.api_key,
             Timeouts(settings.connect_timeout, settings.read_timeout),
-            connections=settings.concurrency + 2)
+            connections=settings.concurrency + 2, limiter=RateLimiter(settings.max_rps))
         self.reconcile = Reconciler(store, self.client, settings)
         self.stop = stop or Stop()
         self.sleep = sleep or self.stop.wait

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -284,3 +285,15 @@ def test_a_trace_list_longer_than_the_page_cap_is_read_to_its_end_when_it_has_a_
     run = harness.runner.drive(harness.start())
     assert run.state is RunState.LAUNCHED
     assert sandbox.counts()["requests"]["trace_list"] >= 3
+
+
+def test_max_rps_is_a_ceiling_on_the_whole_run(make_harness: Callable[..., Harness],
+                                               sandbox: Sandbox) -> None:
+    """With a ceiling, the run's requests cannot go faster than it, across every item."""
+    harness = make_harness(sandbox, max_rps=40.0, concurrency=8)
+    started = time.monotonic()
+    assert harness.runner.drive(harness.start()).state is RunState.LAUNCHED
+    elapsed = time.monotonic() - started
+    sent = sum(sandbox.counts()["requests"].values())
+    assert elapsed >= (sent - 1) / 40.0
+    assert_exactly_once(sandbox, len(PROMPTS))
