@@ -23,6 +23,7 @@ from cftrunner.models import Run
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
 from cftrunner.states import RunState
+from cftrunner.tick import spec_from
 
 EXIT_LAUNCHED = 0
 EXIT_FAILED = 1  # the run ended FAILED
@@ -128,7 +129,7 @@ def start(run_id: str | None, **options: Any) -> int:
     Example: cftrunner start --project-id P --model-alias my-model-v3 --prompts prompts.json
     """
     resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
-    spec = service.spec_from(resolved.cycle, run_id)
+    spec = spec_from(resolved.cycle, run_id, "start")
     return _finish(service.start(resolved.settings, spec, on_created=lambda rid: click.echo(rid),
                                  stop=_stop(resolved.settings)))
 

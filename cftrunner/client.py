@@ -135,12 +135,6 @@ class PremClient:
         body = self.request("GET", f"/api/v1/public/recommendations/{snapshot_id}")
         return payloads.parse_recommendations(body)
 
-    def finetuning_job(self, job_id: str) -> dict[str, Any]:
-        body = self.request("GET", f"/api/v1/public/finetuning/{job_id}")
-        if not isinstance(body, dict):
-            raise BadResponseError("a fine-tuning job answer is not an object")
-        return body
-
     # -- calls with effects --------------------------------------------------------------------
 
     def chat(self, project_id: str, model: str, messages: list[dict[str, str]],

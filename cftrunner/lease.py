@@ -8,11 +8,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import structlog
 
-from cftrunner.models import Owner
+from cftrunner.exceptions import RunBusy
+from cftrunner.models import LeaseInfo, Owner
 
 log = structlog.get_logger("cftrunner")
 
@@ -50,6 +52,18 @@ def provably_dead(owner: Owner, me: Owner) -> bool:
     if not owner.started or not me.started:
         return False
     return process_start(owner.pid) != owner.started
+
+
+def keeps_out(held: LeaseInfo | None, now: datetime,
+              may_take_over: Callable[[LeaseInfo], bool]) -> bool:
+    """Whether a stored lease still bars other processes: unexpired, and its owner not provably
+    gone (`may_take_over`)."""
+    return held is not None and held.expires_at > now and not may_take_over(held)
+
+
+def busy(run_id: str, held: LeaseInfo) -> RunBusy:
+    return RunBusy(f"run {run_id} is being driven by {held.owner.label()} until "
+                   f"{held.expires_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 class Lease:

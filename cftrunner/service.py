@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from cftrunner import render
-from cftrunner.config import Cycle, Resolved
+from cftrunner.config import Resolved
 from cftrunner.exceptions import InputError, RunBusy, RunExistsError
-from cftrunner.lease import current_owner, provably_dead
+from cftrunner.lease import busy, current_owner, keeps_out, provably_dead
 from cftrunner.models import Run
 from cftrunner.prompts import iter_prompts
 from cftrunner.runner import Runner, RunSpec, new_run_id
@@ -25,18 +25,6 @@ from cftrunner.tick import Decision, cycle_name
 from cftrunner.tick import tick as run_tick
 
 MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
-
-
-def spec_from(cycle: Cycle, run_id: str | None) -> RunSpec:
-    """The run to start, from a resolved cycle; what is missing is bad input."""
-    missing = [f"--{key.replace('_', '-')}" for key in ("project_id", "model_alias", "prompts")
-               if not getattr(cycle, key)]
-    if missing:
-        raise InputError(f"start needs {', '.join(missing)} (or the same keys in the config file)")
-    assert cycle.project_id and cycle.model_alias and cycle.prompts
-    return RunSpec(project_id=cycle.project_id, model_alias=cycle.model_alias,
-                   prompts_source=cycle.prompts, judge_model=cycle.judge_model,
-                   split_percentage=cycle.split_percentage, run_id=run_id)
 
 
 def _check_run_id(run_id: str) -> None:
@@ -82,10 +70,10 @@ def _already_ended(run: Run) -> str:
 
 def _raise_if_driven(run: Run) -> None:
     """A run another live process holds is busy (exit 75), whatever was asked of it."""
-    held = run.lease
-    if held and held.expires_at > utcnow() and not provably_dead(held.owner, current_owner()):
-        raise RunBusy(f"run {run.id} is being driven by {held.owner.label()} until "
-                      f"{held.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+    me = current_owner()
+    if run.lease is not None and keeps_out(run.lease, utcnow(),
+                                           lambda held: provably_dead(held.owner, me)):
+        raise busy(run.id, run.lease)
 
 
 def resume(settings: Settings, run_id: str, stop: Stop | None = None) -> Run:

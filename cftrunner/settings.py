@@ -236,13 +236,6 @@ KEYS: tuple[Key, ...] = (
     _setting("api.max_rps", "settings.max_rps", POSITIVE, "CFTRUNNER_MAX_RPS"),
 )
 KEY_BY_NAME = {key.name: key for key in KEYS}
-_ENV_KEYS = {key.env: key for key in KEYS if key.env}
-
-def from_env(key: Key, env: Mapping[str, str]) -> Any:
-    """The key's value from its environment variable, checked; None when unset or empty."""
-    raw = env.get(key.env) if key.env else None
-    return None if not raw else key.check(raw, text=True, label=str(key.env))
-
 
 def apply(settings: Settings, values: Mapping[str, Any]) -> Settings:
     """`settings` with the values of checked keys (by dotted name) set; other keys are ignored."""

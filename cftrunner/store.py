@@ -13,8 +13,8 @@ import sqlalchemy as sa
 import structlog
 
 from cftrunner import dialect
-from cftrunner.exceptions import RunBusy, RunExistsError, RunNotFoundError
-from cftrunner.lease import Lease
+from cftrunner.exceptions import RunExistsError, RunNotFoundError
+from cftrunner.lease import Lease, busy, keeps_out
 from cftrunner.models import Effect, Event, Item, LeaseInfo, Run, RunSummary
 from cftrunner.schema import effects, events, items, metadata, runs, utcnow
 from cftrunner.states import TERMINAL, ItemStage, RunState
@@ -65,10 +65,9 @@ class Store:
             run = run_from(row)
             held = run.lease
             now = utcnow()
-            if held is not None and held.token != lease.token and held.expires_at > now \
-                    and not may_take_over(held):
-                raise RunBusy(f"run {run.id} is being driven by {held.owner.label()} until "
-                              f"{held.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+            if held is not None and held.token != lease.token and keeps_out(held, now,
+                                                                           may_take_over):
+                raise busy(run.id, held)
             self._write_lease(tx, lease, now)
             tx.event(run.id, "lease_acquired", None, owner=lease.owner.label(),
                      **({"taken_from": held.owner.label()} if held else {}))

@@ -27,6 +27,19 @@ def cycle_name(project_id: str, model_alias: str) -> str:
     return f"{project_id}/{model_alias}"
 
 
+def spec_from(cycle: Cycle, run_id: str | None, command: str) -> RunSpec:
+    """The run a cycle starts; a part missing from both command line and file is bad input."""
+    missing = [f"--{key.replace('_', '-')}" for key in ("project_id", "model_alias", "prompts")
+               if not getattr(cycle, key)]
+    if missing:
+        raise InputError(f"{command} needs {', '.join(missing)} (or the same keys, with "
+                         "underscores, in the config file)")
+    assert cycle.project_id and cycle.model_alias and cycle.prompts
+    return RunSpec(project_id=cycle.project_id, model_alias=cycle.model_alias,
+                   prompts_source=cycle.prompts, judge_model=cycle.judge_model,
+                   split_percentage=cycle.split_percentage, run_id=run_id)
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str  # "resume" | "start" | "wait"
@@ -37,8 +50,8 @@ class Decision:
 def decide_and_claim(runner: Runner, cycle: Cycle, prompts: Iterable[str]) -> Decision:
     """In one transaction under the cycle's lock: pick what to do, and when a new cycle is due,
     create its run already leased to this process, so a concurrent tick finds it owned."""
-    assert cycle.project_id and cycle.model_alias and cycle.prompts
-    name = cycle_name(cycle.project_id, cycle.model_alias)
+    spec = spec_from(cycle, new_run_id(), "tick")
+    name = cycle_name(spec.project_id, spec.model_alias)
     store: Store = runner.store
     with store.tx() as tx:
         tx.lock_cycle(name)
@@ -59,26 +72,19 @@ def decide_and_claim(runner: Runner, cycle: Cycle, prompts: Iterable[str]) -> De
                 return Decision("wait", done.id, f"the last cycle {done.id} {done.state.value} "
                                 f"{duration((now - done.created_at).total_seconds())} ago; "
                                 f"next in {duration((due - now).total_seconds())}")
-        run_id = new_run_id()
-        lease = Lease(run_id, current_owner(), runner.settings.lease_seconds)
-        spec = RunSpec(project_id=cycle.project_id, model_alias=cycle.model_alias,
-                       prompts_source=cycle.prompts, judge_model=cycle.judge_model,
-                       split_percentage=cycle.split_percentage, run_id=run_id)
-        store.insert_run(tx, Runner.new_run(run_id, spec, name), prompts, lease, now)
+        assert spec.run_id is not None
+        lease = Lease(spec.run_id, current_owner(), runner.settings.lease_seconds)
+        store.insert_run(tx, Runner.new_run(spec.run_id, spec, name), prompts, lease, now)
     runner.lease = lease
-    return Decision("start", run_id, "a new cycle is due")
+    return Decision("start", spec.run_id, "a new cycle is due")
 
 
 def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None]) -> tuple[Decision, Run | None]:
-    missing = [key for key in ("project_id", "model_alias", "prompts") if not getattr(cycle, key)]
-    if missing:
-        raise InputError(f"tick needs {', '.join(missing)} (in the config file or on the command "
-                         "line)")
-    assert cycle.prompts is not None
+    spec = spec_from(cycle, None, "tick")
     # Checked in full before anything else, even when the run to drive already exists; then read
     # again as the new run's items are stored, so the prompts are never all held at once.
-    check_prompts(Path(cycle.prompts))
-    decision = decide_and_claim(runner, cycle, iter_prompts(Path(cycle.prompts)))
+    check_prompts(Path(spec.prompts_source))
+    decision = decide_and_claim(runner, cycle, iter_prompts(Path(spec.prompts_source)))
     log.info("tick", action=decision.action, run_id=decision.run_id, reason=decision.reason)
     if decision.action == "wait" or decision.run_id is None:
         return decision, None

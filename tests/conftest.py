@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
+from cftrunner.models import Run
 from cftrunner.retry import RetryPolicy
 from cftrunner.runner import Runner, RunSpec
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
+from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
+from cftrunner.states import RunState
 from cftrunner.store import Store
 
 PROMPTS = [f"Classify message {i}: 'how do I fix my bike chain?'" for i in range(6)]
@@ -49,6 +52,22 @@ def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/state.db"
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """An empty state store on a real SQLite file."""
+    s = Store(db_url)
+    yield s
+    s.close()
+
+
+def make_run(run_id: str = "r1") -> Run:
+    """A freshly created run, as the runner would store it, without touching the API."""
+    now = utcnow()
+    return Run(id=run_id, project_id="p", model_alias="m", judge_model="j", split_percentage=80,
+               prompts_source="f", job_name=f"cftrunner-{run_id}-x", state=RunState.CREATED,
+               created_at=now, updated_at=now, state_changed_at=now)
 
 
 def quick_settings(base_url: str, db_url: str, **overrides: Any) -> Settings:

@@ -280,3 +280,23 @@ def test_a_config_file_with_an_unknown_key_is_one_line_naming_it(cli: Cli, tmp_p
     assert "retry.max_attempt" in one_error_line(result)
     (tmp_path / "cftrunner.toml").unlink()
     assert stored_runs(cli) == []
+
+
+def test_log_events_carry_the_documented_fields(cli: Cli, sandbox: Sandbox) -> None:
+    """Transitions, items, retries, reconciliations and requests are facts with fields."""
+    sandbox.add_fault(FaultRule(route="trace_create", status=503, after_action=True, times=1))
+    result = cli.run(*cli.start_args("fields"), "--log-level", "debug")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    by_kind: dict[str, list[dict[str, object]]] = {}
+    for event in events:
+        by_kind.setdefault(str(event["event"]), []).append(event)
+    assert all(e.get("run_id") == "fields" for e in events)
+    assert {"state", "from_state"} <= set(by_kind["run_transitioned"][0])
+    assert {"item", "stage"} <= set(by_kind["item_transitioned"][0])
+    assert {"attempt", "status_code", "delay"} <= set(by_kind["request_retry"][0])
+    assert by_kind["request_retry"][0]["status_code"] == 503
+    assert by_kind["reconciled"][0]["verdict"] == "happened"
+    request = by_kind["api_request"][0]
+    assert {"method", "path", "status_code", "elapsed_ms"} <= set(request)
+    assert isinstance(request["elapsed_ms"], int)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,14 @@ import sqlalchemy as sa
 from cftrunner import service
 from cftrunner.config import Cycle
 from cftrunner.exceptions import PromptsError
-from cftrunner.models import Run
 from cftrunner.prompts import iter_prompts
 from cftrunner.runner import Runner, RunSpec
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
-from cftrunner.schema import items, utcnow
+from cftrunner.schema import items
 from cftrunner.states import RunState
 from cftrunner.store import Store
 from cftrunner.tick import cycle_name, decide_and_claim, tick
-from tests.conftest import JUDGE, MODEL, quick_settings
+from tests.conftest import JUDGE, MODEL, make_run, quick_settings
 
 MANY = 20_000
 
@@ -42,18 +40,6 @@ def write_jsonl(path: Path, count: int, last: str | None = None) -> Path:
     return path
 
 
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    yield s
-    s.close()
-
-
-def make_run(run_id: str = "big") -> Run:
-    now = utcnow()
-    return Run(id=run_id, project_id="p", model_alias="m", judge_model="j", split_percentage=80,
-               prompts_source="f", job_name=f"cftrunner-{run_id}-x", state=RunState.CREATED,
-               created_at=now, updated_at=now, state_changed_at=now)
 
 
 def stored_items(store: Store) -> int:
@@ -64,7 +50,7 @@ def stored_items(store: Store) -> int:
 def test_a_20000_prompt_jsonl_file_is_stored_whole_and_in_order(
     store: Store, tmp_path: Path
 ) -> None:
-    store.create_run(make_run(), iter_prompts(write_jsonl(tmp_path / "p.jsonl", MANY)))
+    store.create_run(make_run("big"), iter_prompts(write_jsonl(tmp_path / "p.jsonl", MANY)))
     stored = store.items("big")
     assert [item.position for item in stored] == list(range(MANY))
     assert [item.prompt for item in stored] == [prompt(i) for i in range(MANY)]
@@ -75,7 +61,7 @@ def test_a_bad_prompt_at_the_end_leaves_no_run_and_no_items(store: Store, tmp_pa
     """The first 19 batches of items are inserted before the bad line is read: all roll back."""
     path = write_jsonl(tmp_path / "p.jsonl", MANY, last='{"text": "no prompt field"}')
     with pytest.raises(PromptsError, match=f"line {MANY}: prompt {MANY - 1} is an object"):
-        store.create_run(make_run(), iter_prompts(path))
+        store.create_run(make_run("big"), iter_prompts(path))
     assert store.runs() == []
     assert stored_items(store) == 0
 
@@ -85,7 +71,7 @@ def test_a_duplicate_at_the_end_leaves_no_run_and_names_the_first_copy(
 ) -> None:
     path = write_jsonl(tmp_path / "p.jsonl", MANY, last=json.dumps(prompt(7)))
     with pytest.raises(PromptsError, match=f"prompt {MANY - 1} is a duplicate of prompt 7 "):
-        store.create_run(make_run(), iter_prompts(path))
+        store.create_run(make_run("big"), iter_prompts(path))
     assert store.runs() == []
 
 

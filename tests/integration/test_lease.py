@@ -15,7 +15,7 @@ from cftrunner.lease import Lease, current_owner, process_start, provably_dead
 from cftrunner.models import LeaseInfo, Owner
 from cftrunner.states import ItemStage, RunState
 from cftrunner.store import Store
-from tests.integration.test_store import make_run
+from tests.conftest import make_run
 
 
 @pytest.fixture

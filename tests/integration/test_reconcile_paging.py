@@ -13,7 +13,7 @@ from cftrunner.payloads import RemoteTrace
 from cftrunner.reconcile import Reconciler
 from cftrunner.settings import Settings
 from cftrunner.store import Store
-from tests.integration.test_store import make_run
+from tests.conftest import make_run
 
 
 def trace(n: int) -> RemoteTrace:

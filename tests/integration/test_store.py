@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cftrunner.exceptions import InputError, RunExistsError, RunNotFoundError, StaleStateError
-from cftrunner.models import EffectStatus, Run
-from cftrunner.schema import utcnow
+from cftrunner.models import EffectStatus
 from cftrunner.states import ItemStage, RunState
 from cftrunner.store import Store
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    yield s
-    s.close()
-
-
-def make_run(run_id: str = "r1") -> Run:
-    now = utcnow()
-    return Run(id=run_id, project_id="p", model_alias="m", judge_model="j", split_percentage=80,
-               prompts_source="f", job_name=f"cftrunner-{run_id}-x", state=RunState.CREATED,
-               created_at=now, updated_at=now, state_changed_at=now)
+from tests.conftest import make_run
 
 
 def test_a_run_is_stored_with_its_items_in_order(store: Store) -> None:

@@ -1,0 +1,47 @@
+"""Logging set-up: JSON lines off a terminal, readable text on one, secrets redacted."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from cftrunner import logs
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_off_a_terminal_each_event_is_one_json_line() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream)
+    structlog.get_logger("cftrunner").info("run_transitioned", run_id="r", state="JUDGED")
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line)["state"] == "JUDGED"
+
+
+def test_on_a_terminal_events_are_readable_text_not_json() -> None:
+    stream = Terminal()
+    logs.configure("info", stream=stream)
+    structlog.get_logger("cftrunner").info("run_transitioned", run_id="r", state="JUDGED")
+    text = stream.getvalue()
+    assert "run_transitioned" in text and "state=JUDGED" in text
+    assert not text.lstrip().startswith("{")
+
+
+def test_the_level_filters_events() -> None:
+    stream = io.StringIO()
+    logs.configure("warning", stream=stream)
+    structlog.get_logger("cftrunner").info("quiet")
+    structlog.get_logger("cftrunner").warning("loud")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["loud"]
+
+
+def test_a_secret_is_redacted_wherever_it_appears() -> None:
+    stream = io.StringIO()
+    logs.configure("info", secrets=["sk-secret-123"], stream=stream)
+    structlog.get_logger("cftrunner").info("oops", url="https://x/?k=sk-secret-123")
+    assert "sk-secret-123" not in stream.getvalue() and "[redacted]" in stream.getvalue()
