@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -12,6 +12,7 @@ import structlog
 from cftrunner import crashpoints, payloads
 from cftrunner.exceptions import ApiError, RunStopped
 from cftrunner.models import Run
+from cftrunner.payloads import RemoteTrace
 from cftrunner.states import ItemStage, RunState
 from cftrunner.transaction import Tx
 
@@ -44,8 +45,7 @@ def _corrections_settled(r: Runner, run: Run) -> bool:
     if not pending:
         return True
     since = run.created_at - timedelta(seconds=r.settings.reconcile_skew)
-    remote = r.retrying("checking additions", lambda: r.reconcile.find_traces(
-        run, {i.trace_id for i in pending if i.trace_id}, since))
+    remote = _read_traces(r, run, {i.trace_id for i in pending if i.trace_id}, since)
     still = 0
     for item in pending:
         seen = remote.get(item.trace_id or "")
@@ -62,6 +62,46 @@ def _corrections_settled(r: Runner, run: Run) -> bool:
                 tx.update_item(item, processing_status="none")
     log.info("additions_processing", remaining=still)
     return still == 0
+
+
+def _read_traces(r: Runner, run: Run, wanted: set[str], since: datetime) -> dict[str, RemoteTrace]:
+    """The traces in `wanted` as the trace list shows them, its pages read `concurrency` at a
+    time until all are found or the list is older than `since`.
+
+    Pages read in parallel can miss a trace the list shifts across meanwhile; here that only
+    reads as "still processing" until the next poll. Reconciliation, where absence means
+    sending again, reads page after page instead (`Reconciler.traces_since`)."""
+    found: dict[str, RemoteTrace] = {}
+
+    def page(n: int) -> list[RemoteTrace]:
+        traces, _ = r.retrying("checking additions",
+                               lambda: r.client.traces(run.project_id, run.model_alias, n))
+        return traces
+
+    def collect(traces: list[RemoteTrace]) -> bool:
+        """Keep the wanted ones; True while older pages may still hold some."""
+        found.update((t.id, t) for t in traces if t.id in wanted)
+        oldest = traces[-1].created_at if traces else None
+        return bool(traces) and len(found) < len(wanted) and (oldest is None or oldest >= since)
+
+    first, total = r.retrying("checking additions",
+                              lambda: r.client.traces(run.project_id, run.model_alias, 1))
+    if not collect(first):
+        return found
+    if total is None:
+        # No total to divide into pages: read on, page after page, as reconciliation does.
+        return r.retrying("checking additions",
+                          lambda: r.reconcile.find_traces(run, wanted, since))
+    last = -(-total // len(first))
+    pages: dict[int, list[RemoteTrace]] = {}
+    start = 2
+    while start <= last:
+        wave = list(range(start, min(last, start + r.settings.concurrency - 1) + 1))
+        r.for_each(wave, lambda n: pages.__setitem__(n, page(n)))
+        if not all(collect(pages.pop(n)) for n in wave):
+            break
+        start = wave[-1] + 1
+    return found
 
 
 def snapshot(r: Runner, run: Run) -> None:

@@ -279,10 +279,9 @@ class Runner:
                 return
         crashpoints.reach(f"{kind}.before_intent")
         with self.tx() as tx:
-            tx.prepare_effect(run.id, key, kind, item.id if item else None, request, effect)
+            prepared = tx.prepare_effect(run.id, key, kind, item.id if item else None, request,
+                                         effect)
         crashpoints.reach(f"{kind}.after_intent")
-        prepared = self.store.effect(run.id, key)
-        assert prepared is not None
         self._ensure_lease()
         try:
             outcome = send(request)

@@ -22,13 +22,18 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cftrunner")
 
 
-def _item_failed(stage: ItemStage) -> Callable[[Tx, Item, ApiError], None]:
-    def fail(tx: Tx, item: Item, exc: ApiError) -> None:
-        tx.update_item(item, stage, error_kind=exc.kind, error=exc.message)
+def _item_failed(stage: ItemStage) -> Callable[[Tx, Item, ApiError], Item]:
+    def fail(tx: Tx, item: Item, exc: ApiError) -> Item:
+        return tx.update_item(item, stage, error_kind=exc.kind, error=exc.message)
     return fail
 
 
-def generate(r: Runner, run: Run, item: Item) -> None:
+# Each step returns the item as it stored it, or None when another path stored it (an effect
+# found already done), for the caller to read it again.
+Step = Callable[["Runner", Run, Item], Item | None]
+
+
+def generate(r: Runner, run: Run, item: Item) -> Item | None:
     messages = [{"role": "user", "content": item.prompt}]
     try:
         result = r.retrying(f"generation of item {item.position}", lambda: r.client.chat(
@@ -37,16 +42,17 @@ def generate(r: Runner, run: Run, item: Item) -> None:
         if exc.status_code in (401, 403):
             raise
         with r.tx() as tx:
-            _item_failed(ItemStage.GEN_FAILED)(tx, item, exc)
+            failed = _item_failed(ItemStage.GEN_FAILED)(tx, item, exc)
         log.warning("item_failed", item=item.position, stage="generate", error=exc.kind)
-        return
+        return failed
     crashpoints.reach("generate.after_answer")
     with r.tx() as tx:
-        tx.update_item(item, ItemStage.GENERATED, answer=result.content)
+        item = tx.update_item(item, ItemStage.GENERATED, answer=result.content)
     crashpoints.reach("generate.after_store")
+    return item
 
 
-def judge(r: Runner, run: Run, item: Item) -> None:
+def judge(r: Runner, run: Run, item: Item) -> Item | None:
     """Ask the judge until its answer validates, within the allowed attempts; never invent a score."""
     assert item.answer is not None
     first = {"role": "user", "content": judge_prompt(item.prompt, item.answer)}
@@ -62,9 +68,8 @@ def judge(r: Runner, run: Run, item: Item) -> None:
             if exc.status_code in (401, 403):
                 raise
             with r.tx() as tx:
-                tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
-                               error_kind=exc.kind, error=exc.message)
-            return
+                return tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
+                                      error_kind=exc.kind, error=exc.message)
         attempts += 1
         crashpoints.reach("judge.after_answer")
         try:
@@ -76,52 +81,56 @@ def judge(r: Runner, run: Run, item: Item) -> None:
             log.warning("judge_malformed", item=item.position, attempt=attempts, reason=reason)
             if attempts < r.settings.judge_attempts:
                 with r.tx() as tx:
-                    tx.update_item(item, judge_attempts=attempts, judge_raw=result.content)
+                    item = tx.update_item(item, judge_attempts=attempts,
+                                          judge_raw=result.content)
                 messages = [first, {"role": "assistant", "content": result.content},
                             {"role": "user", "content": REMINDER}]
                 continue
             with r.tx() as tx:
-                tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
-                               judge_raw=result.content, error_kind="judge_malformed",
-                               error=reason)
-            return
+                return tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
+                                      judge_raw=result.content, error_kind="judge_malformed",
+                                      error=reason)
         with r.tx() as tx:
-            tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
-                           judge_raw=result.content, feedback=judgment.feedback,
-                           reasoning=judgment.reasoning, score=judgment.score)
+            item = tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
+                                  judge_raw=result.content, feedback=judgment.feedback,
+                                  reasoning=judgment.reasoning, score=judgment.score)
         crashpoints.reach("judge.after_store")
-        return
+        return item
     with r.tx() as tx:
-        tx.update_item(item, ItemStage.JUDGE_FAILED, error_kind="judge_malformed", error=reason)
+        return tx.update_item(item, ItemStage.JUDGE_FAILED, error_kind="judge_malformed",
+                              error=reason)
 
 
-def trace(r: Runner, run: Run, item: Item) -> None:
+def trace(r: Runner, run: Run, item: Item) -> Item | None:
     assert item.answer is not None and item.score is not None
     feedback = trace_feedback(Judgment(item.feedback or "", item.reasoning or "", item.score))
     request = {"shape": r.settings.trace_shape, "project_id": run.project_id,
                "model_id": run.model_alias, "input": item.prompt, "output": item.answer,
                "score": item.score, "feedback": feedback}
     fail = _item_failed(ItemStage.TRACE_FAILED)
+    stored: list[Item] = []
     r.effect(
         run, f"trace:{item.position}", "trace", item, request,
         send=lambda req: {"trace_id": r.client.create_trace(payloads.trace_body(**req))},
         reconcile=lambda eff: r.reconcile.trace(run, eff),
-        on_done=lambda tx, out: tx.update_item(item, ItemStage.TRACED, trace_id=out["trace_id"]),
-        on_rejected=lambda tx, exc: fail(tx, item, exc))
+        on_done=lambda tx, out: stored.append(
+            tx.update_item(item, ItemStage.TRACED, trace_id=out["trace_id"])),
+        on_rejected=lambda tx, exc: stored.append(fail(tx, item, exc)))
+    return stored[-1] if stored else None
 
 
-def _record_addition(tx: Tx, item: Item, outcome: dict[str, Any]) -> None:
+def _record_addition(tx: Tx, item: Item, outcome: dict[str, Any]) -> Item:
     status = str(outcome.get("status") or "")
     if not outcome.get("success") or status == "failed":
-        tx.update_item(item, ItemStage.ADD_FAILED, add_status=status or None,
-                       error_kind="add_failed", error=f"addToDataset answered {status or 'failure'}")
-        return
-    tx.update_item(item, ItemStage.ADDED, add_status=status or None,
-                   datapoint_id=outcome.get("datapoint_id"),
-                   processing_status="none" if status == "added" else "processing")
+        return tx.update_item(item, ItemStage.ADD_FAILED, add_status=status or None,
+                              error_kind="add_failed",
+                              error=f"addToDataset answered {status or 'failure'}")
+    return tx.update_item(item, ItemStage.ADDED, add_status=status or None,
+                          datapoint_id=outcome.get("datapoint_id"),
+                          processing_status="none" if status == "added" else "processing")
 
 
-def add(r: Runner, run: Run, item: Item) -> None:
+def add(r: Runner, run: Run, item: Item) -> Item | None:
     assert item.trace_id is not None
     trace_since = run.created_at - timedelta(seconds=r.settings.reconcile_skew)
 
@@ -131,15 +140,17 @@ def add(r: Runner, run: Run, item: Item) -> None:
                 "datapoint_id": result.datapoint_id}
 
     fail = _item_failed(ItemStage.ADD_FAILED)
+    stored: list[Item] = []
     r.effect(
         run, f"add:{item.position}", "add", item, {"trace_id": item.trace_id},
         send=send,
         reconcile=lambda eff: r.reconcile.addition(run, eff, trace_since),
-        on_done=lambda tx, out: _record_addition(tx, item, out),
-        on_rejected=lambda tx, exc: fail(tx, item, exc))
+        on_done=lambda tx, out: stored.append(_record_addition(tx, item, out)),
+        on_rejected=lambda tx, exc: stored.append(fail(tx, item, exc)))
+    return stored[-1] if stored else None
 
 
-ITEM_STEPS: dict[ItemStage, Callable[[Runner, Run, Item], None]] = {
+ITEM_STEPS: dict[ItemStage, Step] = {
     ItemStage.PENDING: generate,
     ItemStage.GENERATED: judge,
     ItemStage.JUDGED: trace,
@@ -167,8 +178,7 @@ def item_stage(r: Runner, run: Run) -> None:
 def _finish_item(r: Runner, run: Run, item: Item) -> None:
     while item.stage in ITEM_STEPS:
         r.checkpoint()
-        ITEM_STEPS[item.stage](r, run, item)
-        item = r.store.item(item.id)
+        item = ITEM_STEPS[item.stage](r, run, item) or r.store.item(item.id)
 
 
 def _find_dataset(r: Runner, run: Run) -> bool:

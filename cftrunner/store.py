@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,12 +34,21 @@ ITEM_BATCH = 1000  # item rows per INSERT when a run is created
 _LOG_LEVELS = {"item_transitioned": logging.DEBUG, "effect_prepared": logging.DEBUG,
                "run_error": logging.WARNING, "effect_unknown": logging.WARNING,
                "effect_unsent": logging.WARNING, "effect_failed": logging.WARNING}
+# Reads made for every item, built once (see transaction.py).
+_ITEM = sa.select(items).where(items.c.id == sa.bindparam("item_id"))
+_EFFECT = sa.select(effects).where(effects.c.run_id == sa.bindparam("run_id"),
+                                   effects.c.key == sa.bindparam("key"))
 
 
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = dialect.create_engine(url)
+        # SQLite lets one transaction write at a time. Threads of this process queue for it
+        # here, waking as soon as it is free, rather than in SQLite's busy handler, which
+        # sleeps in steps of up to 100 ms; other processes still queue on the busy timeout.
+        self._write_lock = (threading.Lock() if self.engine.dialect.name == "sqlite"
+                            else contextlib.nullcontext())
         with self.engine.begin() as conn:
             metadata.create_all(conn)
 
@@ -47,7 +58,7 @@ class Store:
     @contextmanager
     def tx(self, fence: Lease | None = None) -> Iterator[Tx]:
         """One write transaction; with `fence`, only while this process holds that lease."""
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             tx = Tx(conn)
             if fence is not None:
                 tx.fence(fence)
@@ -178,7 +189,7 @@ class Store:
 
     def item(self, item_id: int) -> Item:
         with self._read() as conn:
-            return item_from(conn.execute(sa.select(items).where(items.c.id == item_id)).one())
+            return item_from(conn.execute(_ITEM, {"item_id": item_id}).one())
 
     def summary(self, run: Run) -> RunSummary:
         with self._read() as conn:
@@ -208,8 +219,7 @@ class Store:
 
     def effect(self, run_id: str, key: str) -> Effect | None:
         with self._read() as conn:
-            row = conn.execute(sa.select(effects).where(
-                effects.c.run_id == run_id, effects.c.key == key)).first()
+            row = conn.execute(_EFFECT, {"run_id": run_id, "key": key}).first()
         return None if row is None else effect_from(row)
 
     def effects(self, run_id: str) -> list[Effect]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -48,6 +49,20 @@ def effect_from(row: sa.Row[Any]) -> Effect:
     return Effect(**{**m, "status": EffectStatus(m["status"])})
 
 
+# The statements of every item step, built once: SQLAlchemy then finds them in its compiled
+# cache without building and hashing a new statement each time. An UPDATE's columns are the
+# keys of the parameters it is executed with.
+_LEASE_TOKEN = (sa.select(runs.c.lease_token).where(runs.c.id == sa.bindparam("run_id"))
+                .with_for_update())
+_INSERT_EVENT = events.insert()
+_UPDATE_ITEM = items.update().where(items.c.id == sa.bindparam("item_id"),
+                                    items.c.stage == sa.bindparam("from_stage"))
+_UPDATE_EFFECT = effects.update().where(
+    effects.c.run_id == sa.bindparam("effect_run"), effects.c.key == sa.bindparam("effect_key"),
+    effects.c.status == sa.bindparam("from_status"),
+    effects.c.attempts == sa.bindparam("from_attempts"))
+
+
 class Tx:
     """The writes of one transaction; each checks the state it changes from."""
 
@@ -57,17 +72,15 @@ class Tx:
 
     def fence(self, lease: Lease) -> None:
         """Fail unless this process still holds the run's lease, inside the transaction's lock."""
-        token = self.conn.execute(
-            sa.select(runs.c.lease_token).where(runs.c.id == lease.run_id).with_for_update()
-        ).scalar()
+        token = self.conn.execute(_LEASE_TOKEN, {"run_id": lease.run_id}).scalar()
         if token != lease.token:
             lease.lost.set()
             raise LeaseLost(f"run {lease.run_id} was taken over by another process")
 
     def event(self, run_id: str, kind: str, item_id: int | None = None, **data: Any) -> None:
         """An event row; the same fact is logged once the transaction has committed."""
-        self.conn.execute(events.insert().values(
-            run_id=run_id, item_id=item_id, at=utcnow(), kind=kind, data=data))
+        self.conn.execute(_INSERT_EVENT, {"run_id": run_id, "item_id": item_id, "at": utcnow(),
+                                          "kind": kind, "data": data})
         self.logged.append((kind, {"run_id": run_id, **data}))
 
     def transition_run(self, run_id: str, current: RunState, target: RunState,
@@ -129,43 +142,52 @@ class Tx:
         if result.rowcount != 1:
             raise StaleStateError(f"run {run_id} is no longer {current.value}")
 
-    def update_item(self, item: Item, target: ItemStage | None = None, **fields: Any) -> None:
-        """Change an item that is still at `item.stage`; move it to `target` when given."""
+    def update_item(self, item: Item, target: ItemStage | None = None, **fields: Any) -> Item:
+        """Change an item that is still at `item.stage`; move it to `target` when given.
+        Returns the item as now stored."""
         values = dict(fields)
         if target is not None:
             check_item_transition(item.stage, target)
             values["stage"] = target.value
-        result = self.conn.execute(
-            items.update()
-            .where(items.c.id == item.id, items.c.stage == item.stage.value)
-            .values(updated_at=utcnow(), **values))
+        now = utcnow()
+        result = self.conn.execute(_UPDATE_ITEM, {"item_id": item.id,
+                                                  "from_stage": item.stage.value,
+                                                  "updated_at": now, **values})
         if result.rowcount != 1:
             raise StaleStateError(f"item {item.position} is no longer {item.stage.value}")
         if target is not None:
             detail = {"error_kind": fields["error_kind"]} if "error_kind" in fields else {}
             self.event(item.run_id, "item_transitioned", item.id, item=item.position,
                        from_stage=item.stage.value, stage=target.value, **detail)
+        return dataclasses.replace(item, stage=target or item.stage, updated_at=now, **fields)
 
     def prepare_effect(self, run_id: str, key: str, kind: str, item_id: int | None,
-                       request: dict[str, Any], previous: Effect | None) -> None:
+                       request: dict[str, Any], previous: Effect | None) -> Effect:
+        """Store the intent to send `request`; the effect as now stored."""
         now = utcnow()
         if previous is None:
             self.conn.execute(effects.insert().values(
                 run_id=run_id, key=key, kind=kind, item_id=item_id,
                 status=EffectStatus.PREPARED.value, request=request, prepared_at=now,
                 attempts=1, updated_at=now))
+            prepared = Effect(run_id=run_id, key=key, kind=kind, item_id=item_id,
+                              status=EffectStatus.PREPARED, request=request, prepared_at=now,
+                              attempts=1, updated_at=now)
         else:
             # prepared_at keeps the first attempt's time: any earlier attempt may be the one that
             # landed, so reconciliation must look back that far.
-            self._set_effect(previous, status=EffectStatus.PREPARED.value, request=request,
+            self._set_effect(previous, now, status=EffectStatus.PREPARED.value, request=request,
                              attempts=previous.attempts + 1)
-        self.event(run_id, "effect_prepared", item_id, key=key,
-                   attempt=1 if previous is None else previous.attempts + 1)
+            prepared = dataclasses.replace(previous, status=EffectStatus.PREPARED,
+                                           request=request, attempts=previous.attempts + 1,
+                                           updated_at=now)
+        self.event(run_id, "effect_prepared", item_id, key=key, attempt=prepared.attempts)
+        return prepared
 
     def finish_effect(self, effect: Effect, status: EffectStatus,
                       outcome: dict[str, Any] | None = None, error: str | None = None,
                       verdict: str | None = None) -> None:
-        self._set_effect(effect, status=status.value, outcome=outcome, error=error)
+        self._set_effect(effect, utcnow(), status=status.value, outcome=outcome, error=error)
         facts = {k: v for k, v in (outcome or {}).items() if isinstance(v, str | int | float)}
         self.event(effect.run_id, f"effect_{status.value.lower()}", effect.item_id,
                    key=effect.key, attempt=effect.attempts, **facts,
@@ -173,15 +195,13 @@ class Tx:
                    **({"error": error} if error else {}))
 
     def note_unknown_outcome(self, effect: Effect, error: str) -> None:
-        self._set_effect(effect, error=error)
+        self._set_effect(effect, utcnow(), error=error)
         self.event(effect.run_id, "effect_unknown", effect.item_id, key=effect.key, error=error)
 
-    def _set_effect(self, effect: Effect, **values: Any) -> None:
-        result = self.conn.execute(
-            effects.update()
-            .where(effects.c.run_id == effect.run_id, effects.c.key == effect.key,
-                   effects.c.status == effect.status.value,
-                   effects.c.attempts == effect.attempts)
-            .values(updated_at=utcnow(), **values))
+    def _set_effect(self, effect: Effect, now: datetime, **values: Any) -> None:
+        result = self.conn.execute(_UPDATE_EFFECT, {
+            "effect_run": effect.run_id, "effect_key": effect.key,
+            "from_status": effect.status.value, "from_attempts": effect.attempts,
+            "updated_at": now, **values})
         if result.rowcount != 1:
             raise StaleStateError(f"effect {effect.key} of run {effect.run_id} changed meanwhile")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -96,3 +99,47 @@ def test_error_messages_never_carry_the_key(sandbox: Sandbox) -> None:
     with pytest.raises(AuthError) as caught:
         client.project(DEFAULT_PROJECT_ID)
     assert "s3cret" not in str(caught.value) and "s3cret" not in repr(caught.value.__dict__)
+
+
+class RecordingProxy:
+    """An HTTP proxy stand-in: records each request line and answers with an empty project."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+                proxy.lines.append(self.requestline)
+                body = json.dumps({"id": "p", "children": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_proxy_settings_from_the_environment_are_honoured(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The environment is read once, when the client is made, and every request uses it."""
+    proxy = RecordingProxy()
+    try:
+        for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        client = PremClient("http://prem.invalid", "k", Timeouts(connect=2, read=2))
+        monkeypatch.delenv("http_proxy")
+        client.project("p")
+        client.project("p")
+        client.close()
+    finally:
+        proxy.server.shutdown()
+        proxy.server.server_close()
+    assert proxy.lines == ["GET http://prem.invalid/api/v1/public/projects/p HTTP/1.1"] * 2

@@ -1,16 +1,22 @@
-"""Paging through the trace list when reconciling: bounded by the list's total, and safe against
-an API that ignores the page parameter."""
+"""Paging through the trace list: when reconciling, page after page, bounded by the list's total
+and safe against an API that ignores the page parameter; when checking corrections, pages in
+parallel, stopping as soon as what is looked for is found."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from cftrunner import run_steps
 from cftrunner.exceptions import RunStopped
 from cftrunner.payloads import RemoteTrace
 from cftrunner.reconcile import Reconciler
+from cftrunner.runner import Runner
 from cftrunner.settings import Settings
 from cftrunner.store import Store
 from tests.conftest import make_run
@@ -64,3 +70,70 @@ def test_a_listing_that_ignores_the_page_is_not_read_forever(db_url: str) -> Non
     with pytest.raises(RunStopped, match="same page again"):
         list(rec.traces_since(run, datetime.now(UTC) - timedelta(hours=1)))
     assert client.asked == [1, 2]
+
+
+class SlowPagedTraces(PagedTraces):
+    """PagedTraces whose pages take a moment, counting how many are read at once."""
+
+    def __init__(self, pages: int, total: int | None, created: dict[int, datetime] | None = None
+                 ) -> None:
+        super().__init__(pages, total)
+        self.created = created or {}
+        self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
+
+    def traces(self, project_id: str, model_id: str, page: int) -> tuple[list[RemoteTrace],
+                                                                          int | None]:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(0.02)
+        with self.lock:
+            self.in_flight -= 1
+        found, total = super().traces(project_id, model_id, page)
+        when = self.created.get(page)
+        return [dataclasses.replace(t, created_at=when) for t in found] if when else found, total
+
+
+def corrections_reader(db_url: str, client: Any, concurrency: int) -> tuple[Runner, Any]:
+    store = Store(db_url)
+    store.create_run(make_run(), ["q"])
+    return Runner(store, Settings(concurrency=concurrency), client=client), store.run("r1")
+
+
+def test_the_corrections_check_reads_pages_in_parallel_and_finds_every_trace(db_url: str
+                                                                             ) -> None:
+    client = SlowPagedTraces(pages=20, total=40)
+    runner, run = corrections_reader(db_url, client, concurrency=4)
+    wanted = {"t2", "t17", "t41"}  # pages 1, 8 and 20
+    found = run_steps._read_traces(runner, run, wanted, datetime.now(UTC) - timedelta(hours=1))
+    assert set(found) == wanted
+    assert sorted(client.asked) == list(range(1, 21))
+    assert 1 < client.most_in_flight <= 4
+
+
+def test_the_corrections_check_stops_once_every_trace_is_found(db_url: str) -> None:
+    client = SlowPagedTraces(pages=20, total=40)
+    runner, run = corrections_reader(db_url, client, concurrency=4)
+    found = run_steps._read_traces(runner, run, {"t2", "t7"},  # pages 1 and 3
+                                   datetime.now(UTC) - timedelta(hours=1))
+    assert set(found) == {"t2", "t7"}
+    assert sorted(client.asked) == [1, 2, 3, 4, 5]  # the first page, then one wave of four
+
+
+def test_the_corrections_check_stops_at_traces_older_than_the_run(db_url: str) -> None:
+    old = datetime.now(UTC) - timedelta(days=2)
+    client = SlowPagedTraces(pages=20, total=40, created={n: old for n in range(4, 21)})
+    runner, run = corrections_reader(db_url, client, concurrency=2)
+    found = run_steps._read_traces(runner, run, {"t2", "t40"},
+                                   datetime.now(UTC) - timedelta(hours=1))
+    assert set(found) == {"t2"}  # t40 is older than the run: not looked for past page 5
+    assert max(client.asked) == 5
+
+
+def test_the_corrections_check_without_a_total_reads_page_after_page(db_url: str) -> None:
+    client = SlowPagedTraces(pages=6, total=None)
+    runner, run = corrections_reader(db_url, client, concurrency=4)
+    found = run_steps._read_traces(runner, run, {"t13"}, datetime.now(UTC) - timedelta(hours=1))
+    assert set(found) == {"t13"}
+    assert client.most_in_flight == 1
