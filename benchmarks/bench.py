@@ -1,10 +1,11 @@
 """Benchmark a whole cftrunner cycle against the local Prem sandbox: wall time, CPU, memory, resume.
 
 Usage:
-    python benchmarks/bench.py                  # the full default run (about 5 minutes on 2 cores)
-    python benchmarks/bench.py --quick          # a smoke run with small N (under 30 s)
+    python benchmarks/bench.py                  # the full default run (about 6 minutes on 2 cores)
+    python benchmarks/bench.py --quick          # a smoke run with small N (under a minute)
     python benchmarks/bench.py --n 1000 --latency 0.05 --concurrency 16 --json
-    python benchmarks/bench.py --skip-sequential --skip-memory --skip-resume
+    python benchmarks/bench.py --skip-sequential --skip-memory --skip-resume  # 1, 3 and 5
+    python benchmarks/bench.py --workers-n 600 --worker-concurrency 8 --pg-url postgresql://...
 
 Everything is real except the API: the sandbox serves over HTTP on 127.0.0.1 from this process,
 each cycle runs `Runner.create` + `Runner.drive` in a child process (`bench.py --child cycle`) on an
@@ -36,6 +37,19 @@ What it measures, in order:
     spawning it to the first request the sandbox receives (a hook on the sandbox's request ledger,
     in this process) is the figure. A third fresh process (`bench.py --child resume`) splits that
     time into interpreter and imports, setup, and `Runner.drive()` up to its first request.
+ 5. Workers on PostgreSQL: for k = 1, 2, 3, a database `cftrunner_bench_<k>` is created on the
+    server of --pg-url (an admin URL, postgresql://postgres@127.0.0.1:5432/postgres by default) and
+    dropped afterwards; a run of N = 600 items (--workers-n) is created in it, left without an owner,
+    and k processes (`bench.py --child work`, calling `Runner.work` as `cftrunner resume RUN_ID
+    --worker` does) are started at once, each with --worker-concurrency threads (8), against a
+    sandbox at --latency. Figures: wall time from starting them to the run LAUNCHED and every one
+    ended; requests per route; bound = requests x latency / (k x concurrency); efficiency = bound /
+    wall (and excluding the slowest worker's startup, spawn to `Runner.work()`); items per second;
+    speed-up = wall time at k = 1 / wall time at k. Each k is checked: every worker exited 0 and the
+    sandbox holds N traces, one addition per trace, one snapshot, one job; the benchmark exits 1
+    if not. With psycopg missing or PostgreSQL unreachable the phase prints "skipped: <reason>".
+    On 2 cores the k workers, the sandbox and PostgreSQL share the CPUs: the speed-up levels off
+    once the workers are CPU-bound, and at --quick's N = 60 process startup dominates.
 
 Targets are printed next to the figures and are not asserted: efficiency >= 0.85 at concurrency 16,
 50 ms and N = 1,000; peak memory under 150 MB at N = 20,000; resume to the first request under 2 s
@@ -64,6 +78,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # measure this checkout, not whichever cftrunner is installed
@@ -87,6 +104,8 @@ RUN_LEVEL_ROUTES = frozenset({"project", "trace_list", "dataset", "snapshot_crea
 TARGET_EFFICIENCY = 0.85
 TARGET_MEMORY_MB = 150.0
 TARGET_RESUME_S = 2.0
+WORKER_COUNTS = (1, 2, 3)
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def prompts(n: int) -> list[str]:
@@ -172,6 +191,30 @@ def child_resume(args: argparse.Namespace) -> None:
     runner = Runner(store, settings_for(args.url, args.db, args.concurrency))
     print(json.dumps({"main_at": main_at, "drive_at": time.time()}), flush=True)
     runner.drive(args.run_id)
+
+
+def child_work(args: argparse.Namespace) -> None:
+    """Work on a shared run beside other workers, as `cftrunner resume RUN_ID --worker` does; print
+    one JSON line; exit 1 if the run stopped."""
+    logs.configure("warning")
+    store = Store(args.db)
+    waits = Waits()
+    runner = Runner(store, settings_for(args.url, args.db, args.concurrency), sleep=waits.sleep)
+    work_at = time.time()
+    cpu = time.process_time()
+    stopped = None
+    try:
+        state = runner.work(args.run_id).state.value
+    except RunStopped as exc:
+        stopped, state = exc.message, store.run(args.run_id).state.value
+    cpu_work = time.process_time() - cpu
+    runner.client.close()
+    store.close()
+    print(json.dumps({"state": state, "stopped": stopped, "work_at": work_at, "ended_at": time.time(),
+                      "cpu_work_s": cpu_work, "waits_s": waits.seconds, "waits_n": waits.count}),
+          flush=True)
+    if stopped:
+        raise SystemExit(1)
 
 
 # -- the parent ----------------------------------------------------------------------------------
@@ -326,6 +369,184 @@ def resume(tmp: Path, n: int, concurrency: int) -> dict[str, Any]:
     }
 
 
+# -- workers on PostgreSQL ----------------------------------------------------------------------
+
+def postgres_unusable(admin_url: str) -> str | None:
+    """Why no database can be made at `admin_url` (a reason for "skipped: ..."), or None."""
+    try:
+        url = make_url(admin_url)
+    except sa.exc.ArgumentError:
+        return f"--pg-url {admin_url!r} is not a database URL"
+    if url.get_backend_name() != "postgresql":
+        return f"--pg-url {url.render_as_string()} is not a PostgreSQL URL"
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'cftrunner[postgres]')"
+    try:
+        with psycopg.connect(libpq(admin_url), autocommit=True, connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or ["?"])[0]
+        return f"PostgreSQL at {url.render_as_string()} is unreachable: {reason}"
+    return None
+
+
+def libpq(url: str) -> str:
+    """The URL as psycopg takes it: without SQLAlchemy's `+driver`."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str, name: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on `admin_url`'s server, dropped afterwards; its URL."""
+    import psycopg
+    from psycopg import sql
+
+    def execute(statement: str) -> None:
+        with psycopg.connect(libpq(admin_url), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+    execute("DROP DATABASE IF EXISTS {}")  # a leftover of an interrupted benchmark
+    execute("CREATE DATABASE {}")
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        execute("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+
+
+def start_workers(k: int, url: str, db: str, run_id: str, concurrency: int,
+                  folder: Path) -> list[tuple[subprocess.Popen[bytes], float]]:
+    """k `bench.py --child work` processes started at once, each with the time it was started."""
+    started = []
+    for i in range(k):
+        with (folder / f"worker-{i}.out").open("wb") as out, \
+                (folder / f"worker-{i}.err").open("wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--child", "work", "--url", url, "--db", db,
+                 "--run-id", run_id, "--concurrency", str(concurrency)],
+                stdout=out, stderr=err, env=child_env(), cwd=folder)
+        started.append((proc, time.time()))
+    return started
+
+
+def wait_workers(procs: list[subprocess.Popen[bytes]],
+                 bound: float) -> dict[int, tuple[float, resource.struct_rusage]]:
+    """Wait for every process (killing those still running after `bound` s); for each pid, the
+    perf_counter time it was seen to end and its own resource usage."""
+    ended: dict[int, tuple[float, resource.struct_rusage]] = {}
+    deadline = time.perf_counter() + bound
+    while len(ended) < len(procs):
+        late = time.perf_counter() > deadline
+        for proc in procs:
+            if proc.pid in ended:
+                continue
+            if late:
+                proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0 if late else os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                ended[proc.pid] = (time.perf_counter(), usage)
+        time.sleep(0.005)
+    return ended
+
+
+def once_problems(counts: dict[str, Any], n: int) -> list[str]:
+    """How the sandbox's effects differ from exactly once each (as tests' assert_exactly_once)."""
+    problems = []
+    if counts["traces"] != n:
+        problems.append(f"traces {counts['traces']:,}, not {n:,}")
+    additions = sorted(counts["additions"].values())
+    if additions != [1] * n:
+        twice = sum(1 for a in additions if a > 1)
+        problems.append(f"additions on {len(additions):,} traces, {twice:,} of them more than once")
+    for kind in ("snapshots", "jobs"):
+        if counts[kind] != 1:
+            problems.append(f"{kind} {counts[kind]}, not 1")
+    if list(counts["recommendations_generated"].values()) != [1]:
+        problems.append(f"recommendations generated {counts['recommendations_generated']}")
+    return problems
+
+
+def workers_cycle(tmp: Path, admin_url: str, k: int, n: int, latency: float, concurrency: int,
+                  page_size: int | None) -> dict[str, Any]:
+    """A run of n items created on a fresh database, then k worker processes started at once."""
+    folder = tmp / f"workers-{k}"
+    folder.mkdir()
+    options: dict[str, Any] = {"page_size": page_size} if page_size else {}
+    load_start = os.getloadavg()[0]
+    with fresh_database(admin_url, f"cftrunner_bench_{k}") as db, \
+            Sandbox(latency=latency, processing_seconds=PROCESSING_SECONDS, recs_polls=1,
+                    **options) as sandbox:
+        store = Store(db)
+        runner = Runner(store, settings_for(sandbox.url, db, concurrency))
+        begun = time.perf_counter()
+        run_id = runner.create(spec(), prompts(n)).id
+        create_s = time.perf_counter() - begun
+        runner.release()
+        runner.client.close()
+        sandbox_cpu = time.process_time()  # the sandbox's threads, mostly, from here on
+        started = time.perf_counter()
+        procs = start_workers(k, sandbox.url, db, run_id, concurrency, folder)
+        ended = wait_workers([proc for proc, _ in procs], bound=600)
+        wall = max(at for at, _ in ended.values()) - started
+        sandbox_cpu = time.process_time() - sandbox_cpu
+        counts = sandbox.counts()
+        state = store.run(run_id).state.value
+        joined = sum(1 for e in store.events(run_id) if e.kind == "worker_joined")
+        store.close()
+    per_worker: list[dict[str, Any]] = []
+    for i, (proc, spawned_at) in enumerate(procs):
+        at, usage = ended[proc.pid]
+        lines = (folder / f"worker-{i}.out").read_text().strip().splitlines()
+        child = json.loads(lines[-1]) if lines else {}
+        per_worker.append({
+            "exit": proc.returncode, "state": child.get("state"), "stopped": child.get("stopped"),
+            "wall_s": at - started, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "waits_s": child.get("waits_s"), "peak_rss_mb": maxrss_bytes(usage) / 1e6,
+            "startup_s": child["work_at"] - spawned_at if child else None,
+            "stderr_tail": (folder / f"worker-{i}.err").read_text()[-2000:] if proc.returncode else ""})
+    requests: dict[str, int] = dict(sorted(counts["requests"].items(), key=lambda kv: -kv[1]))
+    total = sum(requests.values())
+    run_level = sum(c for route, c in requests.items() if route in RUN_LEVEL_ROUTES)
+    slots = k * concurrency
+    bound = total * latency / slots
+    problems = once_problems(counts, n)
+    startup = max((w["startup_s"] for w in per_worker if w["startup_s"] is not None), default=0.0)
+    return {
+        "workers": k, "concurrency": concurrency, "n": n, "latency_s": latency, "state": state,
+        "create_s": create_s, "wall_s": wall, "startup_s": startup,
+        "requests": requests, "requests_total": total, "run_level_requests": run_level,
+        "bound_s": bound, "efficiency": bound / wall,
+        "efficiency_excluding_startup": bound / max(wall - startup, 1e-9),
+        "bound_run_level_serial_s": (total - run_level) * latency / slots + run_level * latency,
+        "items_per_s": n / wall, "exactly_once_problems": problems, "exactly_once": not problems,
+        "exit_codes": [w["exit"] for w in per_worker],
+        "all_exited_0": all(w["exit"] == 0 for w in per_worker), "joined": joined,
+        "per_worker": per_worker, "sandbox_cpu_s": sandbox_cpu,
+        "loadavg_1m_start": load_start, "loadavg_1m_end": os.getloadavg()[0],
+    }
+
+
+def workers(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """k = 1, 2, 3 workers on the same run size; or why the phase was skipped."""
+    reason = postgres_unusable(args.pg_url)
+    if reason:
+        print(f"... workers skipped: {reason}", file=sys.stderr, flush=True)
+        return {"skipped": reason}
+    cycles = []
+    for k in WORKER_COUNTS:
+        print(f"... workers k={k}", file=sys.stderr, flush=True)
+        cycles.append(workers_cycle(tmp, args.pg_url, k, args.workers_n, args.latency,
+                                    args.worker_concurrency, args.page_size))
+    for figures in cycles:
+        figures["speedup"] = cycles[0]["wall_s"] / figures["wall_s"]
+    return {"admin_url": make_url(args.pg_url).render_as_string(), "n": args.workers_n,
+            "latency_s": args.latency, "concurrency": args.worker_concurrency, "cycles": cycles,
+            "ok": all(c["exactly_once"] and c["all_exited_0"] and c["state"] == "LAUNCHED"
+                      for c in cycles)}
+
+
 # -- printing ------------------------------------------------------------------------------------
 
 def met(ok: bool) -> str:
@@ -412,6 +633,52 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
               f"{split['interpreter_and_imports_s']:.2f} s + setup {split['setup_s']:.2f} s + "
               f"drive() to the first request ({split['first_route']}) "
               f"{split['drive_to_first_request_s']:.2f} s")
+    if "workers" in figures:
+        print_workers(figures["workers"])
+
+
+def yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def print_workers(w: dict[str, Any]) -> None:
+    print("\n5. Workers on PostgreSQL: ", end="")
+    if "skipped" in w:
+        print(f"skipped: {w['skipped']}")
+        return
+    print(f"N={w['n']:,}, latency {w['latency_s'] * 1000:g} ms, concurrency {w['concurrency']} "
+          f"per worker; k processes each calling `Runner.work` (as `cftrunner resume RUN_ID --worker` "
+          f"does), started at once, on a fresh database on {w['admin_url']}")
+    print("  wall = from starting the workers to the run LAUNCHED and every worker ended; "
+          "bound = requests x latency / (k x concurrency); efficiency = bound / wall; "
+          "startup = the slowest worker's spawn to Runner.work()")
+    print(f"  {'k':>2} {'wall s':>8} {'startup s':>9} {'requests':>9} {'bound s':>8} {'effic.':>7} "
+          f"{'excl. startup':>13} {'items/s':>8} {'speed-up':>8}  {'load 1m':>7}")
+    for c in w["cycles"]:
+        print(f"  {c['workers']:>2} {c['wall_s']:8.2f} {c['startup_s']:9.2f} {c['requests_total']:9,} "
+              f"{c['bound_s']:8.2f} {c['efficiency']:7.3f} {c['efficiency_excluding_startup']:13.3f} "
+              f"{c['items_per_s']:8.1f} {c['speedup']:7.2f}x  {c['loadavg_1m_end']:7.2f}")
+    for c in w["cycles"]:
+        k = c["workers"]
+        routes = ", ".join(f"{route} {count:,}" for route, count in c["requests"].items())
+        print(f"  k={k}: requests {routes}")
+        print(f"       counting the {c['run_level_requests']:,} run-level requests one at a time, the "
+              f"bound is {c['bound_run_level_serial_s']:.2f} s; run created in {c['create_s']:.2f} s "
+              f"(not in the wall time); the sandbox's CPU {c['sandbox_cpu_s']:.2f} s")
+        once = "; ".join(c["exactly_once_problems"]) or (
+            f"traces {c['n']:,}, one addition per trace, one snapshot, one job")
+        print(f"       run {c['state']}; every effect exactly once: {yes(c['exactly_once'])} ({once}); "
+              f"every worker exited 0: {yes(c['all_exited_0'])} (exit codes "
+              f"{', '.join(map(str, c['exit_codes']))}; {c['joined']} joined)")
+        for i, pw in enumerate(c["per_worker"]):
+            startup = "?" if pw["startup_s"] is None else f"{pw['startup_s']:.2f} s"
+            waits = "?" if pw["waits_s"] is None else f"{pw['waits_s']:.2f} s"
+            print(f"       worker {i + 1}: exit {pw['exit']} after {pw['wall_s']:.2f} s, the run "
+                  f"{pw['state']} as it left (startup {startup}), CPU {pw['cpu_s']:.2f} s, "
+                  f"waits {waits}, peak RSS {pw['peak_rss_mb']:.0f} MB"
+                  + (f", stopped: {pw['stopped']}" if pw["stopped"] else ""))
+            if pw["stderr_tail"]:
+                print("         " + pw["stderr_tail"].strip().replace("\n", "\n         "))
 
 
 # -- the entry point -----------------------------------------------------------------------------
@@ -435,24 +702,35 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-memory", action="store_true",
                         help="measure CPU at zero latency with --n items, not the memory cycle")
     parser.add_argument("--skip-resume", action="store_true", help="no resume timing")
+    parser.add_argument("--workers-n", type=int, default=None,
+                        help="items in the run shared by worker processes (600)")
+    parser.add_argument("--worker-concurrency", type=int, default=8,
+                        help="Settings.concurrency of each worker process (8)")
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL,
+                        help="PostgreSQL URL on which a database per measurement is created and "
+                             f"dropped ({DEFAULT_PG_URL})")
+    parser.add_argument("--skip-workers", action="store_true",
+                        help="no measurement of worker processes on PostgreSQL")
     parser.add_argument("--quick", action="store_true",
-                        help="small N and 20 ms latency for a smoke run (under 30 s)")
+                        help="small N and 20 ms latency for a smoke run (under a minute)")
     parser.add_argument("--json", action="store_true", help="also print one JSON object of all figures")
-    parser.add_argument("--child", choices=("cycle", "resume"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("cycle", "resume", "work"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {"n": 60 if quick else 1000, "latency": 0.02 if quick else 0.05,
-                "memory_n": 1000 if quick else 20_000, "resume_n": 2000 if quick else 20_000}
+                "memory_n": 1000 if quick else 20_000, "resume_n": 2000 if quick else 20_000,
+                "workers_n": 60 if quick else 600}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.sequential_n is None:
         args.sequential_n = min(30 if quick else 200, args.n)
-    if min(args.n, args.sequential_n, args.memory_n, args.resume_n, args.concurrency) < 1:
-        parser.error("counts and --concurrency must be at least 1")
+    if min(args.n, args.sequential_n, args.memory_n, args.resume_n, args.workers_n,
+           args.concurrency, args.worker_concurrency) < 1:
+        parser.error("counts and concurrencies must be at least 1")
     return args
 
 
@@ -462,6 +740,8 @@ def main(argv: list[str] | None = None) -> None:
         return child_cycle(args)
     if args.child == "resume":
         return child_resume(args)
+    if args.child == "work":
+        return child_work(args)
     logs.configure("warning")
     started = time.perf_counter()
     page = f"page_size={args.page_size}" if args.page_size else "page_size=sandbox default"
@@ -476,7 +756,9 @@ def main(argv: list[str] | None = None) -> None:
     figures: dict[str, Any] = {"config": {
         "n": args.n, "latency_s": args.latency, "concurrency": args.concurrency,
         "sequential_n": args.sequential_n, "memory_n": args.memory_n, "resume_n": args.resume_n,
-        "page_size": args.page_size, "processing_seconds": PROCESSING_SECONDS,
+        "workers_n": args.workers_n,
+        "worker_concurrency": args.worker_concurrency, "page_size": args.page_size,
+        "processing_seconds": PROCESSING_SECONDS,
         "poll_interval": POLL_INTERVAL, "cpus": os.cpu_count(), "python": platform.python_version(),
         "loadavg_1m_start": os.getloadavg()[0]}}
     phases: list[tuple[str, bool, Callable[[Path], Any]]] = [
@@ -488,6 +770,7 @@ def main(argv: list[str] | None = None) -> None:
          lambda tmp: cycle(tmp, "zero_latency", args.n if args.skip_memory else args.memory_n, 0.0,
                            args.concurrency, args.page_size)),
         ("resume", not args.skip_resume, lambda tmp: resume(tmp, args.resume_n, args.concurrency)),
+        ("workers", not args.skip_workers, lambda tmp: workers(tmp, args)),
     ]
     with tempfile.TemporaryDirectory(prefix="cftrunner-bench-") as tmp:
         for name, wanted, measure in phases:
@@ -506,6 +789,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{figures['loadavg_1m_end']:.2f} at the end (other work on the machine skews the figures)")
     if args.json:
         print(json.dumps(figures))
+    if not figures.get("workers", {}).get("ok", True):
+        raise SystemExit("workers on PostgreSQL: a worker failed or an effect did not happen exactly once")
 
 
 if __name__ == "__main__":

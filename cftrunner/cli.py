@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from cftrunner import config, logs, service, shutdown
+from cftrunner import config, display, logs, service, shutdown
 from cftrunner.exceptions import (
     CftrunnerError,
     InputError,
@@ -22,7 +23,7 @@ from cftrunner.exceptions import (
 from cftrunner.models import Run
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
-from cftrunner.states import RunState
+from cftrunner.states import TERMINAL, RunState
 from cftrunner.tick import spec_from
 
 EXIT_LAUNCHED = 0
@@ -60,6 +61,23 @@ def connection_options(func: F) -> F:
 
 
 CONNECTION_KEYS = ("db", "base_url", "api_key", "api_key_file", "log_level", "config")
+# Options of the commands that drive a run, and the settings they stand for.
+THROUGHPUT_KEYS = {"concurrency": "api.concurrency", "max_rps": "api.max_rps"}
+
+
+def throughput_options(func: F) -> F:
+    """How hard a driving command may press the API."""
+    for option in reversed([
+        click.option("--concurrency", type=click.IntRange(1, 256), default=None,
+                     help="Items worked on at once, each with at most one request in flight "
+                          "[env CFTRUNNER_CONCURRENCY; config api.concurrency; default 8]."),
+        click.option("--max-rps", type=click.FloatRange(0, min_open=True), default=None,
+                     help="A ceiling on requests per second for the whole run, on top of "
+                          "slowing down when the API answers 429 [env CFTRUNNER_MAX_RPS; config "
+                          "api.max_rps; default none]."),
+    ]):
+        func = option(func)
+    return func
 
 
 def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
@@ -67,6 +85,7 @@ def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
     environment, the config file, defaults; logging is configured here, once."""
     before = click.get_current_context().find_root().params
     given = {key: options.pop(key, None) or before.get(key) for key in CONNECTION_KEYS}
+    given |= {setting: options.pop(option, None) for option, setting in THROUGHPUT_KEYS.items()}
     resolved = config.resolve({**given, **cycle})
     logs.configure(resolved.log_level, secrets=[resolved.settings.api_key])
     return resolved
@@ -119,11 +138,25 @@ def cycle_options(func: F) -> F:
 CYCLE_KEYS = ("project_id", "model_alias", "prompts", "judge_model", "split_percentage")
 
 
+def progress_option(func: F) -> F:
+    """For the commands that drive a run: whether its progress shows on stderr."""
+    return click.option(
+        "--progress/--no-progress", "show_progress", default=None,
+        help="Show each stage's items done, failed, rate and time left on stderr while the run "
+             "is driven [default: when stderr is a terminal].")(func)
+
+
+def _display(show_progress: bool | None) -> display.Display:
+    return display.on(sys.stderr, show_progress)
+
+
 @cli.command()
 @cycle_options
 @click.option("--run-id", help="Choose the run id (default: time-based and random).")
+@progress_option
+@throughput_options
 @connection_options
-def start(run_id: str | None, **options: Any) -> int:
+def start(run_id: str | None, show_progress: bool | None, **options: Any) -> int:
     """Start a cycle and drive it to LAUNCHED; the run id is the first line of output.
 
     Example: cftrunner start --project-id P --model-alias my-model-v3 --prompts prompts.json
@@ -131,13 +164,15 @@ def start(run_id: str | None, **options: Any) -> int:
     resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
     spec = spec_from(resolved.cycle, run_id, "start")
     return _finish(service.start(resolved.settings, spec, on_created=lambda rid: click.echo(rid),
-                                 stop=_stop(resolved.settings)))
+                                 stop=_stop(resolved.settings), display=_display(show_progress)))
 
 
 @cli.command()
 @cycle_options
+@progress_option
+@throughput_options
 @connection_options
-def tick(**options: Any) -> int:
+def tick(show_progress: bool | None, **options: Any) -> int:
     """For cron: resume this cycle's unfinished run, or start one when the interval has passed,
     or say there is nothing to do (exit 0). A run another process drives exits 75.
 
@@ -145,7 +180,7 @@ def tick(**options: Any) -> int:
     """
     resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
     decision, run = service.tick(resolved, on_created=lambda rid: click.echo(rid),
-                                 stop=_stop(resolved.settings))
+                                 stop=_stop(resolved.settings), display=_display(show_progress))
     if run is None:
         click.echo(f"nothing to do: {decision.reason}")
         return EXIT_LAUNCHED
@@ -154,6 +189,7 @@ def tick(**options: Any) -> int:
 
 @cli.command("config")
 @cycle_options
+@throughput_options
 @connection_options
 def show_config(**options: Any) -> int:
     """Print every effective setting and where it came from; the API key is redacted.
@@ -173,14 +209,25 @@ def show_config(**options: Any) -> int:
 
 @cli.command()
 @click.argument("run_id")
+@click.option("--worker", is_flag=True,
+              help="Work on the run's items beside other processes, on this host or others, "
+                   "sharing one database; the run-level steps are then done by one of them.")
+@progress_option
+@throughput_options
 @connection_options
-def resume(run_id: str, **options: Any) -> int:
+def resume(run_id: str, worker: bool, show_progress: bool | None, **options: Any) -> int:
     """Continue a run from its last checkpoint; a finished run is shown and left alone.
 
     Example: cftrunner resume 20261121-223000-a1b2c3
     """
     settings = _settings(options)
-    return _finish(service.resume(settings, run_id, stop=_stop(settings)))
+    run = service.resume(settings, run_id, stop=_stop(settings),
+                         display=_display(show_progress), worker=worker)
+    if worker and run.state not in TERMINAL:
+        click.echo(f"run {run.id}: no item left for this worker; the run is {run.state.value} "
+                   "and another process takes it on")
+        return EXIT_LAUNCHED
+    return _finish(run)
 
 
 @cli.command()
@@ -211,7 +258,8 @@ def status(run_id: str | None, as_json: bool, **options: Any) -> int:
 @cli.command()
 @click.option("--latency", type=click.FloatRange(0, 10), default=0.0, show_default=True,
               help="Seconds the sandbox waits before answering each request.")
-def demo(latency: float) -> int:
+@progress_option
+def demo(latency: float, show_progress: bool | None) -> int:
     """Run a whole cycle against an in-process sandbox with a throwaway state file; no key needed.
 
     Example: cftrunner demo
@@ -219,7 +267,8 @@ def demo(latency: float) -> int:
     logs.configure("info")
     sample = resources.files("cftrunner") / "data" / "sample_prompts.json"
     with resources.as_file(sample) as path:
-        text = service.demo(Path(path), latency, on_created=lambda rid: click.echo(rid))
+        text = service.demo(Path(path), latency, on_created=lambda rid: click.echo(rid),
+                            display=_display(show_progress))
     click.echo(text)
     return 0
 
@@ -231,8 +280,13 @@ def demo(latency: float) -> int:
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Share of requests answered 503 without acting.")
 @click.option("--rate-limit", type=click.FloatRange(0, 1), default=0.0,
-              help="Share of requests answered 429 with Retry-After.")
+              help="Share of requests, picked at random, answered 429 with --retry-after.")
 @click.option("--retry-after", type=float, default=1.0, show_default=True)
+@click.option("--max-rps", type=click.FloatRange(0, min_open=True), default=None,
+              help="Requests a second allowed across all routes, like an API gateway's "
+                   "limit; one beyond it gets 429 with Retry-After and is not acted on.")
+@click.option("--burst", type=click.IntRange(1), default=1, show_default=True,
+              help="Requests --max-rps lets through at once (its token bucket's size).")
 @click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Share of requests acted on whose answer is then dropped.")
 @click.option("--late-rate", type=click.FloatRange(0, 1), default=0.0,
@@ -246,7 +300,7 @@ def demo(latency: float) -> int:
 def sandbox(**options: Any) -> int:
     """Serve the local Prem sandbox: every endpoint cftrunner uses, with switchable faults.
 
-    Example: cftrunner sandbox --port 8765 --drop-rate 0.1 --rate-limit 0.05
+    Example: cftrunner sandbox --port 8765 --drop-rate 0.1 --max-rps 20 --burst 5
     """
     service.serve_sandbox(**options, announce=lambda line: click.echo(line))
     return 0

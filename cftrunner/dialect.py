@@ -1,18 +1,27 @@
-"""Engine creation, with every SQLite quirk fenced in here: WAL, busy timeout, BEGIN IMMEDIATE."""
+"""Engine creation, with every database quirk fenced in here: SQLite's WAL, busy timeout and
+BEGIN IMMEDIATE; PostgreSQL's driver, isolation level, pool and connect timeout."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from cftrunner.exceptions import InputError
 
 BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 10
 READ_ONLY = "cftrunner_read_only"
+MIGRATION_LOCK_ID = int.from_bytes(b"cftrunnr", "big")  # a PostgreSQL advisory lock, cftrunner's own
+# Concurrent items each borrow a connection for a short transaction. SQLite connections are
+# cheap, so that pool may grow rather than make a worker wait; a PostgreSQL connection is a server
+# process, so that pool is bounded and a worker past it waits (transactions last milliseconds).
+SQLITE_POOL = {"pool_size": 8, "max_overflow": 256}
+POSTGRES_POOL = {"pool_size": 10, "max_overflow": 22, "pool_timeout": 60}
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -20,8 +29,12 @@ def create_engine(url: str) -> sa.Engine:
         parsed = make_url(url)
     except sa.exc.ArgumentError as exc:
         raise InputError(f"not a database URL: {url!r}") from exc
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return _postgres_engine(parsed)
+    if backend != "sqlite":
+        raise InputError("the state database must be an SQLite file or PostgreSQL, not "
+                         f"{parsed.render_as_string(hide_password=True)!r}")
     database = parsed.database
     if not database or database == ":memory:" or database.startswith("file:"):
         raise InputError(f"the state database must be an SQLite file or PostgreSQL, not {url!r}")
@@ -30,12 +43,28 @@ def create_engine(url: str) -> sa.Engine:
         raise InputError(f"the state database folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"the state database folder {parent} is not writable")
-    # Concurrent items each borrow a connection for a short transaction; SQLite connections
-    # are cheap, so the pool may grow rather than make a worker wait for one.
     engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
-                              poolclass=sa.pool.QueuePool, pool_size=8, max_overflow=256)
+                              poolclass=sa.pool.QueuePool, **SQLITE_POOL)
     _fence_sqlite(engine)
     return engine
+
+
+def _postgres_engine(url: URL) -> sa.Engine:
+    # A bare postgresql:// means psycopg 3, the one driver the `postgres` extra installs
+    # (SQLAlchemy 2.0 would otherwise pick psycopg2).
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_driver_name() == "psycopg" and importlib.util.find_spec("psycopg") is None:
+        raise InputError("a PostgreSQL state database needs psycopg 3: "
+                         "pip install 'cftrunner[postgres]'")
+    connect_args: dict[str, Any] = {"application_name": "cftrunner"}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    # READ COMMITTED plus row locks is the design: every fenced write transaction first locks its
+    # run's row (FOR UPDATE), tick locks its cycle's row, and each later statement then sees what
+    # the previous holder committed. Every other change is a compare-and-set on the row itself.
+    return sa.create_engine(url, isolation_level="READ COMMITTED", pool_pre_ping=True,
+                            connect_args=connect_args, **POSTGRES_POOL)
 
 
 def _fence_sqlite(engine: sa.Engine) -> None:
@@ -57,11 +86,23 @@ def _fence_sqlite(engine: sa.Engine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, **values: Any) -> None:
-    """INSERT that leaves an existing row with the same key alone, on either database."""
+def lock_for_migration(conn: sa.Connection) -> None:
+    """Hold, until the transaction ends, the lock that serializes schema upgrades between processes.
+
+    On SQLite the write transaction's BEGIN IMMEDIATE already holds the database's write lock."""
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-        conn.execute(pg_insert(table).values(**values).on_conflict_do_nothing())
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
+
+
+def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, **values: Any) -> bool:
+    """INSERT that leaves an existing row with the same primary key alone, on either database;
+    True when the row was inserted. A clash on another unique column still raises."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
     else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-        conn.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    statement = (insert(table).values(**values)
+                 .on_conflict_do_nothing(index_elements=list(table.primary_key.columns))
+                 # An INSERT's row count is kept only when asked for (psycopg loses it otherwise).
+                 .execution_options(preserve_rowcount=True))
+    return conn.execute(statement).rowcount == 1

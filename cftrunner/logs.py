@@ -32,24 +32,31 @@ class _Redact:
 
 
 class _Unfailing:
-    """A stream whose write errors (a closed pipe, a full disk) never stop the run."""
+    """A stream whose write errors (a closed pipe, a full disk) never stop the run. Without a
+    stream of its own it writes to whatever `sys.stderr` is at the time, so that a terminal display
+    that redirects stderr while it is live (see `progress`) prints log lines above itself."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
 
     def write(self, text: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._stream.write(text)
+        # Not only OSError: a display that redirects stderr may fail in its own ways.
+        with contextlib.suppress(Exception):
+            _or_stderr(self._stream).write(text)
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._stream.flush()
+        with contextlib.suppress(Exception):
+            _or_stderr(self._stream).flush()
+
+
+def _or_stderr(stream: TextIO | None) -> TextIO:
+    return sys.stderr if stream is None else stream
 
 
 def configure(level: str = "info", secrets: list[str] | None = None,
               stream: TextIO | None = None) -> None:
-    stream = stream or sys.stderr
-    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if stream.isatty()
+    """Log to `stream`, or to stderr as it is when each line is written."""
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if _or_stderr(stream).isatty()
                      else structlog.processors.JSONRenderer())
     structlog.configure(
         processors=[

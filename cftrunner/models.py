@@ -83,6 +83,7 @@ class Item:
     processing_status: str | None = None
     error_kind: str | None = None
     error: str | None = None
+    claim_token: str | None = None  # the worker whose item it is (see claims.py)
 
     @property
     def failed(self) -> bool:
@@ -115,6 +116,15 @@ class Event:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """A process registered to work on a run's items, and the unfinished items it holds."""
+
+    owner: Owner
+    expires_at: datetime
+    holding: int
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """A run with its items counted per stage, as `status` shows it."""
 
@@ -122,6 +132,7 @@ class RunSummary:
     stage_counts: dict[str, int]
     failures: dict[str, int]
     state_seconds: dict[str, float] = field(default_factory=dict)
+    workers: list[WorkerInfo] = field(default_factory=list)
 
     @property
     def total_items(self) -> int:

@@ -46,6 +46,8 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "state_seconds": summary.state_seconds,
         "lease": None if run.lease is None else {
             "owner": run.lease.owner.label(), "expires_at": run.lease.expires_at.isoformat()},
+        "workers": [{"owner": w.owner.label(), "holding": w.holding,
+                     "expires_at": w.expires_at.isoformat()} for w in summary.workers],
         "cancel_requested": run.cancel_requested,
         "cycle": run.cycle,
         "failure_reason": run.failure_reason,
@@ -105,6 +107,9 @@ def detail(summary: RunSummary, now: datetime) -> str:
         ("snapshot", run.snapshot_id or "-"),
         ("job", f"{run.job_id or '-'} (name {run.job_name})"),
         ("owner", _owner(summary, now) or "none"),
+        ("workers", "; ".join(
+            f"{w.owner.label()} holding {w.holding} until {w.expires_at:%H:%M:%S} UTC"
+            + (" (expired)" if w.expires_at <= now else "") for w in summary.workers) or "none"),
         ("time", ", ".join(f"{state} {duration(v)}"
                            for state, v in summary.state_seconds.items()) or "-"),
     ]

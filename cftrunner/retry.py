@@ -31,13 +31,17 @@ class RetryPolicy:
     """How often, and how patiently, one request is tried."""
 
     max_attempts: int = 6  # attempts in total for one request, the first included
+    # Refusals with 429 are counted apart: the API asking to slow down is not the request
+    # failing, and the shared rate limiter is already slowing the whole run.
+    max_rate_limited: int = 40
     base_delay: float = 0.5  # seconds before the second attempt, at most
     max_delay: float = 30.0  # cap on the computed backoff
     max_retry_after: float = 300.0  # a longer Retry-After gives up rather than sleeping that long
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        for name in ("max_attempts", "max_rate_limited"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("base_delay", "max_delay", "max_retry_after"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -55,6 +59,11 @@ def classify(error: BaseException) -> Decision:
     return "stop"
 
 
+def rate_limited(error: BaseException) -> bool:
+    """A 429: surely not acted on, and a request to slow down rather than a failure."""
+    return isinstance(error, TransientError) and error.status_code == 429
+
+
 def next_delay(
     policy: RetryPolicy,
     error: BaseException,
@@ -62,6 +71,7 @@ def next_delay(
     rand: Callable[[], float],
 ) -> float | None:
     """Seconds to wait before the next try after attempt number `attempt` failed; None gives up.
+    For a 429, `attempt` counts the 429s alone, within `max_rate_limited`.
 
     The backoff is capped exponential with full jitter (`rand` returns a float in [0, 1)); a
     Retry-After from the server is a floor, never shortened, but one beyond the policy's patience
@@ -69,7 +79,8 @@ def next_delay(
     """
     if attempt < 1:
         raise ValueError(f"attempt is 1-based, got {attempt}")
-    if classify(error) != "retry" or attempt >= policy.max_attempts:
+    budget = policy.max_rate_limited if rate_limited(error) else policy.max_attempts
+    if classify(error) != "retry" or attempt >= budget:
         return None
     exponent = min(attempt - 1, _MAX_EXPONENT)
     backoff = min(policy.max_delay, policy.base_delay * 2.0**exponent) * rand()

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import random
 import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Sized
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 
-from cftrunner import crashpoints, run_steps, steps
+from cftrunner import claims, crashpoints, run_steps, steps
 from cftrunner.client import PremClient, Timeouts
 from cftrunner.exceptions import (
     ApiError,
@@ -25,6 +26,7 @@ from cftrunner.exceptions import (
     Interrupted,
     LeaseLost,
     RejectedError,
+    RunBusy,
     RunStopped,
     TransientError,
 )
@@ -32,11 +34,11 @@ from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
 from cftrunner.limiter import RateLimiter
 from cftrunner.models import Effect, EffectStatus, Item, Run
 from cftrunner.reconcile import Reconciler
-from cftrunner.retry import next_delay
+from cftrunner.retry import next_delay, rate_limited
 from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
-from cftrunner.states import TERMINAL, RunState
+from cftrunner.states import STAGE_FOR_RUN_STATE, TERMINAL, RunState
 from cftrunner.store import Store
 from cftrunner.transaction import Tx
 
@@ -81,7 +83,9 @@ class Runner:
         self.stop = stop or Stop()
         self.sleep = sleep or self.stop.wait
         self.rand = rand
-        self.lease: Lease | None = None
+        self.lease: Lease | None = None  # the run's: run-level steps and state changes
+        self.worker: Lease | None = None  # this process's claim on some of the run's items
+        self._worker_beat: Heartbeat | None = None
         self._cancel_checked = 0.0
 
     def create(self, spec: RunSpec, prompts: Iterable[str], cycle: str | None = None) -> Run:
@@ -123,20 +127,53 @@ class Runner:
         """A write transaction fenced by this process's lease."""
         return self.store.tx(fence=self.lease)
 
+    @contextmanager
+    def item_tx(self, item: Item) -> Iterator[Tx]:
+        """A write transaction on an item, fenced by this worker's claim on it. (Not by the
+        run's lease too: whoever took that over takes the items only once the claims lapse.)"""
+        assert self.worker is not None, "items are worked on after join()"
+        with self.store.tx() as tx:
+            claims.fence(tx, item.id, self.worker)
+            yield tx
+
+    def _tx_for(self, item: Item | None) -> AbstractContextManager[Tx]:
+        return self.item_tx(item) if item is not None else self.tx()
+
+    def join(self, run_id: str) -> None:
+        """Become one of the run's workers: registered, renewed by a heartbeat, able to claim."""
+        if self.worker is not None:
+            return
+        worker = Lease(run_id, current_owner(), self.settings.lease_seconds)
+        claims.register(self.store, worker)
+        self.worker = worker
+        self._worker_beat = Heartbeat(functools.partial(claims.renew, self.store), worker)
+        self._worker_beat.start()
+
+    def leave(self) -> None:
+        """Stop being a worker; items claimed but unfinished go back to the others at once."""
+        if self._worker_beat is not None:
+            self._worker_beat.stop()
+            self._worker_beat = None
+        if self.worker is not None and not self.worker.lost.is_set():
+            with contextlib.suppress(LeaseLost):
+                claims.retire(self.store, self.worker)
+        self.worker = None
+
     def checkpoint(self) -> None:
         """Between two pieces of work: stop here if asked to, or if the run is no longer ours."""
         if self.stop.requested:
             name = signal.Signals(self.stop.signum or signal.SIGTERM).name
             raise Interrupted(self.stop.signum or signal.SIGTERM,
                               f"stopped by {name}; the run is intact, resume it")
-        if self.lease is not None:
+        held = self.lease or self.worker
+        if held is not None:
             # After a pause (SIGSTOP, a frozen VM) the lost flag may not be set yet: check the
             # lease against the clock, and against the database once the clock says it lapsed.
             self._ensure_lease()
             now = time.monotonic()
             if now - self._cancel_checked >= 1.0:
                 self._cancel_checked = now
-                if self.store.cancel_requested(self.lease.run_id):
+                if self.store.cancel_requested(held.run_id):
                     raise _Cancelled()
 
     def pause(self, seconds: float) -> None:
@@ -144,12 +181,15 @@ class Runner:
         self.checkpoint()
 
     def _ensure_lease(self) -> None:
-        """Just before a request: the lease must be valid now, not only lately."""
-        lease = self.lease
-        if lease is None:
-            return
-        if lease.lost.is_set() or (not lease.locally_valid() and not self.store.renew_lease(lease)):
+        """Just before a request: the lease and the claims must be valid now, not only lately."""
+        lease, worker = self.lease, self.worker
+        if lease is not None and (lease.lost.is_set() or (
+                not lease.locally_valid() and not self.store.renew_lease(lease))):
             raise LeaseLost(f"run {lease.run_id} was taken over by another process")
+        if worker is not None and (worker.lost.is_set() or (
+                not worker.locally_valid() and not claims.renew(self.store, worker))):
+            raise LeaseLost(f"run {worker.run_id}: this worker's items were taken over by "
+                            "another worker")
 
     def drive(self, run_id: str) -> Run:
         """Take the run from wherever it stands to a terminal state; raise RunStopped if it cannot
@@ -160,6 +200,7 @@ class Runner:
         heartbeat.start()
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
+            self.join(run_id)
             while run.state not in TERMINAL:
                 self.checkpoint()
                 HANDLERS[run.state](self, run)
@@ -187,19 +228,61 @@ class Runner:
             raise RunStopped(message) from None
         finally:
             heartbeat.stop()
+            self.leave()
             self.release()
             structlog.contextvars.unbind_contextvars("run_id")
         return run
+
+    def work(self, run_id: str) -> Run:
+        """Work on the run's items beside any other workers, on this host or others; once none
+        is left, take the run through its run-level steps unless another process holds it."""
+        run = self.store.run(run_id)
+        if run.state in TERMINAL:
+            return run
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        try:
+            self.join(run_id)
+            if run.state in (RunState.CREATED, *STAGE_FOR_RUN_STATE) and run.state is not \
+                    RunState.ADDED:
+                if run.dataset_id is None:
+                    self._find_dataset_if_free(run)
+                steps.work_items(self, self.store.run(run_id))
+            try:
+                return self.drive(run_id)
+            except RunBusy as exc:
+                log.info("worker_finished", reason=exc.message)
+                return self.store.run(run_id)
+        except _Cancelled:
+            log.warning("worker_cancelled")
+            return self.store.run(run_id)
+        finally:
+            self.leave()
+            structlog.contextvars.unbind_contextvars("run_id")
+
+    def _find_dataset_if_free(self, run: Run) -> None:
+        """Check the project has a dataset before spending on items, unless another process
+        holds the run (it does that check itself)."""
+        try:
+            self.take(run.id)
+        except RunBusy:
+            return
+        try:
+            steps.find_dataset(self, run)
+        finally:
+            self.release()
 
     def _record_error(self, run_id: str, message: str) -> None:
         if self.lease is None or not self.lease.lost.is_set():
             with contextlib.suppress(LeaseLost), self.tx() as tx:
                 tx.record_error(run_id, message)
 
-    def for_each(self, items: Sequence[T], work: Callable[[T], None]) -> None:
-        """Do `work` on every item, `concurrency` items at a time. The first failure stops new
-        work; the items already under way finish their current request; then it is raised."""
-        workers = min(self.settings.concurrency, len(items))
+    def for_each(self, items: Iterable[T], work: Callable[[T], None]) -> None:
+        """Do `work` on every item, `concurrency` items at a time; `items` may be a generator,
+        drawn from by one thread at a time. The first failure stops new work; the items already
+        under way finish their current request; then it is raised."""
+        workers = self.settings.concurrency
+        if isinstance(items, Sized):
+            workers = min(workers, len(items))
         if workers <= 1:
             for item in items:
                 work(item)
@@ -210,11 +293,11 @@ class Runner:
 
         def worker() -> None:
             while not failures:
-                with taking:
-                    item = next(queue, _DONE)
-                if item is _DONE:
-                    return
                 try:
+                    with taking:
+                        item = next(queue, _DONE)
+                    if item is _DONE:
+                        return
                     work(item)  # type: ignore[arg-type]
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                     failures.append(exc)
@@ -231,38 +314,51 @@ class Runner:
             raise failures[0]
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
-        """Call until it succeeds, sleeping per the retry policy between transient failures."""
-        attempt = 1
+        """Call until it succeeds, sleeping per the retry policy between transient failures;
+        429s are counted apart from other failures (see RetryPolicy.max_rate_limited)."""
+        failures = {True: 0, False: 0}  # by whether the failure was a 429
         while True:
             self._ensure_lease()
             try:
                 return call()
             except (TransientError, BadResponseError) as exc:
+                limited = rate_limited(exc)
+                failures[limited] += 1
+                attempt = failures[limited]
                 delay = next_delay(self.settings.retry, exc, attempt, self.rand)
                 if delay is None:
                     raise RunStopped(f"{what}: {exc.message} (gave up after {attempt} "
-                                     f"attempts; the run is intact, resume it later)") from None
-                log.warning("request_retry", what=what, attempt=attempt, error=exc.kind,
-                            status_code=exc.status_code, delay=round(delay, 3),
+                                     f"{'refusals' if limited else 'attempts'}; the run is "
+                                     "intact, resume it later)") from None
+                log.warning("request_retry", what=what, attempt=sum(failures.values()),
+                            error=exc.kind, status_code=exc.status_code, delay=round(delay, 3),
                             maybe_happened=exc.maybe_happened)
                 self.pause(delay)
-                attempt += 1
 
     def effect(self, run: Run, key: str, kind: str, item: Item | None, request: dict[str, Any],
                send: Callable[[dict[str, Any]], Outcome],
                reconcile: Callable[[Effect], Outcome | None],
-               on_done: OnDone, on_rejected: OnRejected) -> None:
+               on_done: OnDone, on_rejected: OnRejected, new: bool = False) -> None:
         """Perform one remote effect at most once: intent, request, outcome; and after an
-        unknown outcome, reconcile with remote state before sending again."""
-        self.retrying(f"{key} of run {run.id}", lambda: self._effect_once(
-            run, key, kind, item, request, send, reconcile, on_done, on_rejected))
+        unknown outcome, reconcile with remote state before sending again.
+
+        `new` says no attempt can have been stored yet: the item entered the stage this effect
+        is made from in this process, just now, and such an effect is prepared only from it."""
+        first = [new]
+
+        def once() -> None:
+            unseen, first[0] = first[0], False
+            self._effect_once(run, key, kind, item, request, send, reconcile, on_done,
+                              on_rejected, unseen)
+
+        self.retrying(f"{key} of run {run.id}", once)
 
     def _effect_once(self, run: Run, key: str, kind: str, item: Item | None,
                      request: dict[str, Any], send: Callable[[dict[str, Any]], Outcome],
                      reconcile: Callable[[Effect], Outcome | None],
-                     on_done: OnDone, on_rejected: OnRejected) -> None:
+                     on_done: OnDone, on_rejected: OnRejected, unseen: bool) -> None:
         self.checkpoint()
-        effect = self.store.effect(run.id, key)
+        effect = None if unseen else self.store.effect(run.id, key)
         if effect is not None and effect.status in (EffectStatus.DONE, EffectStatus.FAILED):
             return
         if effect is not None and effect.status is EffectStatus.PREPARED:
@@ -273,12 +369,12 @@ class Runner:
             log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
                      attempt=effect.attempts)
             if found is not None:
-                with self.tx() as tx:
+                with self._tx_for(item) as tx:
                     tx.finish_effect(effect, EffectStatus.DONE, found, verdict="reconciled")
                     on_done(tx, found)
                 return
         crashpoints.reach(f"{kind}.before_intent")
-        with self.tx() as tx:
+        with self._tx_for(item) as tx:
             prepared = tx.prepare_effect(run.id, key, kind, item.id if item else None, request,
                                          effect)
         crashpoints.reach(f"{kind}.after_intent")
@@ -287,12 +383,12 @@ class Runner:
             outcome = send(request)
         except ApiError as exc:
             if isinstance(exc, RejectedError) and not isinstance(exc, AuthError):
-                with self.tx() as tx:
+                with self._tx_for(item) as tx:
                     tx.finish_effect(prepared, EffectStatus.FAILED, error=exc.message)
                     on_rejected(tx, exc)
                 log.warning("effect_rejected", key=key, error=exc.kind, status_code=exc.status_code)
                 return
-            with self.tx() as tx:
+            with self._tx_for(item) as tx:
                 if exc.maybe_happened:
                     # The server may still be working on it: the settle before reconciling
                     # counts from now, when the request was last possibly in flight.
@@ -301,7 +397,7 @@ class Runner:
                     tx.finish_effect(prepared, EffectStatus.UNSENT, error=exc.message)
             raise
         crashpoints.reach(f"{kind}.after_send")
-        with self.tx() as tx:
+        with self._tx_for(item) as tx:
             tx.finish_effect(prepared, EffectStatus.DONE, outcome)
             on_done(tx, outcome)
         crashpoints.reach(f"{kind}.after_outcome")

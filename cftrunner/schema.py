@@ -1,4 +1,6 @@
-"""The state database's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL."""
+"""The state database's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+A change here comes with a revision in `cftrunner/migrations/versions/`; a test checks they agree."""
 
 from __future__ import annotations
 
@@ -29,22 +31,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def varchar(length: int) -> sa.types.TypeEngine[str]:
+    """VARCHAR(length) on SQLite, which never enforces the length; TEXT on PostgreSQL, which would,
+    so that both databases accept the same values (migration 0002)."""
+    return sa.String(length).with_variant(sa.Text(), "postgresql")
+
+
 metadata = sa.MetaData()
 
 runs = sa.Table(
     "runs",
     metadata,
-    sa.Column("id", sa.String(200), primary_key=True),
-    sa.Column("project_id", sa.String(200), nullable=False),
-    sa.Column("model_alias", sa.String(500), nullable=False),
-    sa.Column("judge_model", sa.String(500), nullable=False),
+    sa.Column("id", varchar(200), primary_key=True),
+    sa.Column("project_id", varchar(200), nullable=False),
+    sa.Column("model_alias", varchar(500), nullable=False),
+    sa.Column("judge_model", varchar(500), nullable=False),
     sa.Column("split_percentage", sa.Integer, nullable=False),
     sa.Column("prompts_source", sa.Text, nullable=False),
-    sa.Column("job_name", sa.String(300), nullable=False, unique=True),
-    sa.Column("state", sa.String(32), nullable=False, index=True),
-    sa.Column("dataset_id", sa.String(200)),
-    sa.Column("snapshot_id", sa.String(200), unique=True),
-    sa.Column("job_id", sa.String(200), unique=True),
+    sa.Column("job_name", varchar(300), nullable=False, unique=True),
+    sa.Column("state", varchar(32), nullable=False, index=True),
+    sa.Column("dataset_id", varchar(200)),
+    sa.Column("snapshot_id", varchar(200), unique=True),
+    sa.Column("job_id", varchar(200), unique=True),
     sa.Column("experiments", sa.JSON),
     sa.Column("failure_reason", sa.Text),
     sa.Column("last_error", sa.Text),
@@ -52,13 +60,13 @@ runs = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("state_changed_at", UTCDateTime, nullable=False),
     # The configuration cycle the run belongs to (tick's unit), when it was started by one.
-    sa.Column("cycle", sa.String(300), index=True),
+    sa.Column("cycle", varchar(300), index=True),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-    sa.Column("lease_token", sa.String(64)),
-    sa.Column("lease_host", sa.String(300)),
-    sa.Column("lease_boot_id", sa.String(64)),
+    sa.Column("lease_token", varchar(64)),
+    sa.Column("lease_host", varchar(300)),
+    sa.Column("lease_boot_id", varchar(64)),
     sa.Column("lease_pid", sa.Integer),
-    sa.Column("lease_started", sa.String(32)),
+    sa.Column("lease_started", varchar(32)),
     sa.Column("lease_expires_at", UTCDateTime),
 )
 
@@ -66,7 +74,7 @@ runs = sa.Table(
 cycles = sa.Table(
     "cycles",
     metadata,
-    sa.Column("name", sa.String(300), primary_key=True),
+    sa.Column("name", varchar(300), primary_key=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
@@ -74,10 +82,10 @@ items = sa.Table(
     "items",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(200), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("prompt", sa.Text, nullable=False),
-    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("stage", varchar(32), nullable=False),
     sa.Column("answer", sa.Text),
     sa.Column("feedback", sa.Text),
     sa.Column("reasoning", sa.Text),
@@ -85,25 +93,41 @@ items = sa.Table(
     sa.Column("judge_attempts", sa.Integer, nullable=False, default=0),
     sa.Column("judge_raw", sa.Text),
     # One remote trace never belongs to two items: reconciliation relies on it.
-    sa.Column("trace_id", sa.String(200), unique=True),
-    sa.Column("add_status", sa.String(32)),
-    sa.Column("datapoint_id", sa.String(200)),
-    sa.Column("processing_status", sa.String(32)),
-    sa.Column("error_kind", sa.String(64)),
+    sa.Column("trace_id", varchar(200), unique=True),
+    sa.Column("add_status", varchar(32)),
+    sa.Column("datapoint_id", varchar(200)),
+    sa.Column("processing_status", varchar(32)),
+    sa.Column("error_kind", varchar(64)),
     sa.Column("error", sa.Text),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The worker whose item it is while unfinished (claims.py); a lapsed worker's token frees it.
+    sa.Column("claim_token", varchar(64)),
     sa.UniqueConstraint("run_id", "position"),
     sa.Index("ix_items_run_stage", "run_id", "stage"),
+)
+
+# The processes working on a run's items, each until its expiry unless it renews it (claims.py).
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("token", varchar(64), primary_key=True),
+    sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("host", varchar(300), nullable=False),
+    sa.Column("boot_id", varchar(64), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started", varchar(32), nullable=False),
+    sa.Column("joined_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
 )
 
 effects = sa.Table(
     "effects",
     metadata,
-    sa.Column("run_id", sa.String(200), sa.ForeignKey("runs.id"), primary_key=True),
-    sa.Column("key", sa.String(100), primary_key=True),
-    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("key", varchar(100), primary_key=True),
+    sa.Column("kind", varchar(32), nullable=False),
     sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id")),
-    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status", varchar(16), nullable=False),
     sa.Column("request", sa.JSON, nullable=False),
     sa.Column("prepared_at", UTCDateTime, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
@@ -116,9 +140,9 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(200), sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), nullable=False, index=True),
     sa.Column("item_id", sa.Integer),
     sa.Column("at", UTCDateTime, nullable=False),
-    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("kind", varchar(64), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
 )

@@ -11,6 +11,7 @@ from typing import Any
 
 from cftrunner import render
 from cftrunner.config import Resolved
+from cftrunner.display import Display, no_display
 from cftrunner.exceptions import InputError, RunBusy, RunExistsError
 from cftrunner.lease import busy, current_owner, keeps_out, provably_dead
 from cftrunner.models import Run
@@ -33,8 +34,9 @@ def _check_run_id(run_id: str) -> None:
 
 
 def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
-          stop: Stop | None = None) -> Run:
-    """Check everything, store the run with its items, announce its id, then drive it."""
+          stop: Stop | None = None, display: Display = no_display) -> Run:
+    """Check everything, store the run with its items, announce its id, then drive it (with
+    `display` showing its progress)."""
     if spec.run_id is not None:
         _check_run_id(spec.run_id)
     if not settings.api_key:
@@ -57,7 +59,8 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
             _raise_if_driven(store.run(spec.run_id or ""))
             raise
         on_created(run.id)
-        return runner.drive(run.id)
+        with display(store, run.id):
+            return runner.drive(run.id)
     finally:
         store.close()
 
@@ -76,7 +79,10 @@ def _raise_if_driven(run: Run) -> None:
         raise busy(run.id, run.lease)
 
 
-def resume(settings: Settings, run_id: str, stop: Stop | None = None) -> Run:
+def resume(settings: Settings, run_id: str, stop: Stop | None = None,
+           display: Display = no_display, worker: bool = False) -> Run:
+    """Drive the run alone (another live driver makes it busy), or, as a `worker`, work on its
+    items beside others, then drive it unless another process does."""
     store = Store(settings.db_url)
     try:
         run = store.run(run_id)
@@ -84,18 +90,21 @@ def resume(settings: Settings, run_id: str, stop: Stop | None = None) -> Run:
             return run
         if not settings.api_key:
             raise InputError(MISSING_KEY)
-        return Runner(store, settings, stop=stop).drive(run_id)
+        runner = Runner(store, settings, stop=stop)
+        with display(store, run_id):
+            return runner.work(run_id) if worker else runner.drive(run_id)
     finally:
         store.close()
 
 
-def tick(resolved: Resolved, on_created: Callable[[str], None],
-         stop: Stop | None = None) -> tuple[Decision, Run | None]:
+def tick(resolved: Resolved, on_created: Callable[[str], None], stop: Stop | None = None,
+         display: Display = no_display) -> tuple[Decision, Run | None]:
     if not resolved.settings.api_key:
         raise InputError(MISSING_KEY)
     store = Store(resolved.settings.db_url)
     try:
-        return run_tick(Runner(store, resolved.settings, stop=stop), resolved.cycle, on_created)
+        return run_tick(Runner(store, resolved.settings, stop=stop), resolved.cycle, on_created,
+                        display)
     finally:
         store.close()
 
@@ -144,7 +153,8 @@ def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
 DEMO_MODEL = "demo-safety-classifier-v1"
 
 
-def demo(prompts_file: Path, latency: float, on_created: Callable[[str], None]) -> str:
+def demo(prompts_file: Path, latency: float, on_created: Callable[[str], None],
+         display: Display = no_display) -> str:
     """A whole cycle against an in-process sandbox and a throwaway state file; the final status."""
     from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
 
@@ -154,17 +164,18 @@ def demo(prompts_file: Path, latency: float, on_created: Callable[[str], None]) 
                             api_key=DEFAULT_API_KEY, poll_interval=0.2)
         spec = RunSpec(project_id=DEFAULT_PROJECT_ID, model_alias=DEMO_MODEL,
                        prompts_source=str(prompts_file), judge_model="claude-4.5-sonnet")
-        run = start(settings, spec, on_created)
+        run = start(settings, spec, on_created, display=display)
         return status_text(settings, run.id, as_json=False)
 
 
 def serve_sandbox(*, host: str, port: int, latency: float, error_rate: float, rate_limit: float,
-                  retry_after: float, drop_rate: float, late_rate: float, late_delay: float,
-                  judge_malformed: float, seed: int, require_key: str | None, verbose: bool,
-                  announce: Callable[[str], None]) -> None:
+                  retry_after: float, max_rps: float | None, burst: int, drop_rate: float,
+                  late_rate: float, late_delay: float, judge_malformed: float, seed: int,
+                  require_key: str | None, verbose: bool, announce: Callable[[str], None]) -> None:
     from cftrunner.sandbox import DEFAULT_PROJECT_ID, FaultRule, Sandbox
 
-    sandbox = Sandbox(api_key=require_key, latency=latency, seed=seed)
+    sandbox = Sandbox(api_key=require_key, latency=latency, seed=seed, rate_limit_rps=max_rps,
+                      rate_limit_burst=burst)
     rules: list[dict[str, Any]] = [
         {"kind": "status", "status": 429, "retry_after": retry_after, "probability": rate_limit},
         {"kind": "status", "status": 503, "probability": error_rate},

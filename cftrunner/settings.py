@@ -214,6 +214,8 @@ KEYS: tuple[Key, ...] = (
     Key("log_level", "log_level", Rule("choice", choices=LOG_LEVELS), "info", "CFTRUNNER_LOG_LEVEL"),
     _setting("retry.max_attempts", "settings.retry.max_attempts", Rule("integer", 1),
              "CFTRUNNER_MAX_ATTEMPTS"),
+    _setting("retry.max_rate_limited", "settings.retry.max_rate_limited", Rule("integer", 1),
+             "CFTRUNNER_MAX_RATE_LIMITED"),
     _setting("retry.base_delay", "settings.retry.base_delay", NOT_NEGATIVE, "CFTRUNNER_RETRY_BASE_DELAY"),
     _setting("retry.max_delay", "settings.retry.max_delay", NOT_NEGATIVE, "CFTRUNNER_RETRY_MAX_DELAY"),
     _setting("retry.max_retry_after", "settings.retry.max_retry_after", NOT_NEGATIVE),

@@ -56,6 +56,9 @@ class ItemStage(enum.StrEnum):
 ITEM_FAILED: frozenset[ItemStage] = frozenset(
     {ItemStage.GEN_FAILED, ItemStage.JUDGE_FAILED, ItemStage.TRACE_FAILED, ItemStage.ADD_FAILED}
 )
+# The stages an item is still worked on from; the others are finished (added, or failed).
+UNFINISHED_STAGES: tuple[ItemStage, ...] = (
+    ItemStage.PENDING, ItemStage.GENERATED, ItemStage.JUDGED, ItemStage.TRACED)
 
 ITEM_TRANSITIONS: dict[ItemStage, frozenset[ItemStage]] = {
     ItemStage.PENDING: frozenset({ItemStage.GENERATED, ItemStage.GEN_FAILED}),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cftrunner import crashpoints, payloads
+from cftrunner import claims, crashpoints, payloads
 from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
 from cftrunner.judge import REMINDER, Judgment, judge_prompt, parse_judgment, trace_feedback
 from cftrunner.models import Item, Run
@@ -29,11 +29,12 @@ def _item_failed(stage: ItemStage) -> Callable[[Tx, Item, ApiError], Item]:
 
 
 # Each step returns the item as it stored it, or None when another path stored it (an effect
-# found already done), for the caller to read it again.
-Step = Callable[["Runner", Run, Item], Item | None]
+# found already done), for the caller to read it again. Its last argument says whether the item
+# entered its stage in this process, just before: then no effect of the step is stored yet.
+Step = Callable[["Runner", Run, Item, bool], Item | None]
 
 
-def generate(r: Runner, run: Run, item: Item) -> Item | None:
+def generate(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
     messages = [{"role": "user", "content": item.prompt}]
     try:
         result = r.retrying(f"generation of item {item.position}", lambda: r.client.chat(
@@ -41,18 +42,18 @@ def generate(r: Runner, run: Run, item: Item) -> Item | None:
     except RejectedError as exc:
         if exc.status_code in (401, 403):
             raise
-        with r.tx() as tx:
+        with r.item_tx(item) as tx:
             failed = _item_failed(ItemStage.GEN_FAILED)(tx, item, exc)
         log.warning("item_failed", item=item.position, stage="generate", error=exc.kind)
         return failed
     crashpoints.reach("generate.after_answer")
-    with r.tx() as tx:
+    with r.item_tx(item) as tx:
         item = tx.update_item(item, ItemStage.GENERATED, answer=result.content)
     crashpoints.reach("generate.after_store")
     return item
 
 
-def judge(r: Runner, run: Run, item: Item) -> Item | None:
+def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
     """Ask the judge until its answer validates, within the allowed attempts; never invent a score."""
     assert item.answer is not None
     first = {"role": "user", "content": judge_prompt(item.prompt, item.answer)}
@@ -67,7 +68,7 @@ def judge(r: Runner, run: Run, item: Item) -> Item | None:
         except RejectedError as exc:
             if exc.status_code in (401, 403):
                 raise
-            with r.tx() as tx:
+            with r.item_tx(item) as tx:
                 return tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
                                       error_kind=exc.kind, error=exc.message)
         attempts += 1
@@ -80,28 +81,28 @@ def judge(r: Runner, run: Run, item: Item) -> Item | None:
             reason = exc.message
             log.warning("judge_malformed", item=item.position, attempt=attempts, reason=reason)
             if attempts < r.settings.judge_attempts:
-                with r.tx() as tx:
+                with r.item_tx(item) as tx:
                     item = tx.update_item(item, judge_attempts=attempts,
                                           judge_raw=result.content)
                 messages = [first, {"role": "assistant", "content": result.content},
                             {"role": "user", "content": REMINDER}]
                 continue
-            with r.tx() as tx:
+            with r.item_tx(item) as tx:
                 return tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
                                       judge_raw=result.content, error_kind="judge_malformed",
                                       error=reason)
-        with r.tx() as tx:
+        with r.item_tx(item) as tx:
             item = tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
                                   judge_raw=result.content, feedback=judgment.feedback,
                                   reasoning=judgment.reasoning, score=judgment.score)
         crashpoints.reach("judge.after_store")
         return item
-    with r.tx() as tx:
+    with r.item_tx(item) as tx:
         return tx.update_item(item, ItemStage.JUDGE_FAILED, error_kind="judge_malformed",
                               error=reason)
 
 
-def trace(r: Runner, run: Run, item: Item) -> Item | None:
+def trace(r: Runner, run: Run, item: Item, entered_here: bool) -> Item | None:
     assert item.answer is not None and item.score is not None
     feedback = trace_feedback(Judgment(item.feedback or "", item.reasoning or "", item.score))
     request = {"shape": r.settings.trace_shape, "project_id": run.project_id,
@@ -115,7 +116,7 @@ def trace(r: Runner, run: Run, item: Item) -> Item | None:
         reconcile=lambda eff: r.reconcile.trace(run, eff),
         on_done=lambda tx, out: stored.append(
             tx.update_item(item, ItemStage.TRACED, trace_id=out["trace_id"])),
-        on_rejected=lambda tx, exc: stored.append(fail(tx, item, exc)))
+        on_rejected=lambda tx, exc: stored.append(fail(tx, item, exc)), new=entered_here)
     return stored[-1] if stored else None
 
 
@@ -130,7 +131,7 @@ def _record_addition(tx: Tx, item: Item, outcome: dict[str, Any]) -> Item:
                           processing_status="none" if status == "added" else "processing")
 
 
-def add(r: Runner, run: Run, item: Item) -> Item | None:
+def add(r: Runner, run: Run, item: Item, entered_here: bool) -> Item | None:
     assert item.trace_id is not None
     trace_since = run.created_at - timedelta(seconds=r.settings.reconcile_skew)
 
@@ -146,7 +147,7 @@ def add(r: Runner, run: Run, item: Item) -> Item | None:
         send=send,
         reconcile=lambda eff: r.reconcile.addition(run, eff, trace_since),
         on_done=lambda tx, out: stored.append(_record_addition(tx, item, out)),
-        on_rejected=lambda tx, exc: stored.append(fail(tx, item, exc)))
+        on_rejected=lambda tx, exc: stored.append(fail(tx, item, exc)), new=entered_here)
     return stored[-1] if stored else None
 
 
@@ -160,11 +161,11 @@ ITEM_STEPS: dict[ItemStage, Step] = {
 
 def item_stage(r: Runner, run: Run) -> None:
     """Take every unfinished item through generate, judge, trace and add, each item on its own and
-    up to `concurrency` at once; then advance the run through the states that now hold."""
-    if run.state is RunState.CREATED and run.dataset_id is None and not _find_dataset(r, run):
+    up to `concurrency` at once, beside any other workers; then advance the run through the
+    states that now hold."""
+    if run.state is RunState.CREATED and run.dataset_id is None and not find_dataset(r, run):
         return
-    unfinished = [item for item in r.store.items(run.id) if item.stage in ITEM_STEPS]
-    r.for_each(unfinished, lambda item: _finish_item(r, run, item))
+    work_items(r, run)
     state = run.state
     while (target := next_run_state(state)) in STAGE_FOR_RUN_STATE:
         crashpoints.reach(f"transition.{target.value}")
@@ -175,13 +176,38 @@ def item_stage(r: Runner, run: Run) -> None:
             return
 
 
+def work_items(r: Runner, run: Run) -> None:
+    """Claim unfinished items a few at a time and finish them, until none is left: waiting
+    while other workers hold some, and taking over those of a worker that lapses."""
+    assert r.worker is not None
+    worker = r.worker
+    while True:
+        claimed = 0
+
+        def claiming() -> Iterator[Item]:
+            nonlocal claimed
+            while batch := claims.claim(r.store, worker, r.settings.concurrency):
+                claimed += len(batch)
+                yield from batch
+
+        r.for_each(claiming(), lambda item: _finish_item(r, run, item))
+        if claimed:
+            continue
+        if not claims.held_elsewhere(r.store, worker):
+            return
+        r.pause(r.settings.poll_interval)
+
+
 def _finish_item(r: Runner, run: Run, item: Item) -> None:
+    entered_here = False  # the item comes as stored, by this process or an earlier one
     while item.stage in ITEM_STEPS:
         r.checkpoint()
-        item = ITEM_STEPS[item.stage](r, run, item) or r.store.item(item.id)
+        stored = ITEM_STEPS[item.stage](r, run, item, entered_here)
+        item, entered_here = (stored, True) if stored is not None else (r.store.item(item.id),
+                                                                      False)
 
 
-def _find_dataset(r: Runner, run: Run) -> bool:
+def find_dataset(r: Runner, run: Run) -> bool:
     """Store the project's dataset id; end the run FAILED when there is none to add to."""
     try:
         project = r.retrying("reading the project", lambda: r.client.project(run.project_id))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import threading
@@ -14,12 +13,21 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import structlog
 
-from cftrunner import dialect
+from cftrunner import dialect, migrations
 from cftrunner.exceptions import RunExistsError, RunNotFoundError
 from cftrunner.lease import Lease, busy, keeps_out
-from cftrunner.models import Effect, Event, Item, LeaseInfo, Run, RunSummary
-from cftrunner.schema import effects, events, items, metadata, runs, utcnow
-from cftrunner.states import TERMINAL, ItemStage, RunState
+from cftrunner.models import (
+    Effect,
+    Event,
+    Item,
+    LeaseInfo,
+    Owner,
+    Run,
+    RunSummary,
+    WorkerInfo,
+)
+from cftrunner.schema import effects, events, items, runs, utcnow, workers
+from cftrunner.states import TERMINAL, UNFINISHED_STAGES, ItemStage, RunState
 from cftrunner.transaction import (
     LEASE_COLUMNS,
     Tx,
@@ -47,18 +55,38 @@ class Store:
         # SQLite lets one transaction write at a time. Threads of this process queue for it
         # here, waking as soon as it is free, rather than in SQLite's busy handler, which
         # sleeps in steps of up to 100 ms; other processes still queue on the busy timeout.
-        self._write_lock = (threading.Lock() if self.engine.dialect.name == "sqlite"
-                            else contextlib.nullcontext())
-        with self.engine.begin() as conn:
-            metadata.create_all(conn)
+        # Queued this way, they can share one connection for writing, kept open rather than
+        # taken from the pool and given back for every transaction.
+        self._write_lock = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+        self._writer: sa.Connection | None = None
+        try:
+            migrations.upgrade(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self.engine.dispose()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        """A connection in a write transaction, committed at the end, rolled back on error."""
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock:
+            if self._writer is None or self._writer.invalidated:
+                self._writer = self.engine.connect()
+            with self._writer.begin():
+                yield self._writer
 
     @contextmanager
     def tx(self, fence: Lease | None = None) -> Iterator[Tx]:
         """One write transaction; with `fence`, only while this process holds that lease."""
-        with self._write_lock, self.engine.begin() as conn:
+        with self._writing() as conn:
             tx = Tx(conn)
             if fence is not None:
                 tx.fence(fence)
@@ -145,17 +173,18 @@ class Store:
                    now: datetime) -> None:
         """Insert a run and its items inside `tx`, the items `ITEM_BATCH` rows at a time, so a
         large stream of prompts is never held as rows all at once."""
-        exists = tx.conn.execute(sa.select(runs.c.id).where(runs.c.id == run.id)).first()
-        if exists:
-            raise RunExistsError(
-                f"run {run.id} already exists: use `cftrunner resume {run.id}` to continue it")
-        tx.conn.execute(runs.insert().values(
+        # Not a look, then an insert: on PostgreSQL two creators of one id would both look first.
+        created = dialect.insert_ignoring_duplicates(
+            tx.conn, runs,
             id=run.id, project_id=run.project_id, model_alias=run.model_alias,
             judge_model=run.judge_model, split_percentage=run.split_percentage,
             prompts_source=run.prompts_source, job_name=run.job_name,
             state=run.state.value, created_at=now, updated_at=now, state_changed_at=now,
             cycle=run.cycle, cancel_requested=False,
-            **(lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {})))
+            **(lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {}))
+        if not created:
+            raise RunExistsError(
+                f"run {run.id} already exists: use `cftrunner resume {run.id}` to continue it")
         if lease is not None:
             lease.renewed(time.monotonic())
         numbered = enumerate(prompts)
@@ -204,6 +233,13 @@ class Store:
                 sa.select(events.c.at, events.c.data)
                 .where(events.c.run_id == run.id, events.c.kind == "run_transitioned")
                 .order_by(events.c.id)).all()
+            held = (sa.select(sa.func.count()).select_from(items)
+                    .where(items.c.claim_token == workers.c.token,
+                           items.c.stage.in_([s.value for s in UNFINISHED_STAGES]))
+                    .scalar_subquery())
+            registered = conn.execute(
+                sa.select(workers, held.label("holding")).where(workers.c.run_id == run.id)
+                .order_by(workers.c.joined_at)).all()
         seconds: dict[str, float] = {}
         entered, state = run.created_at, RunState.CREATED.value
         for at, data in moves:
@@ -215,7 +251,9 @@ class Store:
             run=run,
             stage_counts={str(stage): int(n) for stage, n in stages},
             failures={f"{stage.lower()}:{kind}": int(n) for stage, kind, n in failures},
-            state_seconds={k: round(v, 3) for k, v in seconds.items()})
+            state_seconds={k: round(v, 3) for k, v in seconds.items()},
+            workers=[WorkerInfo(Owner(w.host, w.boot_id, w.pid, w.started), w.expires_at,
+                                int(w.holding)) for w in registered])
 
     def effect(self, run_id: str, key: str) -> Effect | None:
         with self._read() as conn:
@@ -243,3 +281,16 @@ class Store:
             rows = conn.execute(sa.select(events).where(events.c.run_id == run_id)
                                 .order_by(events.c.id)).all()
         return [Event(**r._mapping) for r in rows]
+
+    def stage_counts(self, run_id: str) -> tuple[RunState, dict[str, int]]:
+        """The run's state and its items counted per stage, in one short read (a primary-key
+        lookup and a scan of the run's entries in the (run_id, stage) index): what a progress
+        display polls twice a second."""
+        with self._read() as conn:
+            state = conn.execute(sa.select(runs.c.state).where(runs.c.id == run_id)).scalar()
+            stages = conn.execute(
+                sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run_id)
+                .group_by(items.c.stage)).all()
+        if state is None:
+            raise RunNotFoundError(f"no run {run_id!r} in this state database")
+        return RunState(state), {str(stage): int(n) for stage, n in stages}

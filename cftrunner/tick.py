@@ -10,6 +10,7 @@ from pathlib import Path
 import structlog
 
 from cftrunner.config import Cycle
+from cftrunner.display import Display, no_display
 from cftrunner.exceptions import InputError
 from cftrunner.lease import Lease, current_owner
 from cftrunner.models import Run
@@ -79,7 +80,8 @@ def decide_and_claim(runner: Runner, cycle: Cycle, prompts: Iterable[str]) -> De
     return Decision("start", spec.run_id, "a new cycle is due")
 
 
-def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None]) -> tuple[Decision, Run | None]:
+def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None],
+         display: Display = no_display) -> tuple[Decision, Run | None]:
     spec = spec_from(cycle, None, "tick")
     # Checked in full before anything else, even when the run to drive already exists; then read
     # again as the new run's items are stored, so the prompts are never all held at once.
@@ -90,4 +92,5 @@ def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None]) -> tup
         return decision, None
     if decision.action == "start":
         on_created(decision.run_id)
-    return decision, runner.drive(decision.run_id)
+    with display(runner.store, decision.run_id):
+        return decision, runner.drive(decision.run_id)

@@ -1,18 +1,29 @@
-"""Shared fixtures: a real sandbox over HTTP, a real SQLite file, and settings that wait briefly."""
+"""Shared fixtures: a real sandbox over HTTP, a real state database, and settings that wait briefly.
+
+The state database is a fresh SQLite file per test; when CFTRUNNER_TEST_DATABASE_URL names a
+PostgreSQL server (postgresql://postgres@127.0.0.1:5432/test), it is a fresh schema of its own there,
+and the whole suite, subprocesses included, runs on PostgreSQL. Tests about SQLite files are marked
+`sqlite_only` and skipped then."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
+from cftrunner import dialect
+from cftrunner.exceptions import InputError
 from cftrunner.models import Run
 from cftrunner.retry import RetryPolicy
 from cftrunner.runner import Runner, RunSpec
@@ -49,14 +60,137 @@ def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return make_sandbox()
 
 
+TEST_DATABASE_VARIABLE = "CFTRUNNER_TEST_DATABASE_URL"
+SCHEMA_PREFIX = "cftrunner_test_"
+
+
+class Databases:
+    """Fresh, empty state databases: SQLite files, or schemas on the PostgreSQL server at `server`,
+    each reached through a URL whose search_path is that schema alone."""
+
+    def __init__(self, server: str | None) -> None:
+        self.server = server
+        self.unreachable: str | None = None
+        self._admin: sa.Engine | None = None
+        self._schemas: dict[str, str] = {}  # URL -> schema
+        self._leftover: list[str] = []  # schemas still in use when their test ended
+        if server is not None:
+            try:
+                self._admin = dialect.create_engine(server)
+                with self._admin.connect():
+                    pass
+            except (InputError, sa.exc.DBAPIError) as exc:
+                reason = exc.message if isinstance(exc, InputError) else str(exc.orig)
+                self.unreachable = (f"{TEST_DATABASE_VARIABLE} is set but PostgreSQL at "
+                                    f"{make_url(server).render_as_string()} cannot be used: "
+                                    f"{(reason.strip().splitlines() or ['?'])[0]}")
+
+    @property
+    def postgres(self) -> bool:
+        return self.server is not None
+
+    def new(self, folder: Path, name: str = "state") -> str:
+        if self.unreachable:
+            pytest.skip(self.unreachable)
+        if self._admin is None or self.server is None:
+            return f"sqlite:///{folder}/{name}.db"
+        schema = f"{SCHEMA_PREFIX}{uuid.uuid4().hex[:16]}"
+        with self._admin.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        url = make_url(self.server).update_query_dict({"options": f"-csearch_path={schema}"})
+        text = url.render_as_string(hide_password=False)
+        self._schemas[text] = schema
+        return text
+
+    def drop(self, url: str) -> None:
+        schema = self._schemas.pop(url, None)
+        if schema is not None and not self._drop(schema, "2s"):
+            self._leftover.append(schema)
+
+    def _drop(self, schema: str, wait: str) -> bool:
+        assert self._admin is not None
+        try:
+            with self._admin.begin() as conn:
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{wait}'")
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        except sa.exc.OperationalError:
+            return False
+        return True
+
+    def close(self) -> None:
+        for url in list(self._schemas):
+            self.drop(url)
+        for schema in self._leftover:
+            self._drop(schema, "30s")
+        if self._admin is not None:
+            self._admin.dispose()
+
+
+@functools.cache
+def databases() -> Databases:
+    """The one check of the server, made when the session starts (see pytest_report_header)."""
+    return Databases(os.environ.get(TEST_DATABASE_VARIABLE) or None)
+
+
+def on_postgres() -> bool:
+    return databases().postgres
+
+
+def pytest_report_header() -> str:
+    found = databases()
+    if not found.postgres:
+        return f"state database: SQLite files ({TEST_DATABASE_VARIABLE} not set)"
+    return found.unreachable or (f"state database: PostgreSQL, a schema per test at "
+                                 f"{make_url(found.server or '').render_as_string()}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if on_postgres():
+        skip = pytest.mark.skip(reason="about SQLite files: it runs when the suite runs on SQLite")
+        for item in items:
+            if item.get_closest_marker("sqlite_only"):
+                item.add_marker(skip)
+
+
+def pytest_sessionfinish() -> None:
+    if databases.cache_info().currsize:
+        databases().close()
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/state.db"
+def make_db_url(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Fresh, empty state databases for this test, dropped after it; `name` names an SQLite file."""
+    made: list[str] = []
+
+    def make(name: str = "state") -> str:
+        made.append(databases().new(tmp_path, name))
+        return made[-1]
+
+    yield make
+    for url in made:
+        databases().drop(url)
+
+
+@pytest.fixture
+def db_url(make_db_url: Callable[..., str]) -> str:
+    return make_db_url()
+
+
+def state_stored(db_url: str) -> bool:
+    """Whether anything made the state database's tables yet."""
+    if not on_postgres():
+        return Path(make_url(db_url).database or "").exists()
+    engine = dialect.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return bool(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[Store]:
-    """An empty state store on a real SQLite file."""
+    """An empty state store on a real database."""
     s = Store(db_url)
     yield s
     s.close()
@@ -80,7 +214,7 @@ def quick_settings(base_url: str, db_url: str, **overrides: Any) -> Settings:
 
 
 class Harness:
-    """A runner on a real SQLite file against a real sandbox, recording the sleeps it asks for."""
+    """A runner on a real state database against a real sandbox, recording the sleeps it asks for."""
 
     def __init__(self, sandbox: Sandbox, db_url: str, **overrides: Any) -> None:
         self.sandbox = sandbox
@@ -131,7 +265,7 @@ def write_prompts(path: Path, prompts: list[str] | None = None) -> Path:
 
 
 class Cli:
-    """Runs `python -m cftrunner` as a real process against a sandbox and a state file."""
+    """Runs `python -m cftrunner` as a real process against a sandbox and a state database."""
 
     def __init__(self, sandbox: Sandbox, db_url: str, tmp_path: Path) -> None:
         self.tmp_path = tmp_path

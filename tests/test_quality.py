@@ -25,8 +25,9 @@ def test_the_code_passes_the_linter() -> None:
 
 
 def test_pure_modules_import_no_io_libraries() -> None:
-    """states, models, payloads, judge, retry and prompts stay free of SQLAlchemy, requests, click."""
-    pure = ["states", "models", "payloads", "judge", "retry", "prompts", "render"]
+    """states, models, payloads, judge, retry, prompts, render and progress stay free of SQLAlchemy,
+    requests, click."""
+    pure = ["states", "models", "payloads", "judge", "retry", "prompts", "render", "progress"]
     code = ("import sys; " + "; ".join(f"import cftrunner.{m}" for m in pure)
             + "; print(sorted(m for m in ('sqlalchemy', 'requests', 'click') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

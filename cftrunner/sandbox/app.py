@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 
 from cftrunner.sandbox.faults import FaultBook, FaultRule
+from cftrunner.sandbox.ratelimit import RateLimit
 from cftrunner.sandbox.records import WorldSettings
 from cftrunner.sandbox.routes import ROUTE_NAMES
 from cftrunner.sandbox.server import Backend, SandboxServer
@@ -37,6 +38,8 @@ class Sandbox:
         recs_outcome: str = "completed",
         page_size: int = 10,
         add_threshold: float = 0.5,
+        rate_limit_rps: float | None = None,
+        rate_limit_burst: int = 1,
     ) -> None:
         settings = WorldSettings(
             judge_models=tuple(judge_models),
@@ -49,7 +52,8 @@ class Sandbox:
         self.world = World(settings)
         self.world.add_project(DEFAULT_PROJECT_ID, "Sandbox project")
         self.faults = FaultBook(seed=seed, routes=ROUTE_NAMES)
-        self._backend = Backend(self.world, self.faults, api_key, latency)
+        self.rate_limit = RateLimit(rate_limit_rps, rate_limit_burst)
+        self._backend = Backend(self.world, self.faults, api_key, latency, self.rate_limit)
         self._lock = threading.Lock()
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None
@@ -159,5 +163,13 @@ class Sandbox:
     def clear_faults(self) -> None:
         self.faults.clear()
 
+    def set_rate_limit(self, rps: float | None, burst: int = 1) -> None:
+        """Answer 429 to requests beyond `rps` a second (after `burst` at once); None lifts it."""
+        self.rate_limit.configure(rps, burst)
+
     def counts(self) -> dict[str, Any]:
         return self.world.counts()
+
+    def admitted(self) -> list[tuple[float, str]]:
+        """(time.monotonic(), route) of each request the rate limit let through, earliest first."""
+        return self.world.ledger.admitted_requests()

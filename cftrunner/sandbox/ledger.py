@@ -18,6 +18,8 @@ class Ledger:
         self._chat: Counter[str] = Counter({"generate": 0, "judge": 0})
         self._requests: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
+        self._rate_limited = 0
+        self._admitted: list[tuple[float, str]] = []  # kept only while a rate limit is set
 
     def acted(self, what: str, n: int = 1) -> None:
         """One more trace, trace deletion, snapshot or job was made (`what` names which)."""
@@ -44,6 +46,21 @@ class Ledger:
         with self._lock:
             self._faults[kind] += 1
 
+    def rate_limited(self) -> None:
+        """One more request answered 429 by the rate limit, and not acted on."""
+        with self._lock:
+            self._rate_limited += 1
+
+    def admitted(self, at: float, route: str) -> None:
+        """A request for `route` went through the rate limit at `at` (time.monotonic())."""
+        with self._lock:
+            self._admitted.append((at, route))
+
+    def admitted_requests(self) -> list[tuple[float, str]]:
+        """(time, route) of each request the rate limit let through, earliest first."""
+        with self._lock:
+            return sorted(self._admitted)
+
     def counts(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -57,4 +74,5 @@ class Ledger:
                 "chat": dict(self._chat),
                 "requests": dict(self._requests),
                 "faults_fired": dict(self._faults),
+                "rate_limited": self._rate_limited,
             }

@@ -1,4 +1,4 @@
-"""The sandbox's HTTP layer: auth, latency, faults, the control endpoints, and writing answers."""
+"""The sandbox's HTTP layer: auth, rate limit, latency, faults, control endpoints, writing answers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cftrunner.sandbox import fields, llm, routes
 from cftrunner.sandbox.faults import FaultBook, FaultRule, Request
+from cftrunner.sandbox.ratelimit import RateLimit, retry_after_text
 from cftrunner.sandbox.routes import Call, Reply, error, ok
 from cftrunner.sandbox.world import World
 
@@ -29,6 +30,7 @@ class Backend:
     faults: FaultBook
     api_key: str | None = field(repr=False)
     latency: float = 0.0
+    limit: RateLimit = field(default_factory=RateLimit)
 
 
 class SandboxServer(ThreadingHTTPServer):
@@ -119,6 +121,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if not self._authorized(backend.api_key):
             self._reply(error(401, "missing or invalid API key"))
             return
+        if not self._admitted(backend, route.name):
+            return
         if backend.latency > 0:
             time.sleep(backend.latency)
         judge = None
@@ -147,6 +151,20 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._malformed(reply, bool(judge), backend.faults)
         else:
             self._reply(reply)
+
+    def _admitted(self, backend: Backend, route: str) -> bool:
+        """False after answering 429 to a request beyond the rate limit, which is not acted on."""
+        now = time.monotonic()
+        wait = backend.limit.take(now)
+        if wait is None:
+            return True
+        if wait == 0.0:
+            backend.world.ledger.admitted(now, route)
+            return True
+        backend.world.ledger.rate_limited()
+        message = f"rate limit: {backend.limit.rps:g} requests per second"
+        self._reply(Reply(429, {"error": message}, (("Retry-After", retry_after_text(wait)),)))
+        return False
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering a request whose body cannot be framed."""
@@ -211,12 +229,21 @@ def _status_reply(rule: FaultRule) -> Reply:
 
 
 def control(backend: Backend, method: str, path: str, body: bytes) -> Reply:
-    """The /_sandbox/ endpoints: no auth, no latency, no faults, not counted."""
+    """The /_sandbox/ endpoints: no auth, no rate limit, no latency, no faults, not counted."""
     world, faults = backend.world, backend.faults
     if (method, path) == ("GET", "/_sandbox/counts"):
         return ok(world.counts())
     if (method, path) == ("GET", "/_sandbox/state"):
-        return ok({**world.dump(), "faults": [rule.to_json() for rule in faults.rules()]})
+        return ok({**world.dump(), "faults": [rule.to_json() for rule in faults.rules()],
+                   "rate_limit": backend.limit.to_json()})
+    if (method, path) == ("GET", "/_sandbox/rate-limit"):
+        return ok(backend.limit.to_json())
+    if (method, path) == ("PUT", "/_sandbox/rate-limit"):
+        try:
+            backend.limit.configure(*RateLimit.parse(fields.decode(body)))
+        except (ValueError, fields.Invalid) as exc:
+            return error(400, str(exc))
+        return ok(backend.limit.to_json())
     if (method, path) == ("GET", "/_sandbox/faults"):
         return ok({"faults": [rule.to_json() for rule in faults.rules()]})
     if (method, path) == ("DELETE", "/_sandbox/faults"):

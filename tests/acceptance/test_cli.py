@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -226,9 +231,9 @@ def test_the_sandbox_command_serves_the_api(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
-def test_connection_options_work_before_the_command_too(cli: Cli, tmp_path: Path,
+def test_connection_options_work_before_the_command_too(cli: Cli, make_db_url: Callable[..., str],
                                                         sandbox: Sandbox) -> None:
-    other_db = f"sqlite:///{tmp_path}/other.db"
+    other_db = make_db_url("other")
     assert cli.run("--db", other_db, *cli.start_args("elsewhere")).returncode == 0
     assert stored_runs(cli) == []
     listed = cli.run("--db", other_db, "status", "--json")
@@ -273,6 +278,18 @@ def test_config_shows_each_setting_its_source_and_never_the_key(cli: Cli, tmp_pa
     assert "sk-very-secret" not in result.stdout and "****1234" in rows["api_key"]
 
 
+def test_concurrency_and_max_rps_come_from_the_command_line_over_the_file(cli: Cli,
+                                                                         tmp_path: Path) -> None:
+    (tmp_path / "cftrunner.toml").write_text("[api]\nconcurrency = 4\nmax_rps = 9\n")
+    result = cli.run("config", "--concurrency", "3")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line[:1] != "#"}
+    assert rows["api.concurrency"].split()[1] == "3" and "command line" in rows["api.concurrency"]
+    assert rows["api.max_rps"].split()[1] == "9" and "file" in rows["api.max_rps"]
+    result = cli.run("resume", "no-such-run", "--max-rps", "0")
+    assert result.returncode == 2 and "--max-rps" in result.stderr
+
+
 def test_a_config_file_with_an_unknown_key_is_one_line_naming_it(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "cftrunner.toml").write_text("[retry]\nmax_attempt = 3\n")
     result = cli.run(*cli.start_args("cfg"))
@@ -300,3 +317,66 @@ def test_log_events_carry_the_documented_fields(cli: Cli, sandbox: Sandbox) -> N
     request = by_kind["api_request"][0]
     assert {"method", "path", "status_code", "elapsed_ms"} <= set(request)
     assert isinstance(request["elapsed_ms"], int)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_on_a_terminal(cli: Cli, *args: str, timeout: float = 60) -> tuple[int, str, list[str]]:
+    """Run a command with stderr on a pseudo-terminal, as at a shell: its exit status, its
+    standard output, and the lines the terminal received, without colours and cursor moves."""
+    primary, secondary = os.openpty()
+    proc = subprocess.Popen(cli.command(*args), cwd=cli.tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=secondary, text=True,
+                            env={**cli.env, "TERM": "xterm-256color", "COLUMNS": "120"})
+    os.close(secondary)
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([primary], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                received += chunk
+    finally:
+        os.close(primary)
+    out, _ = proc.communicate(timeout=timeout)
+    text = ANSI.sub("", received.decode(errors="replace"))
+    return proc.returncode, out, [line.rstrip() for line in re.split(r"\r\n|\r|\n", text)
+                                  if line.strip()]
+
+
+def stage_lines(lines: list[str]) -> list[list[str]]:
+    """The words of each stage line drawn, its bar left out."""
+    return [re.sub(r"[━╸╺]", " ", line).split() for line in lines
+            if re.match(r"(generate|judge|trace|add) ", line)]
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_on_a_terminal_each_stage_shows_its_items_done(cli: Cli) -> None:
+    code, out, lines = run_on_a_terminal(cli, *cli.start_args("watched"))
+    assert code == 0 and out.splitlines()[0] == "watched"
+    final = stage_lines(lines)[-4:]
+    assert [words[:4] for words in final] == [[name, f"{len(PROMPTS)}/{len(PROMPTS)}", "0", "failed"]
+                                              for name in ("generate", "judge", "trace", "add")]
+    assert [words[-1] for words in final] == ["done"] * 4
+    assert any(line.startswith("run watched  LAUNCHED") for line in lines)
+    assert any("run_transitioned" in line for line in lines)  # log lines still show, as text
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_no_progress_on_a_terminal_leaves_only_the_log_lines(cli: Cli) -> None:
+    code, _, lines = run_on_a_terminal(cli, *cli.start_args("unwatched", "--no-progress"))
+    assert code == 0
+    assert stage_lines(lines) == [] and any("run_transitioned" in line for line in lines)
+
+
+def test_off_a_terminal_there_is_no_progress_display_only_json_log_lines(cli: Cli) -> None:
+    result = cli.run(*cli.start_args("piped"))
+    assert result.returncode == 0
+    assert [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert f"{len(PROMPTS)}/{len(PROMPTS)}" not in result.stderr and "\x1b[" not in result.stderr

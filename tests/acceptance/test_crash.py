@@ -18,7 +18,7 @@ from cftrunner import crashpoints
 from cftrunner.exceptions import RunNotFoundError
 from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
 from cftrunner.store import Store
-from tests.conftest import PROMPTS, Cli, assert_exactly_once
+from tests.conftest import PROMPTS, Cli, assert_exactly_once, databases
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def status(cli: Cli, run_id: str = RUN_ID) -> dict[str, Any]:
 
 
 def stored_state(db_url: str, run_id: str = RUN_ID) -> str | None:
-    """The run's state in the state file, or None when the run was never stored."""
+    """The run's state in the state database, or None when the run was never stored."""
     store = Store(db_url)
     try:
         return store.run(run_id).state.value
@@ -154,12 +154,14 @@ def test_a_kill_at_any_crash_point_resumes_to_launched_with_every_effect_once(
 def uninterrupted_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
     """How long one unkilled `start` takes, process start-up included, at the random cases' latency."""
     tmp = tmp_path_factory.mktemp("uninterrupted")
+    db_url = databases().new(tmp)
     with Sandbox(api_key=DEFAULT_API_KEY, latency=RANDOM_KILL_LATENCY,
                  processing_seconds=0.2) as sandbox:
-        cli = Cli(sandbox, f"sqlite:///{tmp}/state.db", tmp)
+        cli = Cli(sandbox, db_url, tmp)
         began = time.monotonic()
         result = cli.run(*cli.start_args(RUN_ID))
         elapsed = time.monotonic() - began
+    databases().drop(db_url)
     assert result.returncode == 0, tail(result.stderr)
     return elapsed
 

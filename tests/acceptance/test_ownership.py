@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from cftrunner import crashpoints
+from cftrunner import crashpoints, dialect
 from cftrunner.lease import HOST_ENV
 from cftrunner.models import Event, Item, Run
 from cftrunner.sandbox import FaultRule, Sandbox
+from cftrunner.schema import events, runs
 from cftrunner.store import Store
-from tests.conftest import PROMPTS, Cli, assert_exactly_once, write_prompts
+from tests.conftest import PROMPTS, Cli, assert_exactly_once, on_postgres, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -199,9 +201,12 @@ def stored(db_url: str, run_id: str = RUN_ID) -> tuple[Run, list[Item], list[Eve
 
 
 def event_rows(db_url: str) -> int:
-    with sqlite3.connect(db_path(db_url)) as conn:
-        count: int = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    return count
+    engine = dialect.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def requests_sent(sandbox: Sandbox) -> int:
@@ -399,6 +404,19 @@ def test_a_process_on_another_host_exits_75_until_the_lease_expires_then_takes_o
 
 
 def write_lock_free(db_url: str) -> bool:
+    """Whether a writer could start now. On PostgreSQL that is the run's row lock, which every
+    write transaction on the run takes first; on SQLite, the one write lock of the file."""
+    if on_postgres():
+        engine = dialect.create_engine(db_url)
+        try:
+            with engine.begin() as pg:
+                pg.execute(sa.select(runs.c.id).where(runs.c.id == RUN_ID)
+                           .with_for_update(nowait=True))
+            return True
+        except sa.exc.OperationalError:
+            return False
+        finally:
+            engine.dispose()
     conn = sqlite3.connect(db_path(db_url), timeout=0.05, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -469,7 +487,16 @@ MOMENTS = {
 
 @contextmanager
 def write_lock_held(db_url: str) -> Iterator[None]:
-    """Another process writing to the state file: writers queue behind it, readers do not."""
+    """Another process writing to the run: writers queue behind it, readers do not."""
+    if on_postgres():
+        engine = dialect.create_engine(db_url)
+        try:
+            with engine.begin() as pg:
+                pg.execute(sa.select(runs.c.id).where(runs.c.id == RUN_ID).with_for_update())
+                yield
+        finally:
+            engine.dispose()
+        return
     conn = sqlite3.connect(db_path(db_url), timeout=30, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")

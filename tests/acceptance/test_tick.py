@@ -35,7 +35,7 @@ from tests.acceptance.test_ownership import (
     utcnow,
     wait_until,
 )
-from tests.conftest import MODEL, Cli, write_prompts
+from tests.conftest import MODEL, Cli, on_postgres, state_stored, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +45,12 @@ KILLED = -signal.SIGKILL
 
 @dataclass(frozen=True)
 class Cron:
-    """A sandbox, a config file naming it and a state file, and `tick --config FILE` to run."""
+    """A sandbox, a config file naming it and a state database, and `tick --config FILE` to run."""
 
     sandbox: Sandbox
     cli: Cli
     config: Path
-
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.config.parent}/state/cron.db"
+    db_url: str
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -73,12 +70,14 @@ class Cron:
 CONFIG_KEYS = {"interval": '"4s"', "failed_retry_interval": '"1h"'}
 
 
-def write_config(folder: Path, sandbox: Sandbox, keys: dict[str, str], tail: str = "") -> Path:
-    """A config file holding the whole cycle and where to find the API and the state file; `keys`
-    are TOML values by key, `tail` is appended (sections)."""
+def write_config(folder: Path, sandbox: Sandbox, keys: dict[str, str], tail: str = "",
+                 db: str = "sqlite:///state/cron.db") -> Path:
+    """A config file holding the whole cycle and where to find the API and the state database
+    (a file relative to the config file's folder by default); `keys` are TOML values by key,
+    `tail` is appended (sections)."""
     write_prompts(folder / "prompts.json", FEW_PROMPTS)
     lines = [f'project_id = "{DEFAULT_PROJECT_ID}"', f'model_alias = "{MODEL}"',
-             'prompts = "prompts.json"', f'base_url = "{sandbox.url}"', 'db = "sqlite:///state/cron.db"',
+             'prompts = "prompts.json"', f'base_url = "{sandbox.url}"', f'db = "{db}"',
              *(f"{key} = {value}" for key, value in keys.items())]
     config = folder / "cftrunner.toml"
     config.write_text("\n".join(lines) + "\n" + tail)
@@ -97,8 +96,11 @@ def make_cron(make_sandbox: Callable[..., Sandbox], db_url: str,
         del cli.env["CFTRUNNER_BASE_URL"], cli.env["CFTRUNNER_DB"]
         folder = tmp_path / "cron"
         folder.mkdir()
+        if on_postgres():
+            config = write_config(folder, sandbox, {**CONFIG_KEYS, **(keys or {})}, tail, db_url)
+            return Cron(sandbox, cli, config, db_url)
         config = write_config(folder, sandbox, {**CONFIG_KEYS, **(keys or {})}, tail)
-        return Cron(sandbox, cli, config)
+        return Cron(sandbox, cli, config, f"sqlite:///{folder}/state/cron.db")
 
     return make
 
@@ -321,4 +323,4 @@ def test_a_bad_config_is_exit_2_with_one_line_naming_the_key(
     assert f"{cron.config}: {named}" in line or f"unknown key {named}" in line, line
     assert refused.stdout == ""
     assert requests_sent(cron.sandbox) == 0
-    assert not (cron.config.parent / "state" / "cron.db").exists()
+    assert not state_stored(cron.db_url)

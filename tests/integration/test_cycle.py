@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
+from cftrunner import dialect
 from cftrunner.exceptions import RunStopped
 from cftrunner.models import EffectStatus
 from cftrunner.retry import RetryPolicy
@@ -268,9 +269,9 @@ def test_the_api_key_never_reaches_the_database_or_the_logs(
     with capture_logs() as logs:
         harness.runner.drive(harness.start())
     assert DEFAULT_API_KEY not in repr(logs)
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))  # none on PostgreSQL
     assert DEFAULT_API_KEY.encode() not in raw
-    engine = sa.create_engine(db_url)
+    engine = dialect.create_engine(db_url)
     with engine.connect() as conn:
         for table in ("runs", "items", "effects", "events"):
             assert DEFAULT_API_KEY not in repr(conn.execute(sa.text(f"select * from {table}")).all())
@@ -297,3 +298,23 @@ def test_max_rps_is_a_ceiling_on_the_whole_run(make_harness: Callable[..., Harne
     sent = sum(sandbox.counts()["requests"].values())
     assert elapsed >= (sent - 1) / 40.0
     assert_exactly_once(sandbox, len(PROMPTS))
+
+
+@pytest.mark.parametrize("max_rate_limited", [4, 3])
+def test_refusals_with_429_have_their_own_budget_apart_from_failures(
+        max_rate_limited: int, make_sandbox: Callable[..., Sandbox],
+        make_harness: Callable[..., Harness]) -> None:
+    """The first trace is refused with 429 three times in a row while a request may fail only
+    twice: 429s are the API pacing the run, so they count against `max_rate_limited`."""
+    sandbox = make_sandbox()
+    sandbox.add_fault(FaultRule(route="trace_create", status=429, retry_after=0.0, times=3))
+    h = make_harness(sandbox, concurrency=1, retry=RetryPolicy(
+        max_attempts=2, max_rate_limited=max_rate_limited, base_delay=0.001, max_delay=0.002))
+    run_id = h.start(PROMPTS[:3])
+    if max_rate_limited == 3:
+        with pytest.raises(RunStopped, match="gave up after 3 refusals"):
+            h.runner.drive(run_id)
+        return
+    assert h.runner.drive(run_id).state is RunState.LAUNCHED
+    assert sandbox.counts()["faults_fired"]["status"] == 3
+    assert_exactly_once(sandbox, 3)

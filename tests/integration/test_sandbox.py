@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from cftrunner.retry import parse_retry_after
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox, llm
 from cftrunner.sandbox.records import TraceDraft, TraceQuery
 from cftrunner.sandbox.world import World
@@ -819,6 +820,112 @@ def test_fault_for_unknown_route_is_refused(sandbox: Sandbox) -> None:
 def test_fault_with_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError):
         FaultRule(kind="explode")
+
+
+# -- rate limit -------------------------------------------------------------------------------
+
+
+def test_a_burst_beyond_the_rate_limit_gets_429_with_a_short_retry_after(
+        make_sandbox: Callable[..., Sandbox]) -> None:
+    api = Api(make_sandbox(rate_limit_rps=5, rate_limit_burst=3).url)
+    answers = [api.get("/api/v1/models") for _ in range(5)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+    assert "rate limit" in answers[3].json()["error"]
+    waits = [parse_retry_after(a.headers["Retry-After"], datetime.now(UTC)) for a in answers[3:]]
+    assert all(w is not None and 0 < w <= 1 / 5 for w in waits)
+
+
+def test_requests_at_the_allowed_rate_all_go_through(make_sandbox: Callable[..., Sandbox]) -> None:
+    """Each request starts 60 ms after the previous answer, so they arrive below 20 a second."""
+    api = Api(make_sandbox(rate_limit_rps=20).url)
+    statuses = []
+    for _ in range(10):
+        statuses.append(api.get("/api/v1/models").status_code)
+        time.sleep(0.06)
+    assert statuses == [200] * 10
+
+
+def test_a_trace_refused_by_the_rate_limit_is_not_created(
+        make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox(rate_limit_rps=0.5)
+    api = Api(sandbox.url)
+    api.trace()
+    refused = api.post("/api/v1/traces", json={"projectId": DEFAULT_PROJECT_ID, "modelId": "m1",
+                                               "input": "in", "output": "out", "score": 0.9})
+    assert refused.status_code == 429
+    counts = sandbox.counts()
+    assert (counts["traces"], counts["requests"]["trace_create"], counts["rate_limited"]) == (1, 2, 1)
+    assert len(sandbox.world.traces()) == 1
+
+
+def test_the_rate_limit_is_shared_by_every_route(make_sandbox: Callable[..., Sandbox]) -> None:
+    api = Api(make_sandbox(rate_limit_rps=1, rate_limit_burst=2).url)
+    assert api.get("/api/v1/models").status_code == 200
+    assert api.get(f"/api/v1/public/projects/{DEFAULT_PROJECT_ID}").status_code == 200
+    assert api.chat("m1", "hello").status_code == 429
+
+
+def test_a_request_without_a_key_is_401_and_takes_no_token(api: Api, sandbox: Sandbox) -> None:
+    sandbox.set_rate_limit(0.5)
+    assert Api(sandbox.url, key=None).get("/api/v1/models").status_code == 401
+    assert [api.get("/api/v1/models").status_code for _ in range(2)] == [200, 429]
+
+
+def test_concurrent_clients_get_no_more_than_burst_plus_rate_in_any_second(
+        make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox(rate_limit_rps=20, rate_limit_burst=5)
+    deadline = time.monotonic() + 1.2
+
+    def hammer() -> None:
+        api = Api(sandbox.url)
+        while time.monotonic() < deadline:
+            api.get("/api/v1/models")
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    admitted = [at for at, _ in sandbox.admitted()]
+    assert sandbox.counts()["rate_limited"] > len(admitted)
+    assert len(admitted) >= 20
+    for i, start in enumerate(admitted):
+        assert sum(1 for at in admitted[i:] if at < start + 1.0) <= 5 + 20
+
+
+def test_the_ledger_records_each_admitted_request_with_its_route(
+        make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox(rate_limit_rps=100, rate_limit_burst=10)
+    api = Api(sandbox.url)
+    before = time.monotonic()
+    api.get("/api/v1/models")
+    api.trace()
+    admitted = sandbox.admitted()
+    assert [route for _, route in admitted] == ["models", "trace_create"]
+    assert all(before <= at <= time.monotonic() for at, _ in admitted)
+
+
+def test_without_a_rate_limit_nothing_is_recorded(api: Api, sandbox: Sandbox) -> None:
+    api.get("/api/v1/models")
+    assert sandbox.admitted() == [] and sandbox.counts()["rate_limited"] == 0
+
+
+def test_control_endpoint_sets_and_lifts_the_rate_limit(api: Api, sandbox: Sandbox) -> None:
+    control = Api(sandbox.url, key=None)
+    assert control.get("/_sandbox/rate-limit").json() == {"rps": None, "burst": 1}
+    assert control.put("/_sandbox/rate-limit", json={"rps": 0.5}).json() == {"rps": 0.5, "burst": 1}
+    assert [api.get("/api/v1/models").status_code for _ in range(2)] == [200, 429]
+    assert control.get("/_sandbox/counts").status_code == 200  # never limited itself
+    assert control.get("/_sandbox/state").json()["rate_limit"] == {"rps": 0.5, "burst": 1}
+    control.put("/_sandbox/rate-limit", json={"rps": None})
+    assert api.get("/api/v1/models").status_code == 200
+
+
+@pytest.mark.parametrize("body", [{"rps": 0}, {"rps": "5"}, {"burst": 2}, {"rps": 5, "burst": 0}])
+def test_control_endpoint_refuses_an_invalid_rate_limit(sandbox: Sandbox, body: Any) -> None:
+    response = Api(sandbox.url, key=None).put("/_sandbox/rate-limit", json=body)
+    assert response.status_code == 400
+    assert sandbox.rate_limit.to_json() == {"rps": None, "burst": 1}
 
 
 # -- counts and control endpoints -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The state store on a real SQLite file: atomic creation, checked transitions, effects, events."""
+"""The state store on a real database: atomic creation, checked transitions, effects, events."""
 
 from __future__ import annotations
 
@@ -147,11 +147,13 @@ def test_concurrent_writers_queue_instead_of_failing(db_url: str) -> None:
     assert {i.stage for i in Store(db_url).items("r1")} == {ItemStage.GENERATED}
 
 
+@pytest.mark.sqlite_only
 def test_a_database_in_a_missing_folder_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         Store(f"sqlite:///{tmp_path}/nope/state.db")
 
 
+@pytest.mark.sqlite_only
 def test_the_database_runs_in_wal_mode(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
+import pytest
 import structlog
 
 from cftrunner import logs
@@ -45,3 +47,25 @@ def test_a_secret_is_redacted_wherever_it_appears() -> None:
     logs.configure("info", secrets=["sk-secret-123"], stream=stream)
     structlog.get_logger("cftrunner").info("oops", url="https://x/?k=sk-secret-123")
     assert "sk-secret-123" not in stream.getvalue() and "[redacted]" in stream.getvalue()
+
+
+def test_without_a_stream_lines_go_to_stderr_as_it_is_when_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """So a terminal display that redirects sys.stderr while it is live prints them above itself."""
+    configured_with = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", configured_with)
+    logs.configure("info")
+    replaced = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", replaced)
+    structlog.get_logger("cftrunner").info("run_transitioned", state="JUDGED")
+    assert json.loads(replaced.getvalue())["state"] == "JUDGED"
+    assert configured_with.getvalue() == ""
+
+
+def test_a_stream_that_fails_to_write_drops_the_line() -> None:
+    class Broken(io.StringIO):
+        def write(self, _text: str) -> int:
+            raise BrokenPipeError
+
+    logs.configure("info", stream=Broken())
+    structlog.get_logger("cftrunner").info("lost")

@@ -129,6 +129,15 @@ def test_gives_up_after_max_attempts() -> None:
     assert next_delay(POLICY, transient(), 6, always(1.0)) is None
 
 
+def test_refusals_with_429_have_their_own_budget() -> None:
+    policy = RetryPolicy(max_attempts=2, max_rate_limited=10)
+    refused = TransientError("slow down", status_code=429)
+    assert next_delay(policy, transient(), 2, always(1.0)) is None
+    assert next_delay(policy, refused, 9, always(1.0)) is not None
+    assert next_delay(policy, refused, 10, always(1.0)) is None
+    assert next_delay(policy, TransientError("busy", status_code=503), 2, always(1.0)) is None
+
+
 def test_single_attempt_policy_never_retries() -> None:
     assert next_delay(RetryPolicy(max_attempts=1), transient(), 1, always(1.0)) is None
 
@@ -148,7 +157,8 @@ def test_attempt_numbers_start_at_one() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"max_attempts": 0}, {"base_delay": -1.0}, {"max_delay": float("inf")}],
+    [{"max_attempts": 0}, {"max_rate_limited": 0}, {"base_delay": -1.0},
+     {"max_delay": float("inf")}],
 )
 def test_policy_refuses_nonsense_settings(fields: dict[str, Any]) -> None:
     with pytest.raises(ValueError):

@@ -1,0 +1,164 @@
+"""Schema migrations: the revisions make schema.py's tables, older databases are upgraded on open,
+newer ones are refused, and opening an up-to-date database stays one query."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from structlog.testing import capture_logs
+
+from cftrunner import dialect, migrations
+from cftrunner.exceptions import InputError
+from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
+from cftrunner.schema import metadata, utcnow
+from cftrunner.states import RunState
+from cftrunner.store import Store
+from tests import legacy_schema
+from tests.conftest import JUDGE, MODEL, PROMPTS, Cli, Harness, assert_exactly_once, make_run
+
+LONG = "x" * 600  # longer than any VARCHAR length in the schema
+
+
+@contextmanager
+def connected(db_url: str) -> Iterator[sa.Connection]:
+    engine = dialect.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def differences(db_url: str, wanted: sa.MetaData) -> list[object]:
+    with connected(db_url) as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), wanted))
+
+
+def revision(db_url: str) -> str | None:
+    with connected(db_url) as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def make_legacy_database(db_url: str, prompts: list[str]) -> None:
+    """A state database as the code before migrations left it, holding a run that is not done."""
+    now = utcnow()
+    with connected(db_url) as conn:
+        legacy_schema.metadata.create_all(conn)
+        conn.execute(legacy_schema.runs.insert().values(
+            id="old", project_id=DEFAULT_PROJECT_ID, model_alias=MODEL, judge_model=JUDGE,
+            split_percentage=80,
+            prompts_source="test", job_name="cftrunner-old-0000", state="CREATED", created_at=now,
+            updated_at=now, state_changed_at=now, cancel_requested=False))
+        conn.execute(legacy_schema.items.insert(), [
+            {"run_id": "old", "position": i, "prompt": p, "stage": "PENDING", "judge_attempts": 0,
+             "updated_at": now} for i, p in enumerate(prompts)])
+        conn.execute(legacy_schema.events.insert().values(
+            run_id="old", at=now, kind="run_created", data={"items": len(prompts)}))
+
+
+def test_the_migrations_make_exactly_the_tables_schema_py_describes(store: Store) -> None:
+    assert differences(store.url, metadata) == []
+    assert revision(store.url) == migrations.HEAD
+
+
+def test_head_names_the_one_newest_revision() -> None:
+    assert ScriptDirectory(str(migrations.FOLDER)).get_heads() == [migrations.HEAD]
+
+
+def test_the_first_revision_is_the_schema_of_the_code_before_migrations(db_url: str) -> None:
+    with connected(db_url) as conn:
+        command.upgrade(migrations.alembic_config(conn), migrations.BASELINE)
+    assert differences(db_url, legacy_schema.metadata) == []
+
+
+def test_a_database_made_before_migrations_is_upgraded_and_its_run_resumes(
+        db_url: str, make_harness: Callable[..., Harness], sandbox: Sandbox) -> None:
+    make_legacy_database(db_url, PROMPTS)
+
+    harness = make_harness(sandbox)
+
+    assert revision(db_url) == migrations.HEAD
+    assert differences(db_url, metadata) == []
+    assert [i.prompt for i in harness.store.items("old")] == PROMPTS
+    assert harness.runner.drive("old").state is RunState.LAUNCHED
+    assert_exactly_once(sandbox, len(PROMPTS))
+
+
+def test_a_database_from_an_early_development_version_is_refused_not_misread(db_url: str) -> None:
+    make_legacy_database(db_url, ["a"])
+    with connected(db_url) as conn:
+        conn.execute(sa.text("ALTER TABLE runs DROP COLUMN lease_token"))
+
+    with pytest.raises(InputError, match="cannot be upgraded: it lacks runs.lease_token"):
+        Store(db_url)
+    assert revision(db_url) is None
+
+
+def test_a_database_newer_than_this_code_is_refused_in_one_line_exit_2(store: Store,
+                                                                        cli: Cli) -> None:
+    with connected(store.url) as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+
+    with pytest.raises(InputError, match="schema revision 9999, newer than this cftrunner knows"):
+        Store(store.url)
+    refused = cli.run("status")
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        "cftrunner: error: the state database has schema revision 9999, newer than this "
+        f"cftrunner knows ({migrations.HEAD}): upgrade cftrunner to use it"]
+
+
+@pytest.mark.parametrize("made_before_migrations", [False, True], ids=["empty", "pre-migrations"])
+def test_stores_opened_at_once_migrate_the_database_once(db_url: str,
+                                                        made_before_migrations: bool) -> None:
+    """Eight openers race for a database to migrate: one migrates it, the others wait for it."""
+    if made_before_migrations:
+        make_legacy_database(db_url, ["a"])
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            Store(db_url).close()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    with capture_logs() as logs:
+        threads = [threading.Thread(target=open_store) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    assert errors == []
+    upgrades = [e for e in logs if e["event"] == "schema_upgraded"]
+    assert len(upgrades) == (1 if made_before_migrations else 0)
+    assert revision(db_url) == migrations.HEAD
+
+
+def test_opening_an_up_to_date_database_does_not_load_alembic(store: Store) -> None:
+    """The CLI opens the store once per command: at HEAD, that is one SELECT, no migration code."""
+    code = ("import sys; from cftrunner.store import Store; Store(sys.argv[1]).close(); "
+            "print('alembic' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, store.url], capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_values_longer_than_the_declared_lengths_are_kept_on_either_database(store: Store) -> None:
+    """SQLite never enforced VARCHAR lengths; PostgreSQL must not either (revision 0002)."""
+    store.create_run(replace(make_run(LONG[:300]), model_alias=LONG, project_id=LONG), [LONG])
+    stored = store.run(LONG[:300])
+    assert (stored.model_alias, stored.project_id) == (LONG, LONG)
