@@ -126,7 +126,12 @@ def fence(tx: Tx, item_id: int, worker: Lease) -> None:
     token = tx.conn.execute(_CLAIM_TOKEN, {"item_id": item_id}).scalar()
     if token != worker.token:
         worker.lost.set()
-        raise LeaseLost(f"run {worker.run_id}: its items were taken over by another process")
+        raise taken_over(worker)
+
+
+def taken_over(worker: Lease) -> LeaseLost:
+    return LeaseLost(f"run {worker.run_id}: this worker's items were taken over by another "
+                     "process")
 
 
 # Built once: the fence runs in every item transaction (see transaction.py). Only the item's

@@ -38,7 +38,7 @@ from cftrunner.retry import next_delay, rate_limited
 from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
-from cftrunner.states import STAGE_FOR_RUN_STATE, TERMINAL, RunState
+from cftrunner.states import TERMINAL, RunState
 from cftrunner.store import Store
 from cftrunner.transaction import Tx
 
@@ -188,8 +188,7 @@ class Runner:
             raise LeaseLost(f"run {lease.run_id} was taken over by another process")
         if worker is not None and (worker.lost.is_set() or (
                 not worker.locally_valid() and not claims.renew(self.store, worker))):
-            raise LeaseLost(f"run {worker.run_id}: this worker's items were taken over by "
-                            "another worker")
+            raise claims.taken_over(worker)
 
     def drive(self, run_id: str) -> Run:
         """Take the run from wherever it stands to a terminal state; raise RunStopped if it cannot
@@ -242,8 +241,7 @@ class Runner:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             self.join(run_id)
-            if run.state in (RunState.CREATED, *STAGE_FOR_RUN_STATE) and run.state is not \
-                    RunState.ADDED:
+            if HANDLERS[run.state] is steps.item_stage:  # items may be left to work on
                 if run.dataset_id is None:
                     self._find_dataset_if_free(run)
                 steps.work_items(self, self.store.run(run_id))

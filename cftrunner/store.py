@@ -222,9 +222,7 @@ class Store:
 
     def summary(self, run: Run) -> RunSummary:
         with self._read() as conn:
-            stages = conn.execute(
-                sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run.id)
-                .group_by(items.c.stage)).all()
+            stages = _count_stages(conn, run.id)
             failures = conn.execute(
                 sa.select(items.c.stage, items.c.error_kind, sa.func.count())
                 .where(items.c.run_id == run.id, items.c.error_kind.is_not(None))
@@ -249,7 +247,7 @@ class Store:
             seconds[state] = seconds.get(state, 0.0) + (utcnow() - entered).total_seconds()
         return RunSummary(
             run=run,
-            stage_counts={str(stage): int(n) for stage, n in stages},
+            stage_counts=stages,
             failures={f"{stage.lower()}:{kind}": int(n) for stage, kind, n in failures},
             state_seconds={k: round(v, 3) for k, v in seconds.items()},
             workers=[WorkerInfo(Owner(w.host, w.boot_id, w.pid, w.started), w.expires_at,
@@ -288,9 +286,14 @@ class Store:
         display polls twice a second."""
         with self._read() as conn:
             state = conn.execute(sa.select(runs.c.state).where(runs.c.id == run_id)).scalar()
-            stages = conn.execute(
-                sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run_id)
-                .group_by(items.c.stage)).all()
+            stages = _count_stages(conn, run_id)
         if state is None:
             raise RunNotFoundError(f"no run {run_id!r} in this state database")
-        return RunState(state), {str(stage): int(n) for stage, n in stages}
+        return RunState(state), stages
+
+
+def _count_stages(conn: sa.Connection, run_id: str) -> dict[str, int]:
+    """The run's items counted per stage, from the (run_id, stage) index alone."""
+    rows = conn.execute(sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run_id)
+                        .group_by(items.c.stage))
+    return {str(stage): int(n) for stage, n in rows}

@@ -220,3 +220,26 @@ def test_workers_share_the_items_and_one_of_them_does_the_run_level_steps(
     assert len(launched) == 1, [p.stdout for p in procs]
     assert leases is not None and leases >= 1
     shared.close()
+
+
+def test_cancel_stops_a_worker_and_the_run_ends_cancelled_with_no_snapshot(
+        make_sandbox: Callable[..., Sandbox], db_url: str, tmp_path: Path,
+        spawn: Callable[..., Proc], shared: Shared) -> None:
+    n = 40
+    sandbox = make_sandbox(latency=0.05)
+    cli = Cli(sandbox, db_url, tmp_path)
+    create_run(sandbox, db_url, n)
+    proc = worker(cli, spawn, "host-a", env={"CFTRUNNER_CONCURRENCY": "2"})
+    deadline = time.monotonic() + 60
+    while shared.unfinished() == n:  # at work: some item done
+        assert time.monotonic() < deadline and not proc.done(), proc.describe()
+        time.sleep(0.05)
+    cancelled = cli.run("cancel", RUN_ID)
+    assert cancelled.returncode == 0, cancelled.stderr
+    proc.wait()
+    assert proc.returncode == 4, proc.describe()  # the exit status of a cancelled run
+    assert shared.state() is RunState.CANCELLED
+    assert 0 < shared.unfinished() < n
+    counts = sandbox.counts()
+    assert counts["snapshots"] == 0 and counts["jobs"] == 0
+    shared.close()
