@@ -12,6 +12,7 @@ import click
 import sqlalchemy as sa
 
 from cftrunner import config, display, logs, service, shutdown
+from cftrunner import report as report_module
 from cftrunner.exceptions import (
     CftrunnerError,
     InputError,
@@ -23,7 +24,7 @@ from cftrunner.exceptions import (
 from cftrunner.models import Run
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
-from cftrunner.states import TERMINAL, RunState
+from cftrunner.states import ENDS_UNLESS_LOOPING, RunState
 from cftrunner.tick import spec_from
 
 EXIT_LAUNCHED = 0
@@ -95,12 +96,36 @@ def _settings(options: dict[str, Any]) -> Settings:
     return _resolve(options).settings
 
 
+def _verdict(run: Run) -> tuple[str, int, bool]:
+    """What a run came to, as one line after "run ID: ", its exit status, and whether that is an
+    error (printed on stderr)."""
+    state = run.state
+    if state is RunState.LAUNCHED:
+        line = f"LAUNCHED job {run.job_id}"
+        if not run.finished:
+            training = run.training or {}
+            line += (f"; still training (job {training.get('status') or 'not read yet'}); the "
+                     "next resume or tick looks again")
+        return line, EXIT_LAUNCHED, False
+    if state is RunState.SKIPPED:  # the gate's decision, not a failure
+        return f"SKIPPED: {run.skip_reason}", EXIT_LAUNCHED, False
+    if state is RunState.TRAINED:
+        models = [e.get("model_id") for e in (run.training or {}).get("experiments") or []
+                  if e.get("model_id")]
+        return f"TRAINED job {run.job_id}: models {', '.join(map(str, models))}", 0, False
+    if state in (RunState.PROMOTED, RunState.NOT_PROMOTED):  # a decision either way
+        return f"{state.value}: {(run.promotion or {}).get('reason')}", EXIT_LAUNCHED, False
+    code = EXIT_CANCELLED if state is RunState.CANCELLED else EXIT_FAILED
+    return f"{state.value}: {run.failure_reason}", code, True
+
+
 def _finish(run: Run) -> int:
-    if run.state is RunState.LAUNCHED:
-        click.echo(f"run {run.id}: LAUNCHED job {run.job_id}")
-        return EXIT_LAUNCHED
-    _error(f"run {run.id} {run.state.value}: {run.failure_reason}")
-    return EXIT_CANCELLED if run.state is RunState.CANCELLED else EXIT_FAILED
+    line, code, failed = _verdict(run)
+    if failed:
+        _error(f"run {run.id} {line}")
+    else:
+        click.echo(f"run {run.id}: {line}")
+    return code
 
 
 def _stop(settings: Settings) -> Stop:
@@ -128,14 +153,23 @@ def cycle_options(func: F) -> F:
         click.option("--prompts", metavar="FILE",
                      help='JSON ({"test_prompts": [...]} or a list of strings) or JSONL.'),
         click.option("--judge-model", help="The judge model [default claude-4.5-sonnet]."),
+        click.option("--judge-prompt", metavar="FILE",
+                     help="The judge prompt template, with {prompt} and {answer} placeholders "
+                          "[default: the built-in one]."),
         click.option("--split-percentage", type=click.IntRange(1, 99),
                      help="Share of the snapshot used for training [default 80]."),
+        click.option("--follow", is_flag=True, default=None,
+                     help="After the launch, follow the job to TRAINED or TRAIN_FAILED."),
     ]):
         func = option(func)
     return func
 
 
-CYCLE_KEYS = ("project_id", "model_alias", "prompts", "judge_model", "split_percentage")
+CYCLE_KEYS = ("project_id", "model_alias", "prompts", "judge_model", "judge_prompt",
+              "split_percentage", "follow")
+CYCLE_OPTION = click.option(
+    "--cycle", metavar="NAME",
+    help="Only this cycle of the config file's [[cycles]] (by its name, or project_id/model_alias).")
 
 
 def progress_option(func: F) -> F:
@@ -152,39 +186,81 @@ def _display(show_progress: bool | None) -> display.Display:
 
 @cli.command()
 @cycle_options
+@CYCLE_OPTION
 @click.option("--run-id", help="Choose the run id (default: time-based and random).")
 @progress_option
 @throughput_options
 @connection_options
-def start(run_id: str | None, show_progress: bool | None, **options: Any) -> int:
-    """Start a cycle and drive it to LAUNCHED; the run id is the first line of output.
+def start(cycle: str | None, run_id: str | None, show_progress: bool | None,
+          **options: Any) -> int:
+    """Start a cycle and drive it to LAUNCHED; the run id is the first line of output. With
+    several [[cycles]] in the config file, --cycle NAME picks one.
 
     Example: cftrunner start --project-id P --model-alias my-model-v3 --prompts prompts.json
     """
     resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
-    spec = spec_from(resolved.cycle, run_id, "start")
+    chosen = config.select(resolved, cycle)
+    if len(chosen) > 1:
+        raise InputError(f"start drives one cycle and {resolved.config_path} describes "
+                         f"{len(chosen)}: pick one with --cycle NAME ({config.names(resolved)})")
+    spec = spec_from(chosen[0], run_id, "start")
     return _finish(service.start(resolved.settings, spec, on_created=lambda rid: click.echo(rid),
-                                 stop=_stop(resolved.settings), display=_display(show_progress)))
+                                 stop=_stop(resolved.settings), display=_display(show_progress),
+                                 cycle=chosen[0].name))
 
 
 @cli.command()
 @cycle_options
+@CYCLE_OPTION
 @progress_option
 @throughput_options
 @connection_options
-def tick(show_progress: bool | None, **options: Any) -> int:
+def tick(cycle: str | None, show_progress: bool | None, **options: Any) -> int:
     """For cron: resume this cycle's unfinished run, or start one when the interval has passed,
     or say there is nothing to do (exit 0). A run another process drives exits 75.
+
+    With several [[cycles]] in the config file, each one (or only --cycle NAME) in the file's
+    order, each in isolation: one line "cycle NAME: ..." as each ends (started RUN_ID: STATE,
+    resumed RUN_ID: STATE, nothing to do: REASON, or error: MESSAGE, the error on stderr too).
+    The exit status is then 0 if every cycle's own is 0, else the first one that is not.
 
     Example: cftrunner tick --config /etc/cftrunner/cftrunner.toml
     """
     resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
-    decision, run = service.tick(resolved, on_created=lambda rid: click.echo(rid),
-                                 stop=_stop(resolved.settings), display=_display(show_progress))
+    chosen = config.select(resolved, cycle)
+    stop = _stop(resolved.settings)
+    if len(resolved.cycles) > 1:
+        outcomes = [_ticked(ticked) for ticked in service.tick_each(
+            resolved, chosen, stop=stop, display=_display(show_progress))]
+        return next((code for code in outcomes if code), EXIT_LAUNCHED)
+    decision, run = service.tick(resolved, on_created=lambda rid: click.echo(rid), stop=stop,
+                                 display=_display(show_progress), cycle=chosen[0])
     if run is None:
         click.echo(f"nothing to do: {decision.reason}")
         return EXIT_LAUNCHED
     return _finish(run)
+
+
+def _ticked(ticked: service.Ticked) -> int:
+    """Print one cycle's line, and its error on stderr; its exit status."""
+    error = None
+    if ticked.error is not None:
+        error, code = _outcome(ticked.error)
+        line = f"error: {error}"
+    elif ticked.run is None:
+        assert ticked.decision is not None
+        line, code = f"nothing to do: {ticked.decision.reason}", EXIT_LAUNCHED
+    else:
+        run = ticked.run
+        verb = "started" if ticked.decision and ticked.decision.action == "start" else "resumed"
+        said, code, failed = _verdict(run)
+        line = f"{verb} {run.id}: {said}"
+        if failed:
+            error = f"run {run.id} {said}"
+    click.echo(f"cycle {ticked.cycle.title}: {' '.join(line.split())}")
+    if error is not None:
+        _error(f"cycle {ticked.cycle.title}: {error}")
+    return code
 
 
 @cli.command("config")
@@ -204,6 +280,11 @@ def show_config(**options: Any) -> int:
         click.echo(f"# config file: {resolved.config_path}")
     for key, value, source in rows:
         click.echo(f"{key:<{width}}  {value:<{value_width}}  ({source})")
+    if lines := config.describe_cycles(resolved):
+        click.echo(f"# {len(lines)} [[cycles]]: the per-cycle keys above are the first one's; "
+                   "each sets these itself and inherits the others")
+        for line in lines:
+            click.echo(line)
     return 0
 
 
@@ -223,7 +304,7 @@ def resume(run_id: str, worker: bool, show_progress: bool | None, **options: Any
     settings = _settings(options)
     run = service.resume(settings, run_id, stop=_stop(settings),
                          display=_display(show_progress), worker=worker)
-    if worker and run.state not in TERMINAL:
+    if worker and not run.finished and run.state not in ENDS_UNLESS_LOOPING:
         click.echo(f"run {run.id}: no item left for this worker; the run is {run.state.value} "
                    "and another process takes it on")
         return EXIT_LAUNCHED
@@ -252,6 +333,55 @@ def status(run_id: str | None, as_json: bool, **options: Any) -> int:
     Example: cftrunner status --json 20261121-223000-a1b2c3
     """
     click.echo(service.status_text(_settings(options), run_id, as_json))
+    return 0
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--trend", is_flag=True, help="One line per cycle of a project, and an HTML page "
+                                            "of charts.")
+@click.option("--project", "project_id", metavar="PROJECT_ID",
+              help="With --trend: the project [default: the only one in the state database].")
+@click.option("--html", "html_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --trend: where the HTML page goes [default cftrunner-trend.html].")
+@click.option("--no-html", is_flag=True, help="With --trend: write no HTML page.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@connection_options
+def report(run_id: str | None, trend: bool, project_id: str | None, html_file: str | None,
+           no_html: bool, as_json: bool, **options: Any) -> int:
+    """Report a run: items per stage and failure kind, the score distribution, judge retries,
+    tokens and time per state. With --trend instead of RUN_ID: every cycle of a project, one
+    line each, and a self-contained HTML page of charts (needs the `report` extra, plotly).
+
+    Example: cftrunner report --trend --project P --html trend.html
+    """
+    if (run_id is None) == (not trend):
+        raise click.UsageError("give either RUN_ID or --trend")
+    if run_id is not None and (project_id or html_file or no_html):
+        raise click.UsageError("--project, --html and --no-html go with --trend")
+    if html_file and no_html:
+        raise click.UsageError("--html and --no-html exclude each other")
+    settings = _settings(options)
+    if run_id is not None:
+        click.echo(report_module.report_text(settings, run_id, as_json))
+        return 0
+    html = None if no_html else Path(html_file or "cftrunner-trend.html")
+    click.echo(report_module.trend_text(settings, project_id, html, as_json))
+    return 0
+
+
+@cli.command()
+@click.argument("run_id")
+@click.argument("item", type=click.IntRange(0))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@connection_options
+def show(run_id: str, item: int, as_json: bool, **options: Any) -> int:
+    """Show one item: its prompt, answer and judgment, and every completion of its steps with the
+    exact judge request and answer. ITEM is its position, from 0, as the logs number items.
+
+    Example: cftrunner show 20261121-223000-a1b2c3 17
+    """
+    click.echo(service.show_text(_settings(options), run_id, item, as_json))
     return 0
 
 
@@ -294,6 +424,10 @@ def demo(latency: float, show_progress: bool | None) -> int:
 @click.option("--late-delay", type=float, default=30.0, show_default=True)
 @click.option("--judge-malformed", type=click.FloatRange(0, 1), default=0.0,
               help="Share of judge answers that are not valid judgments.")
+@click.option("--judge-truncated", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of judge answers cut off (finish_reason: length).")
+@click.option("--structured-output/--no-structured-output", default=True, show_default=True,
+              help="Whether the judge accepts response_format json_schema (else HTTP 400).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--require-key", metavar="KEY", help="Accept only this bearer token.")
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
@@ -321,34 +455,32 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         _error(exc.format_message())
         code = EXIT_FAILED
-    except InputError as exc:
-        _error(exc.message)
-        code = EXIT_USAGE
-    except RunBusy as exc:
-        _error(exc.message)
-        code = EXIT_BUSY
-    except LeaseLost as exc:
-        _error(f"stopped: {exc.message}")
-        code = EXIT_BUSY
-    except Interrupted as exc:
-        _error(f"stopped: {exc.message}")
-        code = 128 + exc.signum
-    except RunStopped as exc:
-        _error(f"stopped: {exc.message}")
-        code = EXIT_STOPPED
-    except CftrunnerError as exc:
-        _error(exc.message)
-        code = EXIT_STOPPED
-    except sa.exc.SQLAlchemyError as exc:
-        _error(f"state database: {exc.__class__.__name__}: {_first_line(exc)}")
-        code = EXIT_STOPPED
     except KeyboardInterrupt:
         _error("interrupted; the run is intact, resume it")
         code = 130
     except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
-        _error(f"internal error: {exc.__class__.__name__}: {_first_line(exc)}")
-        code = EXIT_SOFTWARE
+        message, code = _outcome(exc)
+        _error(message)
     return int(code or 0)
+
+
+def _outcome(exc: Exception) -> tuple[str, int]:
+    """The one map from an error to its message and exit status."""
+    if isinstance(exc, InputError):
+        return exc.message, EXIT_USAGE
+    if isinstance(exc, RunBusy):
+        return exc.message, EXIT_BUSY
+    if isinstance(exc, LeaseLost):
+        return f"stopped: {exc.message}", EXIT_BUSY
+    if isinstance(exc, Interrupted):
+        return f"stopped: {exc.message}", 128 + exc.signum
+    if isinstance(exc, RunStopped):
+        return f"stopped: {exc.message}", EXIT_STOPPED
+    if isinstance(exc, CftrunnerError):
+        return exc.message, EXIT_STOPPED
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        return f"state database: {exc.__class__.__name__}: {_first_line(exc)}", EXIT_STOPPED
+    return f"internal error: {exc.__class__.__name__}: {_first_line(exc)}", EXIT_SOFTWARE
 
 
 def _first_line(exc: BaseException) -> str:

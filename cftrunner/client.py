@@ -20,7 +20,14 @@ from cftrunner.exceptions import (
     TransientError,
 )
 from cftrunner.limiter import RateLimiter
-from cftrunner.payloads import AddResult, ChatResult, Recommendations, RemoteSnapshot, RemoteTrace
+from cftrunner.payloads import (
+    AddResult,
+    ChatResult,
+    Recommendations,
+    RemoteJob,
+    RemoteSnapshot,
+    RemoteTrace,
+)
 from cftrunner.retry import parse_retry_after
 
 log = structlog.get_logger("cftrunner")
@@ -138,6 +145,9 @@ class PremClient:
             "sortBy": "createdAt", "sortOrder": "desc"})
         return payloads.parse_trace_page(body)
 
+    def finetuning_job(self, job_id: str) -> RemoteJob:
+        return payloads.parse_job(self.request("GET", f"/api/v1/public/finetuning/{job_id}"))
+
     def recommendations(self, snapshot_id: str) -> Recommendations:
         body = self.request("GET", f"/api/v1/public/recommendations/{snapshot_id}")
         return payloads.parse_recommendations(body)
@@ -145,10 +155,11 @@ class PremClient:
     # -- calls with effects --------------------------------------------------------------------
 
     def chat(self, project_id: str, model: str, messages: list[dict[str, str]],
-             temperature: float | None = None) -> ChatResult:
-        body = self.request("POST", "/api/v1/chat/completions",
-                            payloads.chat_body(project_id, model, messages, temperature))
-        return payloads.parse_chat(body)
+             temperature: float | None = None, max_tokens: int | None = None,
+             response_format: dict[str, Any] | None = None) -> ChatResult:
+        body = payloads.chat_body(project_id, model, messages, temperature, max_tokens,
+                                  response_format)
+        return payloads.parse_chat(self.request("POST", "/api/v1/chat/completions", body))
 
     def create_trace(self, body: Any) -> str:
         return payloads.parse_trace_created(self.request("POST", "/api/v1/traces", body))

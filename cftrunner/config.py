@@ -8,10 +8,16 @@ there is one). It is TOML and may hold every setting but the API key::
     model_alias = "my-model-v3"
     prompts = "prompts.json"           # relative paths are relative to the config file's folder
     judge_model = "claude-4.5-sonnet"
+    judge_prompt = "judge.txt"         # the judge prompt template, with {prompt} and {answer}
+                                       # placeholders (default: the built-in one)
     split_percentage = 80              # int 1..99
     interval = "24h"                   # how often tick starts a new cycle: "90s", "30m", "24h", "7d"
                                        # or a number of seconds; > 0
     failed_retry_interval = "1h"       # after a FAILED cycle, tick waits this long before another; >= 0
+    follow = false                     # after the launch, follow the job to TRAINED / TRAIN_FAILED
+    promote = false                    # then compare the new models on holdout_prompts (implies follow)
+    holdout_prompts = "holdout.json"   # prompts never added to the dataset; needed by promote
+    promote_margin = 0.0               # 0..1: a new model may score this much lower and still win
     # where
     db = "sqlite:///state/cftrunner.db"  # a relative sqlite path is relative to the config file's folder
     base_url = "https://studio.premai.io"
@@ -33,13 +39,39 @@ there is one). It is TOML and may hold every setting but the API key::
     reconcile_settle = 15              # >= 0
     lease = 60
     shutdown_grace = 30
+    training = "0s"                    # following a job, per invocation (0: read it once); >= 0
+    training_poll = "60s"              # between two reads of the job within that; > 0
 
     [judge]
-    attempts = 3                       # int >= 1
+    attempts = 3                       # int >= 1: judge answers asked for per item
     temperature = 0.1                  # 0..2
+    max_tokens = 4096                  # int >= 1: the judge answer's length limit
+    structured_output = true           # ask for JSON by schema (response_format) where supported
+
+    [gate]                             # checked before the snapshot; a cycle that fails ends SKIPPED
+    min_traces = 0                     # int >= 0: traces added to the dataset, at least
+    min_below_threshold = 0            # int >= 0: of which scored below score_threshold, at least
+    score_threshold = 0.5              # 0..1
+    max_mean_score = 0.9               # 0..1: their mean score must not be above it (default: none)
+    token_budget = 2000000             # int >= 1: tokens of the cycle's completions (default: none);
+                                       # once used up, no more generating or judging
 
     [api]
     trace_shape = "tutorial"           # "tutorial" | "batch"
+
+    [[cycles]]                         # optional, any number: one cycle each, in this order
+    name = "support"                   # default "project_id/model_alias"; unique in the file
+    project_id = "..."
+    model_alias = "support-v2"
+    prompts = "support.json"           # relative to the config file's folder, as above
+    [cycles.gate]                      # [cycles.judge] and [cycles.gate]: their per-cycle keys
+    min_traces = 1000
+
+Without [[cycles]] the file describes one cycle, by its top-level keys. With them, each entry is a
+cycle and holds only per-cycle keys (the first eight above, judge.temperature, judge.max_tokens,
+judge.structured_output and every gate key) and `name`; those the entry does not set it inherits from
+the top level of the file, the environment or the command line, resolved as for one cycle. An entry
+holding another key is refused, naming the file, the entry (its number from 1, and its name) and the key.
 
 Precedence: command line > environment > file > default. Integers are accepted where numbers are wanted;
 booleans and strings never are. The key comes from --api-key, --api-key-file, API_KEY or PREMAI_API_KEY,
@@ -56,12 +88,22 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cftrunner.exceptions import InputError
-from cftrunner.judge import DEFAULT_JUDGE_MODEL
+from cftrunner.gate import DEFAULT_SCORE_THRESHOLD, GateConfig
+from cftrunner.judge import (
+    DEFAULT_JUDGE_MODEL,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TEMPLATE,
+    JudgeConfig,
+    read_template,
+)
+from cftrunner.loop import LoopConfig
+from cftrunner.prompts import iter_prompts
 from cftrunner.settings import (
     DEFAULT_FAILED_RETRY_INTERVAL,
     DEFAULT_INTERVAL,
@@ -69,6 +111,7 @@ from cftrunner.settings import (
     KEY_BY_NAME,
     KEY_VARIABLES,
     KEYS,
+    TEXT,
     Key,
     Settings,
     apply,
@@ -83,15 +126,25 @@ CONFIG_VARIABLE = "CFTRUNNER_CONFIG"
 COMMAND_LINE = "command line"
 DEFAULT = "default"
 NOT_SET = "(not set)"
-SECTIONS = ("retry", "timeouts", "judge", "api")
+SECTIONS = ("retry", "timeouts", "judge", "gate", "api")
+CYCLES = "cycles"
 CLI_KEYS = frozenset({key.name for key in KEYS} | {"api_key", "config"})
+CYCLE_KEYS = tuple(key for key in KEYS if key.target.startswith("cycle."))
+NAME = Key("name", "cycle.name", TEXT, None)  # a [[cycles]] entry's own, never inherited
+ENTRY_SOURCE = ", [[cycles]] entry "  # in "file /abs/path, [[cycles]] entry N"
 _SQLITE_FILE = re.compile(r"(sqlite(?:\+\w+)?:///)([^?]*)(\?.*)?", re.DOTALL)
+
+
+def cycle_name(project_id: str, model_alias: str, name: str | None = None) -> str:
+    """A cycle's name, the unit tick locks and runs.cycle holds: its own, else "project_id/model_alias"."""
+    return name or f"{project_id}/{model_alias}"
 
 
 @dataclass(frozen=True)
 class Cycle:
     """What `start` and `tick` need besides Settings; None where nothing set it."""
 
+    name: str | None = None  # None: named "project_id/model_alias"
     project_id: str | None = None
     model_alias: str | None = None
     prompts: str | None = None  # an absolute path
@@ -99,6 +152,51 @@ class Cycle:
     split_percentage: int = DEFAULT_SPLIT_PERCENTAGE
     interval: float = DEFAULT_INTERVAL  # seconds between the starts of two cycles
     failed_retry_interval: float = DEFAULT_FAILED_RETRY_INTERVAL  # seconds of rest after a FAILED one
+    judge_prompt: str | None = None  # an absolute path; None for the built-in template
+    judge_temperature: float = DEFAULT_TEMPERATURE
+    judge_max_tokens: int = DEFAULT_MAX_TOKENS
+    structured_output: bool = True
+    gate_min_traces: int = 0
+    gate_min_below_threshold: int = 0
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    gate_max_mean_score: float | None = None
+    token_budget: int | None = None
+    follow: bool = False
+    promote: bool = False
+    holdout_prompts: str | None = None  # an absolute path
+    promote_margin: float = 0.0
+    # Where a [[cycles]] entry's cycle was described ("FILE: [[cycles]] entry N (NAME)"), for messages.
+    origin: str | None = field(default=None, compare=False)
+
+    @property
+    def title(self) -> str:
+        """The cycle's name as tick prints it and --cycle takes it; "?" for a part not set."""
+        return cycle_name(self.project_id or "?", self.model_alias or "?", self.name)
+
+    def judge(self) -> JudgeConfig:
+        """The judge a run of this cycle uses; the template file is read (and checked) here."""
+        template = read_template(self.judge_prompt) if self.judge_prompt else DEFAULT_TEMPLATE
+        return JudgeConfig(template=template, temperature=self.judge_temperature,
+                           max_tokens=self.judge_max_tokens,
+                           structured_output=self.structured_output,
+                           template_source=self.judge_prompt)
+
+    def loop(self) -> LoopConfig:
+        """What the cycle's runs do after the launch; the held-out prompts are read here."""
+        if self.promote and not self.holdout_prompts:
+            raise InputError(f"{self.origin + ': ' if self.origin else ''}promote = true needs "
+                             "holdout_prompts, the prompts file the models are compared on")
+        holdout = tuple(iter_prompts(self.holdout_prompts)) if self.promote and \
+            self.holdout_prompts else ()
+        return LoopConfig(follow=self.follow or self.promote, promote=self.promote,
+                          holdout=holdout, holdout_source=self.holdout_prompts,
+                          margin=self.promote_margin)
+
+    def gate(self) -> GateConfig:
+        return GateConfig(min_traces=self.gate_min_traces,
+                          min_below_threshold=self.gate_min_below_threshold,
+                          score_threshold=self.score_threshold,
+                          max_mean_score=self.gate_max_mean_score, token_budget=self.token_budget)
 
 
 @dataclass(frozen=True)
@@ -106,12 +204,19 @@ class Resolved:
     """Every setting, resolved, and where each came from."""
 
     settings: Settings
-    cycle: Cycle
+    cycles: tuple[Cycle, ...]  # one per [[cycles]] entry, in the file's order; else the one cycle
     log_level: str
     config_path: str | None  # the file actually read
-    # Dotted key -> "command line", "environment VARIABLE", "file /abs/path" or "default".
+    # Dotted key -> "command line", "environment VARIABLE", "file /abs/path" or "default"; for
+    # the per-cycle keys, the first cycle's (with "file /abs/path, [[cycles]] entry N").
     sources: dict[str, str]
     api_key_file: str | None = None  # an absolute path
+    cycle_sources: tuple[dict[str, str], ...] = ()  # per cycle, the sources of its per-cycle keys
+
+    @property
+    def cycle(self) -> Cycle:
+        """The only cycle, or the first of several."""
+        return self.cycles[0]
 
 
 def resolve(cli: Mapping[str, Any], env: Mapping[str, str] = os.environ,
@@ -127,7 +232,7 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str] = os.environ,
         raise ValueError(f"not settings: {sorted(unknown)}")
     here = Path(os.path.abspath(Path.cwd() if cwd is None else cwd))
     config = _config_path(given, env, here)
-    in_file = _read(config) if config else {}
+    in_file, entries = _read(config) if config else ({}, [])
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key in KEYS:
@@ -147,11 +252,32 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str] = os.environ,
     if sources["db"] == DEFAULT:  # sqlite:///state/cftrunner.db, relative to the working directory
         _make_folder(here / "state", None)
     api_key, sources["api_key"] = _api_key(given, env, values["api_key_file"], sources["api_key_file"])
-    cycle = Cycle(**{key.target.removeprefix("cycle."): values[key.name]
-                     for key in KEYS if key.target.startswith("cycle.")})
-    return Resolved(settings=apply(Settings(api_key=api_key), values), cycle=cycle,
-                    log_level=values["log_level"], config_path=str(config) if config else None,
-                    sources=sources, api_key_file=values["api_key_file"])
+    inherited = {key.name: sources[key.name] for key in CYCLE_KEYS}
+    if config and entries:
+        cycles = _entries(config, entries, values, inherited)
+    else:
+        cycles = [(_cycle(values), inherited)]
+    return Resolved(settings=apply(Settings(api_key=api_key), values),
+                    cycles=tuple(cycle for cycle, _ in cycles), log_level=values["log_level"],
+                    config_path=str(config) if config else None, sources=sources | cycles[0][1],
+                    api_key_file=values["api_key_file"],
+                    cycle_sources=tuple(cycle_sources for _, cycle_sources in cycles))
+
+
+def select(resolved: Resolved, name: str | None) -> tuple[Cycle, ...]:
+    """The cycle named `name` (as tick prints it), or every cycle when None; InputError for a
+    name no cycle has."""
+    if name is None:
+        return resolved.cycles
+    chosen = tuple(cycle for cycle in resolved.cycles if cycle.title == name)
+    if not chosen:
+        raise InputError(f"no cycle named {shown(name)}; the cycles are {names(resolved)}")
+    return chosen
+
+
+def names(resolved: Resolved) -> str:
+    """The cycles' names, quoted and separated by commas, for messages."""
+    return ", ".join(shown(cycle.title) for cycle in resolved.cycles)
 
 
 def describe(resolved: Resolved) -> list[tuple[str, str, str]]:
@@ -162,6 +288,19 @@ def describe(resolved: Resolved) -> list[tuple[str, str, str]]:
         if key.name == "api_key_file":
             rows.append(("api_key", redact(resolved.settings.api_key), resolved.sources["api_key"]))
     return rows
+
+
+def describe_cycles(resolved: Resolved) -> list[str]:
+    """One line per [[cycles]] entry, "cycle NAME: KEY = VALUE, ..." for the keys it sets itself;
+    none without [[cycles]]."""
+    lines: list[str] = []
+    for cycle, cycle_sources in zip(resolved.cycles, resolved.cycle_sources, strict=True):
+        if cycle.origin is None:
+            continue
+        own = [f"{key.name} = {_text(key, getattr(cycle, key.target.removeprefix('cycle.')))}"
+               for key in CYCLE_KEYS if ENTRY_SOURCE in cycle_sources[key.name]]
+        lines.append(f"cycle {cycle.title}: {', '.join(own) or 'every key inherited'}")
+    return lines
 
 
 def redact(api_key: str) -> str:
@@ -185,8 +324,9 @@ def _config_path(given: Mapping[str, Any], env: Mapping[str, str], here: Path) -
     return path
 
 
-def _read(path: Path) -> dict[str, Any]:
-    """The file's values by dotted key, unchecked; InputError for what no key can accept."""
+def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The file's top-level values by dotted key, unchecked, and its [[cycles]] tables as written;
+    InputError for what no key can accept."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
@@ -198,22 +338,82 @@ def _read(path: Path) -> dict[str, Any]:
     except ValueError as exc:  # tomllib.TOMLDecodeError: one line that ends with the position
         raise InputError(f"{path}: invalid TOML: {exc}") from None
     _refuse_api_key(document, path, "")
-    flat: dict[str, Any] = {}
-    for name, value in document.items():
-        if name in SECTIONS:
-            if not isinstance(value, dict):
-                raise InputError(f"{path}: {name} must be a table ([{name}]), not {shown(value)}")
-            flat.update({f"{name}.{sub}": item for sub, item in value.items()})
-        elif isinstance(value, dict) and name not in KEY_BY_NAME:
-            raise InputError(f"{path}: unknown section [{name}]{_hint(name, SECTIONS)}")
-        else:
-            flat[name] = value
+    entries = document.pop(CYCLES, [])
+    if not (isinstance(entries, list) and all(isinstance(entry, dict) for entry in entries)):
+        raise InputError(f"{path}: {CYCLES} must be an array of tables ([[{CYCLES}]]), "
+                         f"not {shown(entries)}")
+    flat = _flatten(document, str(path), "")
     for name in flat:
         if name not in KEY_BY_NAME:
-            section = name.rpartition(".")[0]
-            known = [key for key in KEY_BY_NAME if not section or key.rpartition(".")[0] == section]
-            raise InputError(f"{path}: unknown key {name}{_hint(name, known)}")
+            raise InputError(f"{path}: unknown key {name}{_hint(name, [*KEY_BY_NAME, CYCLES])}")
+    return flat, entries
+
+
+def _flatten(table: Mapping[str, Any], label: str, within: str) -> dict[str, Any]:
+    """A table's values by dotted key, its sections' too; InputError for a section that is not a
+    table, or that no key belongs to. `within` prefixes section names in messages ("cycles.")."""
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        if name in SECTIONS:
+            if not isinstance(value, dict):
+                raise InputError(f"{label}: {name} must be a table ([{within}{name}]), "
+                                 f"not {shown(value)}")
+            flat.update({f"{name}.{sub}": item for sub, item in value.items()})
+        elif isinstance(value, dict) and name not in KEY_BY_NAME:
+            hint = _hint(name, [*SECTIONS, *([] if within else [CYCLES])])
+            raise InputError(f"{label}: unknown section [{within}{name}]{hint}")
+        else:
+            flat[name] = value
     return flat
+
+
+def _cycle(values: Mapping[str, Any], name: str | None = None, origin: str | None = None) -> Cycle:
+    return Cycle(name=name, origin=origin, **{key.target.removeprefix("cycle."): values[key.name]
+                                              for key in CYCLE_KEYS})
+
+
+def _entries(config: Path, entries: list[dict[str, Any]], values: Mapping[str, Any],
+             inherited: Mapping[str, str]) -> list[tuple[Cycle, dict[str, str]]]:
+    """Each [[cycles]] entry's cycle, the keys it does not set taken from `values`, with the
+    sources of its keys; InputError for a key that is not per-cycle, or a name used twice."""
+    cycles: list[tuple[Cycle, dict[str, str]]] = []
+    taken: dict[str, int] = {}
+    for number, entry in enumerate(entries, 1):
+        origin = f"{config}: [[{CYCLES}]] entry {number}{_entry_name(entry, values)}"
+        own: dict[str, Any] = {}
+        for dotted, value in _flatten(entry, origin, f"{CYCLES}.").items():
+            key = NAME if dotted == NAME.name else KEY_BY_NAME.get(dotted)
+            if key is None:
+                section = dotted.rpartition(".")[0]
+                known = [NAME.name, *(key.name for key in CYCLE_KEYS
+                                      if not section or key.name.rpartition(".")[0] == section)]
+                raise InputError(f"{origin}: unknown key {dotted}{_hint(dotted, known)}")
+            if key is not NAME and key not in CYCLE_KEYS:
+                raise InputError(f"{origin}: {dotted} is not a per-cycle key; set it at the top "
+                                 "level of the file")
+            own[dotted] = _anchored(key, key.check(value, text=False, label=f"{origin}: {dotted}"),
+                                    config.parent, config)
+        name = own.pop(NAME.name, None)
+        cycle = _cycle({**values, **own}, name, origin)
+        if name or (cycle.project_id and cycle.model_alias):
+            if cycle.title in taken:
+                raise InputError(f"{origin}: name {shown(cycle.title)} is entry {taken[cycle.title]}'s "
+                                 "too; give each cycle its own name")
+            taken[cycle.title] = number
+        source = f"file {config}{ENTRY_SOURCE}{number}"
+        cycles.append((cycle, {**inherited, **{dotted: source for dotted in own}}))
+    return cycles
+
+
+def _entry_name(entry: Mapping[str, Any], values: Mapping[str, Any]) -> str:
+    """" (NAME)" for an entry whose name (its own or the default one) is known before checking."""
+    name = entry.get(NAME.name)
+    if not isinstance(name, str):
+        parts = [entry.get(key, values[key]) for key in ("project_id", "model_alias")]
+        if not all(isinstance(part, str) and part.strip() for part in parts):
+            return ""
+        name = cycle_name(*(part.strip() for part in parts))
+    return f" ({name.strip()})" if name.strip() else ""
 
 
 def _hint(name: str, known: Iterable[str]) -> str:
@@ -290,6 +490,8 @@ def _text(key: Key, value: Any) -> str:
         return NOT_SET
     if key.rule.kind == "duration":
         return duration_text(value)
+    if key.rule.kind == "boolean":
+        return shown(value)
     if key.rule.kind in ("integer", "number"):
         return number_text(value)
     return str(value)

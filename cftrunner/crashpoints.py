@@ -20,6 +20,8 @@ POINTS: tuple[str, ...] = (
     "recs.after_ready",
     *(f"transition.{state}" for state in ("GENERATED", "JUDGED", "TRACED", "ADDED")),
 )
+# Past the launch, reached only by a run that follows its job (and promotes its model).
+LOOP_POINTS: tuple[str, ...] = ("follow.after_end", "promote.after_evaluation")
 
 _hits: Counter[str] = Counter()
 

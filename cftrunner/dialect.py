@@ -94,15 +94,18 @@ def lock_for_migration(conn: sa.Connection) -> None:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
 
 
-def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, **values: Any) -> bool:
-    """INSERT that leaves an existing row with the same primary key alone, on either database;
-    True when the row was inserted. A clash on another unique column still raises."""
+def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table,
+                               key: tuple[str, ...] | None = None, **values: Any) -> bool:
+    """INSERT that leaves an existing row with the same `key` (default: the primary key) alone,
+    on either database; True when the row was inserted. A clash on another unique column still
+    raises."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     statement = (insert(table).values(**values)
-                 .on_conflict_do_nothing(index_elements=list(table.primary_key.columns))
+                 .on_conflict_do_nothing(index_elements=list(key) if key is not None
+                                         else list(table.primary_key.columns))
                  # An INSERT's row count is kept only when asked for (psycopg loses it otherwise).
                  .execution_options(preserve_rowcount=True))
     return conn.execute(statement).rowcount == 1

@@ -4,7 +4,8 @@
     ├── InputError            bad input or usage: nothing was run (CLI exit 2)
     │   ├── PromptsError      the prompts file cannot be used
     │   ├── RunExistsError    `start --run-id` of an id that already exists
-    │   └── RunNotFoundError  no run with that id
+    │   ├── RunNotFoundError  no run with that id
+    │   └── ItemNotFoundError no item at that position in the run
     ├── StaleStateError       a compare-and-set found another state than the one it moves from
     ├── ApiError              the HTTP boundary (mapped from requests in exactly one place)
     │   ├── TransientError    worth trying again later: connection trouble, timeouts, 408, 429, 5xx
@@ -15,7 +16,8 @@
     ├── RunBusy               another live process holds the run's lease (CLI exit 75)
     └── RunStopped            the run cannot go on now; its state is intact and `resume` continues it
         ├── LeaseLost         another process took the run over; this one must not touch it (exit 75)
-        └── Interrupted       SIGTERM or SIGINT asked the process to stop (exit 128 + signal)
+        ├── Interrupted       SIGTERM or SIGINT asked the process to stop (exit 128 + signal)
+        └── StillTraining     the followed job is still training: look again later (exit 0)
 
 Each ApiError says whether the request may have reached the server (`maybe_happened`); that single
 bit decides between sending again and reconciling against remote state first.
@@ -51,12 +53,20 @@ class RunNotFoundError(InputError):
     """No run with that id."""
 
 
+class ItemNotFoundError(InputError):
+    """No item at that position in the run."""
+
+
 class StaleStateError(CftrunnerError):
     """The run or item is no longer in the state this change moves it from."""
 
 
 class JudgeOutputError(CftrunnerError):
     """The judge answer is not a valid judgment."""
+
+    def __init__(self, message: str | None = None, kind: str = "judge_malformed") -> None:
+        super().__init__(message)
+        self.kind = kind  # "judge_malformed", or "judge_truncated" for an answer cut off
 
 
 class RunStopped(CftrunnerError):
@@ -121,3 +131,7 @@ class AuthError(RejectedError):
 
 class BadResponseError(ApiError):
     """The Prem API answered with a body that cannot be read."""
+
+
+class StillTraining(RunStopped):
+    """The fine-tuning job the run follows is still training; a later resume looks again."""

@@ -6,11 +6,15 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
-from cftrunner.exceptions import JudgeOutputError
+from cftrunner.exceptions import InputError, JudgeOutputError
 
 DEFAULT_JUDGE_MODEL = "claude-4.5-sonnet"
+DEFAULT_TEMPERATURE = 0.1
+DEFAULT_MAX_TOKENS = 4096
 FEEDBACK_LIMIT = 2048
 
 DEFAULT_TEMPLATE = """\
@@ -42,6 +46,25 @@ REMINDER = (
     "where score is a number from 0 to 1, and nothing else."
 )
 
+# What structured output asks of the judge; the answer is validated all the same.
+RESPONSE_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "judgment",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "feedback": {"type": "string"},
+                "reasoning": {"type": "string"},
+                "score": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+            "required": ["feedback", "reasoning", "score"],
+            "additionalProperties": False,
+        },
+    },
+}
+
 _PLACEHOLDER = re.compile(r"\{(prompt|answer)\}")
 _FENCE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n?(.*?)```", re.DOTALL)
 _FIELDS = ("feedback", "reasoning", "score")
@@ -54,6 +77,44 @@ class Judgment:
     feedback: str
     reasoning: str
     score: float
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """How a run asks its judge: fixed when the run is created, so a resume asks the same way."""
+
+    template: str = DEFAULT_TEMPLATE
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
+    structured_output: bool = True
+    template_source: str | None = None  # the file it was read from; None for the default
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> JudgeConfig:
+        """The stored config; a run stored before there was one judged with the defaults."""
+        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def response_format(self) -> dict[str, Any] | None:
+        return RESPONSE_FORMAT if self.structured_output else None
+
+
+def read_template(path: str) -> str:
+    """A judge prompt template file, checked to hold both placeholders; InputError if not."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InputError(f"cannot read the judge prompt {path}: {reason}") from None
+    found = set(_PLACEHOLDER.findall(text))
+    if missing := [name for name in ("prompt", "answer") if name not in found]:
+        raise InputError(f"the judge prompt {path} lacks the "
+                         + " and ".join("{" + name + "}" for name in missing)
+                         + " placeholder" + ("s" if len(missing) > 1 else ""))
+    return text
 
 
 def judge_prompt(prompt: str, answer: str, template: str = DEFAULT_TEMPLATE) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cftrunner.states import ITEM_FAILED, ItemStage, RunState
+from cftrunner.states import ITEM_FAILED, TERMINAL, ItemStage, RunState
 
 
 class EffectStatus(enum.StrEnum):
@@ -61,6 +61,26 @@ class Run:
     cycle: str | None = None
     cancel_requested: bool = False
     lease: LeaseInfo | None = None
+    judge_config: dict[str, Any] | None = None  # judge.JudgeConfig as stored; None before 0004
+    gate_config: dict[str, Any] | None = None  # gate.GateConfig as stored; None: no gate
+    gate_result: dict[str, Any] | None = None  # what the gate found, once it has looked
+    skip_reason: str | None = None
+    loop_config: dict[str, Any] | None = None  # loop.LoopConfig as stored; None: neither
+    training: dict[str, Any] | None = None  # the job and its experiments as last read
+    promotion: dict[str, Any] | None = None  # the promotion decision, its scores and reason
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more to do: a terminal state, or LAUNCHED (TRAINED) when the run does not
+        follow its job (promote its model)."""
+        if self.state in TERMINAL:
+            return True
+        loop = self.loop_config or {}
+        if self.state is RunState.LAUNCHED:
+            return not loop.get("follow")
+        if self.state is RunState.TRAINED:
+            return not loop.get("promote")
+        return False
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,26 @@ class Item:
     @property
     def failed(self) -> bool:
         return self.stage in ITEM_FAILED
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One chat completion of an item's step, as received (or refused), with its token count."""
+
+    id: int
+    run_id: str
+    item_id: int
+    kind: str  # "generate" | "judge"
+    attempt: int
+    outcome: str  # "ok", or why the answer was not used: "malformed", "truncated", "rejected"
+    at: datetime
+    request: dict[str, Any] | None = None
+    content: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

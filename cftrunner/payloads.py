@@ -14,9 +14,28 @@ TRACE_SHAPES = ("tutorial", "batch")
 
 @dataclass(frozen=True)
 class ChatResult:
+    """One chat completion; `usage` is the answer's usage object as sent, {} when it has none."""
+
     content: str
     finish_reason: str | None
     usage: dict[str, Any]
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return _token_count(self.usage.get("prompt_tokens"))
+
+    @property
+    def completion_tokens(self) -> int | None:
+        return _token_count(self.usage.get("completion_tokens"))
+
+    @property
+    def tokens(self) -> int | None:
+        """All tokens: `total_tokens` when readable, else prompt plus completion, else None."""
+        total = _token_count(self.usage.get("total_tokens"))
+        if total is not None:
+            return total
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        return None if prompt is None or completion is None else prompt + completion
 
 
 @dataclass(frozen=True)
@@ -77,11 +96,26 @@ def _first_str(obj: dict[str, Any], *keys: str) -> str | None:
     return None
 
 
+def _token_count(value: Any) -> int | None:
+    """A usage count: a non-negative whole number (12.0 counts as 12); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value >= 0 else None
+
+
 def chat_body(project_id: str, model: str, messages: list[dict[str, str]],
-              temperature: float | None = None) -> dict[str, Any]:
+              temperature: float | None = None, max_tokens: int | None = None,
+              response_format: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The completion request; the optional fields are sent only when given."""
     body: dict[str, Any] = {"project_id": project_id, "model": model, "messages": messages}
     if temperature is not None:
         body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_completion_tokens"] = max_tokens
+    if response_format is not None:
+        body["response_format"] = response_format
     return body
 
 
@@ -256,3 +290,69 @@ def experiments_to_launch(experiments: list[dict[str, Any]]) -> list[dict[str, A
     """The recommended experiments without the two advisory keys, everything else unchanged."""
     return [{k: v for k, v in exp.items() if k not in ("recommended", "reason_for_recommendation")}
             for exp in experiments if exp.get("recommended") is True]
+
+
+# What the API says of a fine-tuning job and its experiments (prem-api.md). Statuses not listed
+# are read as still going, so an unknown new status never ends a job early.
+EXPERIMENT_SUCCEEDED = "succeeded"
+EXPERIMENT_ENDED = frozenset({"succeeded", "failed", "deleted", "cancelled", "canceled", "error"})
+JOB_FAILED = frozenset({"failed", "cancelled", "canceled", "error"})
+JOB_ENDED = JOB_FAILED | {"completed", "succeeded"}
+
+
+@dataclass(frozen=True)
+class RemoteExperiment:
+    id: str | None
+    number: int | None
+    status: str
+    model_id: str | None
+    base_model_id: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == EXPERIMENT_SUCCEEDED and self.model_id is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "number": self.number, "status": self.status,
+                "model_id": self.model_id, "base_model_id": self.base_model_id}
+
+
+@dataclass(frozen=True)
+class RemoteJob:
+    id: str | None
+    status: str
+    experiments: tuple[RemoteExperiment, ...]
+
+    @property
+    def ended(self) -> bool:
+        """Every experiment ended, or the job failed as a whole; a job without experiments
+        listed ends when its status says so."""
+        if self.experiments:
+            return (all(e.status in EXPERIMENT_ENDED for e in self.experiments)
+                    or self.status in JOB_FAILED)
+        return self.status in JOB_ENDED
+
+
+def _experiment(obj: dict[str, Any]) -> RemoteExperiment:
+    meta = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
+    number = obj.get("experiment_number", obj.get("experimentNumber"))
+    return RemoteExperiment(
+        id=_first_str(obj, "id", "experiment_id", "experimentId"),
+        number=number if isinstance(number, int) and not isinstance(number, bool) else None,
+        status=(_first_str(obj, "status") or "").lower(),
+        model_id=_first_str(obj, "model_id", "modelId") or _first_str(meta, "model_id", "modelId"),
+        base_model_id=_first_str(obj, "base_model_id", "baseModelId"))
+
+
+def parse_job(body: Any) -> RemoteJob:
+    """A fine-tuning job as `GET /api/v1/public/finetuning/{id}` answers it."""
+    if isinstance(body, dict) and isinstance(body.get("job"), dict):
+        body = body["job"]
+    if not isinstance(body, dict):
+        raise _bad("a fine-tuning job answer is not an object")
+    experiments = body.get("experiments")
+    return RemoteJob(
+        id=_first_str(body, "id", "job_id", "jobId"),
+        status=(_first_str(body, "status") or "").lower(),
+        experiments=tuple(_experiment(e) for e in experiments if isinstance(e, dict))
+        if isinstance(experiments, list) else ())

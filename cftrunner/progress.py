@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cftrunner.render import duration
-from cftrunner.states import TERMINAL, ItemStage, RunState
+from cftrunner.states import ENDS_UNLESS_LOOPING, TERMINAL, ItemStage, RunState
 
 WINDOW_SECONDS = 20.0  # the rate is taken over this much recent time
 
@@ -31,6 +31,11 @@ ACTIVITY: dict[RunState, str] = {
     RunState.LAUNCHED: "the fine-tuning job is launched",
     RunState.FAILED: "it cannot reach LAUNCHED",
     RunState.CANCELLED: "stopped for good on request",
+    RunState.SKIPPED: "the gate found the cycle not worth a fine-tuning job",
+    RunState.TRAINED: "the job trained; comparing the new models",
+    RunState.TRAIN_FAILED: "the job ended with no model",
+    RunState.PROMOTED: "a new model is promoted",
+    RunState.NOT_PROMOTED: "no new model was promoted",
 }
 
 
@@ -55,7 +60,8 @@ def stage_counts(counts: Mapping[str, int]) -> list[StageCounts]:
     passed the earlier ones)."""
     passed = [counts.get(ok.value, 0) for _, ok, _ in STAGES]
     failed = [counts.get(bad.value, 0) for _, _, bad in STAGES]
-    total = sum(counts.values())
+    # Items skipped when the token budget ran out reach no stage any more.
+    total = sum(counts.values()) - counts.get(ItemStage.SKIPPED.value, 0)
     return [StageCounts(name, total - sum(failed[:k]), sum(passed[k:]) + sum(failed[k + 1:]),
                         failed[k])
             for k, (name, _, _) in enumerate(STAGES)]
@@ -151,6 +157,6 @@ class Tracker:
         if self.state is None:
             return f"run {self.run_id}"
         line = f"run {self.run_id}  {self.state.value}: {ACTIVITY[self.state]}"
-        if self.state in TERMINAL:
+        if self.state in TERMINAL or self.state in ENDS_UNLESS_LOOPING:
             return line
         return f"{line}  ({duration(self._now - self._since)})"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-from cftrunner.models import RunSummary
+from cftrunner.models import Completion, Item, RunSummary
 from cftrunner.states import ITEM_FAILED, ItemStage
 
 
@@ -51,6 +52,12 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "cancel_requested": run.cancel_requested,
         "cycle": run.cycle,
         "failure_reason": run.failure_reason,
+        "skip_reason": run.skip_reason,
+        "gate": run.gate_result,
+        "follow": bool((run.loop_config or {}).get("follow")),
+        "promote": bool((run.loop_config or {}).get("promote")),
+        "training": run.training,
+        "promotion": run.promotion,
         "last_error": run.last_error,
         "created_at": run.created_at.isoformat(),
         "updated_at": run.updated_at.isoformat(),
@@ -84,7 +91,8 @@ def table(summaries: list[RunSummary], now: datetime) -> str:
         owner = _owner(s, now) or "-"
         rows.append((s.run.id, s.run.state.value, str(s.total_items), str(_failed(s)),
                      age(s.run.created_at, now), owner,
-                     _one_line(s.run.failure_reason or s.run.last_error, 60)))
+                     _one_line(s.run.failure_reason or s.run.skip_reason or s.run.last_error,
+                               60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
                      for r in rows)
@@ -117,6 +125,67 @@ def detail(summary: RunSummary, now: datetime) -> str:
         lines.append(("cancel", "requested; the run stops at its next checkpoint"))
     if run.failure_reason:
         lines.append(("failed", run.failure_reason))
+    if run.skip_reason:
+        lines.append(("skipped", run.skip_reason))
+    if run.training:
+        experiments = run.training.get("experiments") or []
+        lines.append(("training", f"job {run.training.get('status') or '?'}: " + (", ".join(
+            f"{e.get('number') or '?'} {e.get('status')}"
+            + (f" -> {e['model_id']}" if e.get("model_id") else "") for e in experiments)
+            or "no experiments listed")))
+    if run.promotion:
+        verdict = "promoted " + str(run.promotion.get("model_id")) if run.promotion.get(
+            "promoted") else "not promoted"
+        lines.append(("promotion", f"{verdict}: {run.promotion.get('reason')}"))
     if run.last_error:
         lines.append(("last error", _one_line(run.last_error, 200)))
     return "\n".join(f"{key:<11}{value}" for key, value in lines)
+
+
+def item_to_json(item: Item, completions: list[Completion]) -> dict[str, Any]:
+    """An item with every completion of its steps, each judge request and answer exactly."""
+    return {
+        "run_id": item.run_id, "item": item.position, "stage": item.stage.value,
+        "prompt": item.prompt, "answer": item.answer, "score": item.score,
+        "feedback": item.feedback, "reasoning": item.reasoning,
+        "judge_attempts": item.judge_attempts, "trace_id": item.trace_id,
+        "add_status": item.add_status, "datapoint_id": item.datapoint_id,
+        "processing_status": item.processing_status, "error_kind": item.error_kind,
+        "error": item.error,
+        "completions": [{
+            "kind": c.kind, "attempt": c.attempt, "outcome": c.outcome, "at": c.at.isoformat(),
+            "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "total_tokens": c.total_tokens,
+            "error": c.error, "request": c.request, "answer": c.content,
+        } for c in completions],
+    }
+
+
+def item_detail(item: Item, completions: list[Completion]) -> str:
+    """What `show` prints: the item, then each completion with the judge's request and answer
+    in full, so that any score can be checked against what the judge saw and said."""
+    lines = [f"run {item.run_id}, item {item.position}: {item.stage.value}"]
+    if item.score is not None:
+        lines.append(f"score {item.score:g} after {item.judge_attempts} judge answer(s)")
+    for name, value in (("trace", item.trace_id), ("addition", item.add_status),
+                        ("error", f"{item.error_kind}: {item.error}" if item.error else None)):
+        if value:
+            lines.append(f"{name} {value}")
+    lines += ["", "== prompt", item.prompt, "", "== answer", item.answer or "(none yet)"]
+    if item.feedback is not None:
+        lines += ["", "== feedback", item.feedback, "", "== reasoning", item.reasoning or ""]
+    for c in completions:
+        tokens = "-" if c.total_tokens is None else str(c.total_tokens)
+        head = (f"== {c.kind} attempt {c.attempt}: {c.outcome}, finish_reason "
+                f"{c.finish_reason or '-'}, {tokens} tokens, at {c.at:%Y-%m-%d %H:%M:%S} UTC")
+        lines += ["", head]
+        if c.error:
+            lines.append(f"-- error: {c.error}")
+        if c.request is not None:
+            settings = {k: v for k, v in c.request.items() if k not in ("messages", "project_id")}
+            lines.append("-- request " + json.dumps(settings, ensure_ascii=False))
+            for message in c.request.get("messages") or []:
+                lines += [f"-- {message.get('role')}:", str(message.get("content"))]
+        if c.content is not None:
+            lines += ["-- judge answer:", c.content]
+    return "\n".join(lines)

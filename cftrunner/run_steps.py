@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cftrunner import crashpoints, payloads
+from cftrunner import crashpoints, gate, payloads
 from cftrunner.exceptions import ApiError, RunStopped
+from cftrunner.gate import GateConfig
+from cftrunner.loop import LoopConfig
 from cftrunner.models import Run
 from cftrunner.payloads import RemoteTrace
 from cftrunner.states import ItemStage, RunState
@@ -104,9 +106,31 @@ def _read_traces(r: Runner, run: Run, wanted: set[str], since: datetime) -> dict
     return found
 
 
+def _gate_passes(r: Runner, run: Run) -> bool:
+    """Check the run's gate; end it SKIPPED, with the reason, if the gate says no.
+
+    Once the snapshot's intent is stored the gate has already said yes: not asked again."""
+    if r.store.effect(run.id, "snapshot") is not None:
+        return True
+    config = GateConfig.from_json(run.gate_config)
+    verdict = gate.evaluate(config, r.store.gate_facts(run.id, config.score_threshold))
+    with r.tx() as tx:
+        if verdict.passed:
+            tx.update_run(run.id, run.state, gate_result=verdict.to_json())
+        else:
+            tx.transition_run(run.id, run.state, RunState.SKIPPED, skip_reason=verdict.reason,
+                              gate_result=verdict.to_json())
+    log.info("gate", passed=verdict.passed, reason=verdict.reason or None,
+             traces_added=verdict.facts.traces_added, mean_score=verdict.facts.mean_score,
+             tokens_used=verdict.facts.tokens_used)
+    return verdict.passed
+
+
 def snapshot(r: Runner, run: Run) -> None:
     _wait(r, "waiting for the platform's corrections", r.settings.processing_timeout,
           lambda: _corrections_settled(r, run))
+    if not _gate_passes(r, run):
+        return
     if not r.store.items(run.id, ItemStage.ADDED):
         _fail_run(r, run, "no item was added to the dataset")
         return
@@ -166,11 +190,23 @@ def recommendations(r: Runner, run: Run) -> None:
         crashpoints.reach("recs.after_ready")
 
 
+def retuned(experiments: list[dict[str, Any]], loop: LoopConfig) -> list[dict[str, Any]]:
+    """The experiments to launch: when the run's model came from a promoted experiment, each
+    re-tunes from it, on the original base model (prem-api.md)."""
+    parent = loop.retune_from
+    if not parent or not parent.get("experiment_id"):
+        return experiments
+    base = {"base_model_id": parent["base_model_id"]} if parent.get("base_model_id") else {}
+    return [{**e, **base, "refinetune_from_experiment_id": parent["experiment_id"]}
+            for e in experiments]
+
+
 def launch(r: Runner, run: Run) -> None:
     assert run.snapshot_id is not None and run.experiments
+    experiments = retuned(run.experiments, LoopConfig.from_json(run.loop_config))
     r.effect(
         run, "launch", "launch", None,
-        {"snapshot_id": run.snapshot_id, "name": run.job_name, "experiments": run.experiments},
+        {"snapshot_id": run.snapshot_id, "name": run.job_name, "experiments": experiments},
         send=lambda req: {"job_id": r.client.create_finetuning_job(
             req["snapshot_id"], req["name"], req["experiments"])},
         reconcile=lambda eff: r.reconcile.launch(run, eff),

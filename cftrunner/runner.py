@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
 
-from cftrunner import claims, crashpoints, run_steps, steps
+from cftrunner import claims, crashpoints, loop, run_steps, steps
 from cftrunner.client import PremClient, Timeouts
 from cftrunner.exceptions import (
     ApiError,
@@ -28,17 +28,21 @@ from cftrunner.exceptions import (
     RejectedError,
     RunBusy,
     RunStopped,
+    StillTraining,
     TransientError,
 )
+from cftrunner.gate import GateConfig
+from cftrunner.judge import JudgeConfig
 from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
 from cftrunner.limiter import RateLimiter
+from cftrunner.loop import LoopConfig
 from cftrunner.models import Effect, EffectStatus, Item, Run
 from cftrunner.reconcile import Reconciler
 from cftrunner.retry import next_delay, rate_limited
 from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
-from cftrunner.states import TERMINAL, RunState
+from cftrunner.states import RunState
 from cftrunner.store import Store
 from cftrunner.transaction import Tx
 
@@ -59,6 +63,9 @@ class RunSpec:
     judge_model: str
     split_percentage: int = 80
     run_id: str | None = None
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
 
 def new_run_id() -> str:
@@ -87,6 +94,10 @@ class Runner:
         self.worker: Lease | None = None  # this process's claim on some of the run's items
         self._worker_beat: Heartbeat | None = None
         self._cancel_checked = 0.0
+        self.tokens = TokenMeter(store)
+        # Set once the API refuses the judge's response_format: ask this process's later
+        # judgments without it.
+        self.structured_refused = False
 
     def create(self, spec: RunSpec, prompts: Iterable[str], cycle: str | None = None) -> Run:
         """Store a new run with its items, holding its lease from the first moment."""
@@ -106,7 +117,8 @@ class Runner:
             # Unique to the run, so the job can be found again when its creation answer is lost.
             job_name=f"cftrunner-{run_id}-{secrets.token_hex(4)}",
             state=RunState.CREATED, created_at=now, updated_at=now, state_changed_at=now,
-            cycle=cycle)
+            cycle=cycle, judge_config=spec.judge.to_json(), gate_config=spec.gate.to_json(),
+            loop_config=spec.loop.to_json())
 
     def take(self, run_id: str) -> Run:
         """Hold the run's lease: free, expired, or left by an owner provably dead on this host."""
@@ -200,7 +212,7 @@ class Runner:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             self.join(run_id)
-            while run.state not in TERMINAL:
+            while not run.finished:
                 self.checkpoint()
                 HANDLERS[run.state](self, run)
                 run = self.store.run(run_id)
@@ -212,6 +224,10 @@ class Runner:
                 tx.transition_run(run_id, run.state, RunState.CANCELLED,
                                   failure_reason="cancelled on request")
             log.warning("run_cancelled", state=run.state.value)
+            run = self.store.run(run_id)
+        except StillTraining as exc:
+            # Not an error: the job trains for hours; the next resume or tick looks again.
+            log.info("still_training", reason=exc.message)
             run = self.store.run(run_id)
         except LeaseLost as exc:
             log.error("lease_lost", reason=exc.message)
@@ -236,7 +252,7 @@ class Runner:
         """Work on the run's items beside any other workers, on this host or others; once none
         is left, take the run through its run-level steps unless another process holds it."""
         run = self.store.run(run_id)
-        if run.state in TERMINAL:
+        if run.finished:
             return run
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
@@ -401,6 +417,38 @@ class Runner:
         crashpoints.reach(f"{kind}.after_outcome")
 
 
+class TokenMeter:
+    """The tokens a run has used, counted as completions come in; read again from the store
+    every few seconds, so that the tokens of other workers count too."""
+
+    REFRESH_SECONDS = 2.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._used: dict[str, int] = {}
+        self._read_at: dict[str, float] = {}
+
+    def used(self, run_id: str) -> int:
+        with self._lock:
+            if time.monotonic() - self._read_at.get(run_id, -self.REFRESH_SECONDS) \
+                    >= self.REFRESH_SECONDS:
+                self._used[run_id] = self.store.tokens_used(run_id)
+                self._read_at[run_id] = time.monotonic()
+            return self._used[run_id]
+
+    def add(self, run_id: str, tokens: int | None) -> None:
+        """Count tokens stored just now, until the next read includes them."""
+        with self._lock:
+            if tokens and run_id in self._used:
+                self._used[run_id] += tokens
+
+    def exhausted(self, run: Run) -> int | None:
+        """The run's token budget when it is used up; None while tokens are left, or without one."""
+        budget = GateConfig.from_json(run.gate_config).token_budget
+        return budget if budget is not None and self.used(run.id) >= budget else None
+
+
 HANDLERS: dict[RunState, Callable[[Runner, Run], None]] = {
     RunState.CREATED: steps.item_stage,
     RunState.GENERATED: steps.item_stage,
@@ -409,4 +457,6 @@ HANDLERS: dict[RunState, Callable[[Runner, Run], None]] = {
     RunState.ADDED: run_steps.snapshot,
     RunState.SNAPSHOT: run_steps.recommendations,
     RunState.RECS_READY: run_steps.launch,
+    RunState.LAUNCHED: loop.follow,
+    RunState.TRAINED: loop.promote,
 }

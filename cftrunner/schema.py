@@ -68,6 +68,18 @@ runs = sa.Table(
     sa.Column("lease_pid", sa.Integer),
     sa.Column("lease_started", varchar(32)),
     sa.Column("lease_expires_at", UTCDateTime),
+    # Fixed when the run is created, so a resume judges and gates as the start did: the judge
+    # prompt template and its request settings, and the gate's conditions (judge.py, gate.py).
+    sa.Column("judge_config", sa.JSON),
+    sa.Column("gate_config", sa.JSON),
+    # What the gate found before the snapshot: its figures, verdict and reasons.
+    sa.Column("gate_result", sa.JSON),
+    sa.Column("skip_reason", sa.Text),
+    # After the launch (loop.py): whether to follow the job and promote its model, fixed when
+    # the run is created; the job as last read; the promotion decision.
+    sa.Column("loop_config", sa.JSON),
+    sa.Column("training", sa.JSON),
+    sa.Column("promotion", sa.JSON),
 )
 
 # One row per configuration cycle, locked while tick decides whether to start a run for it.
@@ -118,6 +130,44 @@ workers = sa.Table(
     sa.Column("started", varchar(32), nullable=False),
     sa.Column("joined_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# Every chat completion an item's steps received (or were refused): the audit trail of the
+# judge, and the token count of the run. A judge row holds the exact request and answer.
+completions = sa.Table(
+    "completions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id"), nullable=False, index=True),
+    sa.Column("kind", varchar(16), nullable=False),  # "generate" | "judge"
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("request", sa.JSON),
+    sa.Column("content", sa.Text),
+    sa.Column("finish_reason", varchar(32)),
+    sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("total_tokens", sa.Integer),
+    sa.Column("outcome", varchar(32), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+# Held-out prompts answered and judged to compare the new models with the current one.
+evaluations = sa.Table(
+    "evaluations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("model_id", varchar(500), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("answer", sa.Text),
+    sa.Column("score", sa.Float),
+    sa.Column("judge_raw", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("tokens", sa.Integer),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("run_id", "model_id", "position"),
 )
 
 effects = sa.Table(

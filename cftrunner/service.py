@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cftrunner import render
-from cftrunner.config import Resolved
+from cftrunner.config import Cycle, Resolved, cycle_name
 from cftrunner.display import Display, no_display
-from cftrunner.exceptions import InputError, RunBusy, RunExistsError
+from cftrunner.exceptions import (
+    InputError,
+    Interrupted,
+    ItemNotFoundError,
+    RunBusy,
+    RunExistsError,
+)
 from cftrunner.lease import busy, current_owner, keeps_out, provably_dead
 from cftrunner.models import Run
 from cftrunner.prompts import iter_prompts
@@ -20,9 +27,9 @@ from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
-from cftrunner.states import TERMINAL, RunState
+from cftrunner.states import RunState
 from cftrunner.store import Store
-from cftrunner.tick import Decision, cycle_name
+from cftrunner.tick import Decision
 from cftrunner.tick import tick as run_tick
 
 MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
@@ -34,9 +41,9 @@ def _check_run_id(run_id: str) -> None:
 
 
 def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
-          stop: Stop | None = None, display: Display = no_display) -> Run:
+          stop: Stop | None = None, display: Display = no_display, cycle: str | None = None) -> Run:
     """Check everything, store the run with its items, announce its id, then drive it (with
-    `display` showing its progress)."""
+    `display` showing its progress). `cycle`: the configured cycle's own name, if it has one."""
     if spec.run_id is not None:
         _check_run_id(spec.run_id)
     if not settings.api_key:
@@ -54,7 +61,7 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
         spec = replace(spec, run_id=spec.run_id or new_run_id(),
                        prompts_source=str(Path(spec.prompts_source).resolve()))
         try:
-            run = runner.create(spec, prompts, cycle_name(spec.project_id, spec.model_alias))
+            run = runner.create(spec, prompts, cycle_name(spec.project_id, spec.model_alias, cycle))
         except RunExistsError:
             _raise_if_driven(store.run(spec.run_id or ""))
             raise
@@ -86,7 +93,7 @@ def resume(settings: Settings, run_id: str, stop: Stop | None = None,
     store = Store(settings.db_url)
     try:
         run = store.run(run_id)
-        if run.state in TERMINAL:
+        if run.finished:
             return run
         if not settings.api_key:
             raise InputError(MISSING_KEY)
@@ -98,22 +105,55 @@ def resume(settings: Settings, run_id: str, stop: Stop | None = None,
 
 
 def tick(resolved: Resolved, on_created: Callable[[str], None], stop: Stop | None = None,
-         display: Display = no_display) -> tuple[Decision, Run | None]:
+         display: Display = no_display, cycle: Cycle | None = None) -> tuple[Decision, Run | None]:
+    """Resume `cycle`'s unfinished run (by default the only or first cycle), start one when due,
+    or decide to wait."""
     if not resolved.settings.api_key:
         raise InputError(MISSING_KEY)
     store = Store(resolved.settings.db_url)
     try:
-        return run_tick(Runner(store, resolved.settings, stop=stop), resolved.cycle, on_created,
-                        display)
+        return run_tick(Runner(store, resolved.settings, stop=stop), cycle or resolved.cycle,
+                        on_created, display)
     finally:
         store.close()
+
+
+@dataclass(frozen=True)
+class Ticked:
+    """What a tick did for one cycle: its decision and run, or the error that ended its turn."""
+
+    cycle: Cycle
+    decision: Decision | None = None
+    run: Run | None = None
+    error: Exception | None = None
+
+
+def tick_each(resolved: Resolved, cycles: Iterable[Cycle], stop: Stop | None = None,
+              display: Display = no_display) -> Iterator[Ticked]:
+    """Tick each cycle in turn, each in isolation: an error ends its own turn, not the others'.
+    A stop (SIGTERM, SIGINT) ends them all."""
+    if not resolved.settings.api_key:
+        raise InputError(MISSING_KEY)
+    for cycle in cycles:
+        if stop is not None and stop.requested:
+            signum = stop.signum or signal.SIGTERM
+            raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} before cycle "
+                                      f"{cycle.title}")
+        try:
+            decision, run = tick(resolved, lambda _run_id: None, stop, display, cycle)
+        except Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported as this cycle's outcome, by the caller
+            yield Ticked(cycle, error=exc)
+        else:
+            yield Ticked(cycle, decision, run)
 
 
 def cancel(settings: Settings, run_id: str) -> str:
     """Cancel a run: at once when nobody drives it, else at the driver's next checkpoint."""
     store = Store(settings.db_url)
     try:
-        if not store.request_cancel(run_id):
+        if store.run(run_id).finished or not store.request_cancel(run_id):
             return _already_ended(store.run(run_id))
         runner = Runner(store, settings)
         try:
@@ -121,7 +161,7 @@ def cancel(settings: Settings, run_id: str) -> str:
         except RunBusy as busy:
             return f"cancel requested: {busy.message}; it stops at its next checkpoint"
         try:
-            if run.state in TERMINAL:  # it ended between the request and the lease
+            if run.finished:  # it ended between the request and the lease
                 return _already_ended(run)
             with runner.tx() as tx:
                 tx.transition_run(run_id, run.state, RunState.CANCELLED,
@@ -150,6 +190,23 @@ def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
         store.close()
 
 
+def show_text(settings: Settings, run_id: str, position: int, as_json: bool) -> str:
+    store = Store(settings.db_url)
+    try:
+        run = store.run(run_id)
+        item = store.item_at(run.id, position)
+        if item is None:
+            raise ItemNotFoundError(f"run {run_id} has no item {position} (items are numbered "
+                                    "from 0, as in the logs)")
+        completions = store.completions(item.id)
+        if as_json:
+            return json.dumps(render.item_to_json(item, completions), indent=2,
+                              ensure_ascii=False)
+        return render.item_detail(item, completions)
+    finally:
+        store.close()
+
+
 DEMO_MODEL = "demo-safety-classifier-v1"
 
 
@@ -170,18 +227,20 @@ def demo(prompts_file: Path, latency: float, on_created: Callable[[str], None],
 
 def serve_sandbox(*, host: str, port: int, latency: float, error_rate: float, rate_limit: float,
                   retry_after: float, max_rps: float | None, burst: int, drop_rate: float,
-                  late_rate: float, late_delay: float, judge_malformed: float, seed: int,
+                  late_rate: float, late_delay: float, judge_malformed: float,
+                  judge_truncated: float, structured_output: bool, seed: int,
                   require_key: str | None, verbose: bool, announce: Callable[[str], None]) -> None:
     from cftrunner.sandbox import DEFAULT_PROJECT_ID, FaultRule, Sandbox
 
     sandbox = Sandbox(api_key=require_key, latency=latency, seed=seed, rate_limit_rps=max_rps,
-                      rate_limit_burst=burst)
+                      rate_limit_burst=burst, structured_output=structured_output)
     rules: list[dict[str, Any]] = [
         {"kind": "status", "status": 429, "retry_after": retry_after, "probability": rate_limit},
         {"kind": "status", "status": 503, "probability": error_rate},
         {"kind": "drop", "probability": drop_rate},
         {"kind": "late", "delay": late_delay, "probability": late_rate},
         {"kind": "malformed", "route": "chat", "judge": True, "probability": judge_malformed},
+        {"kind": "truncated", "route": "chat", "judge": True, "probability": judge_truncated},
     ]
     for rule in rules:
         if rule["probability"] > 0:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cftrunner.exceptions import InputError
-from cftrunner.judge import DEFAULT_JUDGE_MODEL
+from cftrunner.gate import DEFAULT_SCORE_THRESHOLD
+from cftrunner.judge import DEFAULT_JUDGE_MODEL, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from cftrunner.retry import RetryPolicy
 
 DEFAULT_BASE_URL = "https://studio.premai.io"
@@ -34,7 +35,6 @@ class Settings:
     read_timeout: float = 120.0
     trace_shape: str = "tutorial"
     judge_attempts: int = 3
-    judge_temperature: float = 0.1
     poll_interval: float = 5.0
     # Bounds on waiting within one invocation; past them the run stops intact and resume goes on.
     processing_timeout: float = 1800.0
@@ -54,12 +54,17 @@ class Settings:
     concurrency: int = 8
     # A ceiling on requests per second across the run; None for none.
     max_rps: float | None = None
+    # How long one invocation follows a training job (0: read it once), and how often.
+    training_timeout: float = 0.0
+    training_poll: float = 60.0
 
 
-Kind = Literal["integer", "number", "duration", "choice", "text", "path", "url", "db"]
+Kind = Literal["integer", "number", "duration", "boolean", "choice", "text", "path", "url", "db"]
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DB_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True,
+                  "false": False, "0": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class Rule:
                 bound = f" {'>' if self.above else '>='} {number_text(self.low or 0)}"
             forms = ' ("90s", "30m", "24h", "7d" or a number of seconds)' if self.kind == "duration" else ""
             return noun + bound + forms
+        if self.kind == "boolean":
+            return "true or false"
         if self.kind == "choice":
             return "one of " + ", ".join(json.dumps(c) for c in self.choices)
         return {"text": "a non-empty string", "path": "a non-empty string (a path)",
@@ -98,6 +105,12 @@ class Rule:
                     self.kind == "integer" and not isinstance(value, int)):
                 raise ValueError(value)
             return self._bounded(value) if self.kind == "integer" else float(self._bounded(value))
+        if self.kind == "boolean":
+            if text and isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
+                return _BOOLEAN_WORDS[value.strip().lower()]
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
         if self.kind == "duration":
             if isinstance(value, str):
                 value = parse_duration(value)
@@ -203,6 +216,7 @@ KEYS: tuple[Key, ...] = (
     Key("model_alias", "cycle.model_alias", TEXT, None),
     Key("prompts", "cycle.prompts", PATH, None),
     Key("judge_model", "cycle.judge_model", TEXT, DEFAULT_JUDGE_MODEL),
+    Key("judge_prompt", "cycle.judge_prompt", PATH, None, "CFTRUNNER_JUDGE_PROMPT"),
     Key("split_percentage", "cycle.split_percentage", Rule("integer", 1, 99), DEFAULT_SPLIT_PERCENTAGE),
     Key("interval", "cycle.interval", Rule("duration", 0, above=True), DEFAULT_INTERVAL,
         "CFTRUNNER_INTERVAL"),
@@ -228,9 +242,26 @@ KEYS: tuple[Key, ...] = (
     _setting("timeouts.reconcile_settle", "settings.reconcile_settle", NOT_NEGATIVE,
              "CFTRUNNER_RECONCILE_SETTLE"),
     _setting("timeouts.lease", "settings.lease_seconds", POSITIVE, "CFTRUNNER_LEASE_SECONDS"),
+    _setting("timeouts.training", "settings.training_timeout", Rule("duration", 0),
+             "CFTRUNNER_TRAINING_TIMEOUT"),
+    _setting("timeouts.training_poll", "settings.training_poll", Rule("duration", 0, above=True)),
     _setting("timeouts.shutdown_grace", "settings.shutdown_grace", POSITIVE, "CFTRUNNER_SHUTDOWN_GRACE"),
     _setting("judge.attempts", "settings.judge_attempts", Rule("integer", 1), "CFTRUNNER_JUDGE_ATTEMPTS"),
-    _setting("judge.temperature", "settings.judge_temperature", Rule("number", 0, 2)),
+    Key("follow", "cycle.follow", Rule("boolean"), False, "CFTRUNNER_FOLLOW"),
+    Key("promote", "cycle.promote", Rule("boolean"), False),
+    Key("holdout_prompts", "cycle.holdout_prompts", PATH, None),
+    Key("promote_margin", "cycle.promote_margin", Rule("number", 0, 1), 0.0),
+    Key("judge.temperature", "cycle.judge_temperature", Rule("number", 0, 2), DEFAULT_TEMPERATURE),
+    Key("judge.max_tokens", "cycle.judge_max_tokens", Rule("integer", 1), DEFAULT_MAX_TOKENS,
+        "CFTRUNNER_JUDGE_MAX_TOKENS"),
+    Key("judge.structured_output", "cycle.structured_output", Rule("boolean"), True),
+    Key("gate.min_traces", "cycle.gate_min_traces", Rule("integer", 0), 0),
+    Key("gate.min_below_threshold", "cycle.gate_min_below_threshold", Rule("integer", 0), 0),
+    Key("gate.score_threshold", "cycle.score_threshold", Rule("number", 0, 1),
+        DEFAULT_SCORE_THRESHOLD),
+    Key("gate.max_mean_score", "cycle.gate_max_mean_score", Rule("number", 0, 1), None),
+    Key("gate.token_budget", "cycle.token_budget", Rule("integer", 1), None,
+        "CFTRUNNER_TOKEN_BUDGET"),
     _setting("api.trace_shape", "settings.trace_shape", Rule("choice", choices=TRACE_SHAPES),
              "CFTRUNNER_TRACE_SHAPE"),
     _setting("api.concurrency", "settings.concurrency", Rule("integer", 1, 256),

@@ -11,7 +11,14 @@ import structlog
 
 from cftrunner import claims, crashpoints, payloads
 from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
-from cftrunner.judge import REMINDER, Judgment, judge_prompt, parse_judgment, trace_feedback
+from cftrunner.judge import (
+    REMINDER,
+    JudgeConfig,
+    Judgment,
+    judge_prompt,
+    parse_judgment,
+    trace_feedback,
+)
 from cftrunner.models import Item, Run
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
 from cftrunner.transaction import Tx
@@ -34,7 +41,19 @@ def _item_failed(stage: ItemStage) -> Callable[[Tx, Item, ApiError], Item]:
 Step = Callable[["Runner", Run, Item, bool], Item | None]
 
 
+def _over_budget(r: Runner, run: Run, item: Item, before: str) -> Item | None:
+    """Skip the item, not generated or not judged, once the run's token budget is used up."""
+    budget = r.tokens.exhausted(run)
+    if budget is None:
+        return None
+    with r.item_tx(item) as tx:
+        return tx.update_item(item, ItemStage.SKIPPED, error_kind="budget_exceeded",
+                              error=f"the token budget of {budget} ran out before {before}")
+
+
 def generate(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
+    if skipped := _over_budget(r, run, item, "generating"):
+        return skipped
     messages = [{"role": "user", "content": item.prompt}]
     try:
         result = r.retrying(f"generation of item {item.position}", lambda: r.client.chat(
@@ -43,58 +62,86 @@ def generate(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | Non
         if exc.status_code in (401, 403):
             raise
         with r.item_tx(item) as tx:
+            tx.record_completion(item, "generate", 1, "rejected", error=exc.message)
             failed = _item_failed(ItemStage.GEN_FAILED)(tx, item, exc)
         log.warning("item_failed", item=item.position, stage="generate", error=exc.kind)
         return failed
     crashpoints.reach("generate.after_answer")
     with r.item_tx(item) as tx:
+        tx.record_completion(item, "generate", 1, "ok", result=result)
         item = tx.update_item(item, ItemStage.GENERATED, answer=result.content)
+    r.tokens.add(run.id, result.tokens)
     crashpoints.reach("generate.after_store")
     return item
 
 
 def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
-    """Ask the judge until its answer validates, within the allowed attempts; never invent a score."""
+    """Ask the judge until its answer validates, within the allowed attempts; never invent a
+    score. Every answer, valid or not, is kept with the exact request that asked for it."""
     assert item.answer is not None
-    first = {"role": "user", "content": judge_prompt(item.prompt, item.answer)}
+    config = JudgeConfig.from_json(run.judge_config)
+    first = {"role": "user", "content": judge_prompt(item.prompt, item.answer, config.template)}
     messages = [first]
     attempts = item.judge_attempts
     reason = f"no valid judgment in {attempts} attempts"
     while attempts < r.settings.judge_attempts:
+        if skipped := _over_budget(r, run, item, "judging"):
+            return skipped
+        response_format = None if r.structured_refused else config.response_format()
+        ask = functools.partial(r.client.chat, run.project_id, run.judge_model, messages,
+                                config.temperature, config.max_tokens, response_format)
+        request = payloads.chat_body(run.project_id, run.judge_model, messages,
+                                     config.temperature, config.max_tokens, response_format)
         try:
-            result = r.retrying(f"judgment of item {item.position}",
-                                functools.partial(r.client.chat, run.project_id, run.judge_model,
-                                                  messages, r.settings.judge_temperature))
+            result = r.retrying(f"judgment of item {item.position}", ask)
         except RejectedError as exc:
             if exc.status_code in (401, 403):
                 raise
             with r.item_tx(item) as tx:
+                tx.record_completion(item, "judge", attempts + 1, "rejected", request=request,
+                                     error=exc.message)
+                if response_format is not None and exc.status_code in (400, 422):
+                    # Perhaps only the structured output is refused: ask again without it.
+                    r.structured_refused = True
+                    log.warning("judge_structured_output_refused", item=item.position,
+                                error=exc.message)
+                    continue
                 return tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
                                       error_kind=exc.kind, error=exc.message)
         attempts += 1
         crashpoints.reach("judge.after_answer")
         try:
             if result.finish_reason == "length":
-                raise JudgeOutputError("the judge answer was cut off (finish_reason: length)")
+                raise JudgeOutputError("the judge answer was cut off (finish_reason: length)",
+                                       kind="judge_truncated")
             judgment = parse_judgment(result.content)
         except JudgeOutputError as exc:
             reason = exc.message
-            log.warning("judge_malformed", item=item.position, attempt=attempts, reason=reason)
-            if attempts < r.settings.judge_attempts:
-                with r.item_tx(item) as tx:
+            outcome = "truncated" if exc.kind == "judge_truncated" else "malformed"
+            log.warning("judge_" + outcome, item=item.position, attempt=attempts, reason=reason)
+            last = attempts >= r.settings.judge_attempts
+            with r.item_tx(item) as tx:
+                tx.record_completion(item, "judge", attempts, outcome, result=result,
+                                     request=request, error=reason)
+                if last:
+                    item = tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
+                                          judge_raw=result.content, error_kind=exc.kind,
+                                          error=reason)
+                else:
                     item = tx.update_item(item, judge_attempts=attempts,
                                           judge_raw=result.content)
-                messages = [first, {"role": "assistant", "content": result.content},
-                            {"role": "user", "content": REMINDER}]
-                continue
-            with r.item_tx(item) as tx:
-                return tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
-                                      judge_raw=result.content, error_kind="judge_malformed",
-                                      error=reason)
+            r.tokens.add(run.id, result.tokens)
+            if last:
+                return item
+            messages = [first, {"role": "assistant", "content": result.content},
+                        {"role": "user", "content": REMINDER}]
+            continue
         with r.item_tx(item) as tx:
+            tx.record_completion(item, "judge", attempts, "ok", result=result, request=request)
             item = tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
                                   judge_raw=result.content, feedback=judgment.feedback,
                                   reasoning=judgment.reasoning, score=judgment.score)
+        r.tokens.add(run.id, result.tokens)
         crashpoints.reach("judge.after_store")
         return item
     with r.item_tx(item) as tx:

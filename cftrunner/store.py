@@ -9,14 +9,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
 from cftrunner import dialect, migrations
 from cftrunner.exceptions import RunExistsError, RunNotFoundError
+from cftrunner.gate import Facts
 from cftrunner.lease import Lease, busy, keeps_out
 from cftrunner.models import (
+    Completion,
     Effect,
     Event,
     Item,
@@ -26,7 +29,16 @@ from cftrunner.models import (
     RunSummary,
     WorkerInfo,
 )
-from cftrunner.schema import effects, events, items, runs, utcnow, workers
+from cftrunner.schema import (
+    completions,
+    effects,
+    evaluations,
+    events,
+    items,
+    runs,
+    utcnow,
+    workers,
+)
 from cftrunner.states import TERMINAL, UNFINISHED_STAGES, ItemStage, RunState
 from cftrunner.transaction import (
     LEASE_COLUMNS,
@@ -180,7 +192,8 @@ class Store:
             judge_model=run.judge_model, split_percentage=run.split_percentage,
             prompts_source=run.prompts_source, job_name=run.job_name,
             state=run.state.value, created_at=now, updated_at=now, state_changed_at=now,
-            cycle=run.cycle, cancel_requested=False,
+            cycle=run.cycle, cancel_requested=False, judge_config=run.judge_config,
+            gate_config=run.gate_config, loop_config=run.loop_config,
             **(lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {}))
         if not created:
             raise RunExistsError(
@@ -220,6 +233,66 @@ class Store:
         with self._read() as conn:
             return item_from(conn.execute(_ITEM, {"item_id": item_id}).one())
 
+    def item_at(self, run_id: str, position: int) -> Item | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(items).where(items.c.run_id == run_id,
+                                                      items.c.position == position)).first()
+        return None if row is None else item_from(row)
+
+    def completions(self, item_id: int) -> list[Completion]:
+        """The item's completions in the order they came."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(completions).where(completions.c.item_id == item_id)
+                                .order_by(completions.c.id)).all()
+        return [Completion(**r._mapping) for r in rows]
+
+    def evaluations(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's held-out answers and scores, by model and position."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(evaluations).where(evaluations.c.run_id == run_id)
+                                .order_by(evaluations.c.model_id, evaluations.c.position)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def tokens_used(self, run_id: str) -> int:
+        """Tokens of every completion of the run, as their usage counted them."""
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
+                completions.c.total_tokens), 0)).where(completions.c.run_id == run_id)).scalar()
+                or 0)
+
+    def scores(self, run_id: str) -> list[float]:
+        """The scores of the run's judged items (whatever happened to them after), ascending."""
+        with self._read() as conn:
+            return [float(v) for v in conn.execute(
+                sa.select(items.c.score).where(items.c.run_id == run_id,
+                                               items.c.score.is_not(None))
+                .order_by(items.c.score)).scalars()]
+
+    def completion_counts(self, run_id: str) -> dict[tuple[str, str], tuple[int, int]]:
+        """(kind, outcome) -> (completions, their tokens), e.g. ("judge", "malformed") -> (3, 900)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(completions.c.kind, completions.c.outcome, sa.func.count(),
+                          sa.func.coalesce(sa.func.sum(completions.c.total_tokens), 0))
+                .where(completions.c.run_id == run_id)
+                .group_by(completions.c.kind, completions.c.outcome)).all()
+        return {(str(kind), str(outcome)): (int(n), int(tokens or 0))
+                for kind, outcome, n, tokens in rows}
+
+    def gate_facts(self, run_id: str, score_threshold: float) -> Facts:
+        """What the gate judges a run on: its added traces and their scores, and its tokens."""
+        added = items.c.stage == ItemStage.ADDED.value
+        with self._read() as conn:
+            traces, below, mean = conn.execute(
+                sa.select(sa.func.count(), sa.func.count().filter(items.c.score < score_threshold),
+                          sa.func.avg(items.c.score))
+                .where(items.c.run_id == run_id, added)).one()
+            over = conn.execute(sa.select(sa.func.count()).where(
+                items.c.run_id == run_id, items.c.stage == ItemStage.SKIPPED.value)).scalar()
+        return Facts(traces_added=int(traces), below_threshold=int(below or 0),
+                     mean_score=None if mean is None else round(float(mean), 6),
+                     tokens_used=self.tokens_used(run_id), items_over_budget=int(over or 0))
+
     def summary(self, run: Run) -> RunSummary:
         with self._read() as conn:
             stages = _count_stages(conn, run.id)
@@ -243,7 +316,7 @@ class Store:
         for at, data in moves:
             seconds[state] = seconds.get(state, 0.0) + (at - entered).total_seconds()
             entered, state = at, str(data.get("state"))
-        if run.state not in TERMINAL:
+        if not run.finished:
             seconds[state] = seconds.get(state, 0.0) + (utcnow() - entered).total_seconds()
         return RunSummary(
             run=run,
@@ -290,6 +363,16 @@ class Store:
         if state is None:
             raise RunNotFoundError(f"no run {run_id!r} in this state database")
         return RunState(state), stages
+
+    def judge_requests(self, run_id: str) -> tuple[int, int]:
+        """The run's judge completions (every request answered or refused) and the items they
+        were for: the difference is the requests sent again."""
+        judge = completions.c.kind == "judge"
+        with self._read() as conn:
+            sent, asked = conn.execute(
+                sa.select(sa.func.count(), sa.func.count(sa.distinct(completions.c.item_id)))
+                .where(completions.c.run_id == run_id, judge)).one()
+        return int(sent), int(asked)
 
 
 def _count_stages(conn: sa.Connection, run_id: str) -> dict[str, int]:

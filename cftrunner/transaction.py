@@ -12,7 +12,17 @@ from cftrunner import dialect
 from cftrunner.exceptions import LeaseLost, StaleStateError
 from cftrunner.lease import Lease
 from cftrunner.models import Effect, EffectStatus, Item, LeaseInfo, Owner, Run
-from cftrunner.schema import cycles, effects, events, items, runs, utcnow
+from cftrunner.payloads import ChatResult
+from cftrunner.schema import (
+    completions,
+    cycles,
+    effects,
+    evaluations,
+    events,
+    items,
+    runs,
+    utcnow,
+)
 from cftrunner.states import (
     ITEM_FAILED,
     ItemStage,
@@ -55,6 +65,7 @@ def effect_from(row: sa.Row[Any]) -> Effect:
 _LEASE_TOKEN = (sa.select(runs.c.lease_token).where(runs.c.id == sa.bindparam("run_id"))
                 .with_for_update())
 _INSERT_EVENT = events.insert()
+_INSERT_COMPLETION = completions.insert()
 _UPDATE_ITEM = items.update().where(items.c.id == sa.bindparam("item_id"),
                                     items.c.stage == sa.bindparam("from_stage"))
 _UPDATE_EFFECT = effects.update().where(
@@ -95,8 +106,9 @@ class Tx:
                     **({} if target is RunState.FAILED else {"last_error": None}), **fields))
         if result.rowcount != 1:
             raise StaleStateError(f"run {run_id} is no longer {current.value}")
+        reason = fields.get("failure_reason") or fields.get("skip_reason")
         self.event(run_id, "run_transitioned", state=target.value, from_state=current.value,
-                   **({"reason": fields["failure_reason"]} if "failure_reason" in fields else {}))
+                   **({"reason": reason} if reason else {}))
 
     def advance_items_state(self, run_id: str, current: RunState, target: RunState,
                             wanted: ItemStage) -> None:
@@ -160,6 +172,26 @@ class Tx:
             self.event(item.run_id, "item_transitioned", item.id, item=item.position,
                        from_stage=item.stage.value, stage=target.value, **detail)
         return dataclasses.replace(item, stage=target or item.stage, updated_at=now, **fields)
+
+    def record_completion(self, item: Item, kind: str, attempt: int, outcome: str, *,
+                          result: ChatResult | None = None, request: dict[str, Any] | None = None,
+                          error: str | None = None) -> None:
+        """Keep one completion of `item`'s step (or its refusal), with the tokens it used."""
+        self.conn.execute(_INSERT_COMPLETION, {
+            "run_id": item.run_id, "item_id": item.id, "kind": kind, "attempt": attempt,
+            "request": request, "content": result.content if result and kind == "judge" else None,
+            "finish_reason": result.finish_reason if result else None,
+            "prompt_tokens": result.prompt_tokens if result else None,
+            "completion_tokens": result.completion_tokens if result else None,
+            "total_tokens": result.tokens if result else None,
+            "outcome": outcome, "error": error, "at": utcnow()})
+
+    def record_evaluation(self, run_id: str, model_id: str, position: int, **fields: Any) -> None:
+        """Keep one held-out result; one already kept for that model and prompt stays."""
+        dialect.insert_ignoring_duplicates(self.conn, evaluations,
+                                           ("run_id", "model_id", "position"), run_id=run_id,
+                                           model_id=model_id, position=position, at=utcnow(),
+                                           **fields)
 
     def prepare_effect(self, run_id: str, key: str, kind: str, item_id: int | None,
                        request: dict[str, Any], previous: Effect | None) -> Effect:

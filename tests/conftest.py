@@ -62,6 +62,11 @@ def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
 
 TEST_DATABASE_VARIABLE = "CFTRUNNER_TEST_DATABASE_URL"
 SCHEMA_PREFIX = "cftrunner_test_"
+# Each schema made and dropped leaves dead rows in the system catalogs; with autovacuum off (as
+# on the CI server) they pile up across runs and slow every connection's catalog reads.
+CATALOGS = ("pg_attribute", "pg_class", "pg_depend", "pg_type", "pg_index", "pg_constraint",
+            "pg_attrdef", "pg_namespace", "pg_sequence", "pg_statistic")
+VACUUM_EVERY = 50  # schemas dropped
 
 
 class Databases:
@@ -74,11 +79,11 @@ class Databases:
         self._admin: sa.Engine | None = None
         self._schemas: dict[str, str] = {}  # URL -> schema
         self._leftover: list[str] = []  # schemas still in use when their test ended
+        self._dropped = 0
         if server is not None:
             try:
                 self._admin = dialect.create_engine(server)
-                with self._admin.connect():
-                    pass
+                self.vacuum_catalogs()
             except (InputError, sa.exc.DBAPIError) as exc:
                 reason = exc.message if isinstance(exc, InputError) else str(exc.orig)
                 self.unreachable = (f"{TEST_DATABASE_VARIABLE} is set but PostgreSQL at "
@@ -106,6 +111,17 @@ class Databases:
         schema = self._schemas.pop(url, None)
         if schema is not None and not self._drop(schema, "2s"):
             self._leftover.append(schema)
+        elif schema is not None:
+            self._dropped += 1
+            if self._dropped % VACUUM_EVERY == 0:
+                self.vacuum_catalogs()
+
+    def vacuum_catalogs(self) -> None:
+        """VACUUM the system catalogs that schemas churn (outside a transaction, as it must)."""
+        assert self._admin is not None
+        with self._admin.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("VACUUM " + ", ".join(f"pg_catalog.{t}" for t in CATALOGS))
 
     def _drop(self, schema: str, wait: str) -> bool:
         assert self._admin is not None

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from cftrunner.sandbox import llm
 from cftrunner.sandbox.faults import FaultBook, FaultRule
 from cftrunner.sandbox.ratelimit import RateLimit
 from cftrunner.sandbox.records import WorldSettings
@@ -40,6 +41,11 @@ class Sandbox:
         add_threshold: float = 0.5,
         rate_limit_rps: float | None = None,
         rate_limit_burst: int = 1,
+        structured_output: bool = True,
+        training_polls: int = 2,
+        training_outcome: str = "succeeded",
+        training_gain: float = 0.15,
+        base_quality: float = llm.BASE_QUALITY,
     ) -> None:
         settings = WorldSettings(
             judge_models=tuple(judge_models),
@@ -48,6 +54,11 @@ class Sandbox:
             recs_outcome=recs_outcome,
             page_size=page_size,
             add_threshold=add_threshold,
+            structured_output=structured_output,
+            training_polls=training_polls,
+            training_outcome=training_outcome,
+            training_gain=training_gain,
+            base_quality=base_quality,
         )
         self.world = World(settings)
         self.world.add_project(DEFAULT_PROJECT_ID, "Sandbox project")
@@ -166,6 +177,26 @@ class Sandbox:
     def set_rate_limit(self, rps: float | None, burst: int = 1) -> None:
         """Answer 429 to requests beyond `rps` a second (after `burst` at once); None lifts it."""
         self.rate_limit.configure(rps, burst)
+
+    def set_structured_output(self, enabled: bool) -> None:
+        """Off: chat answers 400 to response_format json_schema, as a model without it does."""
+        self.world.set_structured_output(enabled)
+
+    def set_training(
+        self, polls: int | None = None, outcome: str | None = None, gain: float | None = None
+    ) -> None:
+        """How jobs created from now on train: `polls` reads "running" after the first read,
+        `outcome` succeeded, failed or mixed, `gain` added to the quality of each model trained.
+        None leaves a setting as it is; a job keeps the settings it was created with."""
+        self.world.set_training(polls=polls, outcome=outcome, gain=gain)
+
+    def set_model_quality(self, model: str, quality: float) -> None:
+        """Model `model` answers correctly the prompts of difficulty below `quality` (0 to 1)."""
+        self.world.set_model_quality(model, quality)
+
+    def model_quality(self, model: str) -> float:
+        """The quality `model` answers with: as set, as trained, else the base quality."""
+        return self.world.model_quality(model)
 
     def counts(self) -> dict[str, Any]:
         return self.world.counts()

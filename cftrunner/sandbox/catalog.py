@@ -55,12 +55,13 @@ _EXPERIMENTS: tuple[dict[str, Any], ...] = (
 )
 
 
-def models(judge_models: tuple[str, ...]) -> dict[str, Any]:
+def models(judge_models: tuple[str, ...], fine_tuned: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The judges, the base models, then the fine-tuned models."""
     return {
         "object": "list",
         "data": [
             {"id": model, "object": "model", "created": MODELS_CREATED, "owned_by": "prem"}
-            for model in (*judge_models, *BASE_MODELS)
+            for model in (*judge_models, *BASE_MODELS, *fine_tuned)
         ],
     }
 

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("status", "drop", "late", "latency", "malformed")
+KINDS = ("status", "drop", "late", "latency", "malformed", "truncated")
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,9 @@ class FaultRule:
     kind "status" answers `status` without acting (or after acting, with `after_action`); "drop"
     acts and closes the connection without an answer; "late" acts and answers after `delay`;
     "latency" waits `delay` and then acts; "malformed" acts and answers a judge call with an
-    invalid judgment, any other request with a body that is not JSON.
+    invalid judgment, any other request with a body that is not JSON; "truncated" acts and answers
+    a chat call with the first half of its content and finish_reason "length", any other request
+    (or a chat call refused with a 4xx) with the first half of its body, which is not JSON.
     """
 
     route: str = "*"

@@ -84,15 +84,24 @@ def number(data: Mapping[str, Any], *names: str, low: float, high: float) -> flo
     return value
 
 
-def integer(data: Mapping[str, Any], name: str, *, low: int, high: int, default: int) -> int:
+def optional_integer(
+    data: Mapping[str, Any], name: str, *, low: int, high: int | None = None
+) -> int | None:
     value = data.get(name)
     if value is None:
-        return default
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise Invalid(f"{name} must be an integer")
-    if not low <= value <= high:
+    if high is not None and not low <= value <= high:
         raise Invalid(f"{name} must be between {low} and {high}")
+    if value < low:
+        raise Invalid(f"{name} must be at least {low}")
     return value
+
+
+def integer(data: Mapping[str, Any], name: str, *, low: int, high: int, default: int) -> int:
+    value = optional_integer(data, name, low=low, high=high)
+    return default if value is None else value
 
 
 def object_list(data: Mapping[str, Any], name: str) -> list[dict[str, Any]]:

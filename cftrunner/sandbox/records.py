@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cftrunner.sandbox import llm
 from cftrunner.sandbox.catalog import RECS_OUTCOMES
+from cftrunner.sandbox.training import TrainingPlan, check_quality
 
 
 @dataclass(frozen=True)
@@ -18,12 +20,23 @@ class WorldSettings:
     recs_outcome: str = "completed"
     page_size: int = 10
     add_threshold: float = 0.5
+    structured_output: bool = True
+    training_polls: int = 2
+    training_outcome: str = "succeeded"
+    training_gain: float = 0.15
+    base_quality: float = llm.BASE_QUALITY
 
     def __post_init__(self) -> None:
         if self.recs_outcome not in RECS_OUTCOMES:
             raise ValueError(f"recs_outcome must be one of {', '.join(RECS_OUTCOMES)}")
         if self.page_size < 1:
             raise ValueError("page_size must be at least 1")
+        self.training()
+        check_quality(self.base_quality)
+
+    def training(self) -> TrainingPlan:
+        """How a job created now trains; ValueError if the training settings are invalid."""
+        return TrainingPlan(self.training_polls, self.training_outcome, self.training_gain)
 
 
 @dataclass(frozen=True)
@@ -183,51 +196,79 @@ class Recommendations:
 
 @dataclass
 class Experiment:
+    """One experiment of a job; its model id and quality are fixed when the job is created."""
+
     id: str
     number: int
     sent: dict[str, Any]
+    model_id: str
+    quality: float
+    succeeds: bool
 
-    def to_json(self) -> dict[str, Any]:
-        shown: dict[str, Any] = {
-            "id": self.id,
-            "experiment_number": self.number,
-            "base_model_id": self.sent.get("base_model_id"),
-            "batch_size": self.sent.get("batch_size"),
-            "learning_rate_multiplier": self.sent.get("learning_rate_multiplier"),
-            "n_epochs": self.sent.get("n_epochs"),
-            "status": "queued",
-            "model_id": None,
-        }
+    def status(self, stage: str) -> str:
+        """queued, running, succeeded or failed, in its job's `stage` (TrainingPlan.stage)."""
+        if stage != "finished":
+            return stage
+        return "succeeded" if self.succeeds else "failed"
+
+    def to_json(self, stage: str) -> dict[str, Any]:
+        """Every field sent for it, and its id, number, status and, once succeeded, model_id."""
+        status = self.status(stage)
+        shown: dict[str, Any] = {"id": self.id, "experiment_number": self.number}
         for key, value in self.sent.items():
             shown.setdefault(key, copy.deepcopy(value))
+        shown["status"] = status
+        if status == "succeeded":
+            shown["model_id"] = self.model_id
+        else:
+            shown.pop("model_id", None)
         return shown
 
-    def node(self) -> dict[str, Any]:
+    def node(self, stage: str) -> dict[str, Any]:
+        status = self.status(stage)
         return {
             "id": self.id,
             "type": "experiment",
             "label": f"Experiment {self.number}",
-            "status": "queued",
-            "metadata": {"model_id": None},
+            "status": status,
+            "metadata": {"model_id": self.model_id if status == "succeeded" else None},
         }
 
 
 @dataclass
 class Job:
+    """A fine-tuning job: it trains as its plan says, one step per read of GET finetuning/{id}."""
+
     id: str
     name: str
     snapshot_id: str
     created_at: datetime
     experiments: list[Experiment]
+    plan: TrainingPlan
+    reads: int = 0
+
+    @property
+    def stage(self) -> str:
+        return self.plan.stage(self.reads)
+
+    @property
+    def status(self) -> str:
+        """queued before the first read, processing while training, then completed or failed."""
+        stage = self.stage
+        if stage == "queued":
+            return "queued"
+        if stage == "running":
+            return "processing"
+        return "completed" if any(e.succeeds for e in self.experiments) else "failed"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "snapshot_id": self.snapshot_id,
-            "status": "processing",
+            "status": self.status,
             "created_at": iso(self.created_at),
-            "experiments": [e.to_json() for e in self.experiments],
+            "experiments": [e.to_json(self.stage) for e in self.experiments],
         }
 
     def node(self) -> dict[str, Any]:
@@ -235,6 +276,6 @@ class Job:
             "id": self.id,
             "type": "finetuning-job",
             "label": self.name,
-            "status": "processing",
-            "children": [e.node() for e in self.experiments],
+            "status": self.status,
+            "children": [e.node(self.stage) for e in self.experiments],
         }

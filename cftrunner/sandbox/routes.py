@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cftrunner.sandbox import catalog, fields, llm
+from cftrunner.sandbox import chat, fields
 from cftrunner.sandbox.fields import Invalid, NotFound, WorldError
 from cftrunner.sandbox.records import TraceDraft, TraceQuery
 from cftrunner.sandbox.world import World
@@ -62,35 +60,7 @@ def _project(world: World, call: Call) -> Reply:
 
 
 def _chat(world: World, call: Call) -> Reply:
-    body = fields.as_object(call.json())
-    model = fields.non_empty_text(body, "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise Invalid("messages must be a non-empty list")
-    turns = [fields.as_object(m, "each message") for m in messages]
-    contents = [(fields.text(t, "role"), fields.text(t, "content")) for t in turns]
-    fields.optional_number(body, "temperature", low=0.0, high=2.0)
-    prompt = next((c for role, c in reversed(contents) if role == "user"), contents[-1][1])
-    answer = world.chat(model, prompt)
-    used = sum(llm.count_tokens(c) for _, c in contents)
-    made = llm.count_tokens(answer)
-    usage = {"prompt_tokens": used, "completion_tokens": made, "total_tokens": used + made}
-    return ok(
-        {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": answer},
-                }
-            ],
-            "usage": usage,
-        }
-    )
+    return ok(chat.complete(world, call.json()))
 
 
 def is_judge_call(body: bytes, judge_models: tuple[str, ...]) -> bool:
@@ -191,7 +161,7 @@ def _finetune_get(world: World, call: Call) -> Reply:
 
 
 def _models(world: World, call: Call) -> Reply:
-    return ok(catalog.models(world.settings.judge_models))
+    return ok(world.list_models())
 
 
 def _route(method: str, path: str, name: str, handler: Handler) -> Route:

@@ -15,10 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from cftrunner.sandbox import fields, llm, routes
+from cftrunner.sandbox import chat, fields, llm, routes
 from cftrunner.sandbox.faults import FaultBook, FaultRule, Request
 from cftrunner.sandbox.ratelimit import RateLimit, retry_after_text
 from cftrunner.sandbox.routes import Call, Reply, error, ok
+from cftrunner.sandbox.training import TrainingPlan
 from cftrunner.sandbox.world import World
 
 
@@ -149,6 +150,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._reply(reply)
         elif rule.kind == "malformed":
             self._malformed(reply, bool(judge), backend.faults)
+        elif rule.kind == "truncated":
+            self._truncated(reply, route.name == "chat")
         else:
             self._reply(reply)
 
@@ -197,6 +200,15 @@ class SandboxHandler(BaseHTTPRequestHandler):
             )
             self._reply(Reply(200, payload))
             return
+        self._half_body(reply)
+
+    def _truncated(self, reply: Reply, chat_call: bool) -> None:
+        if chat_call and reply.status == 200:
+            self._reply(Reply(200, chat.truncated(reply.payload)))
+            return
+        self._half_body(reply)
+
+    def _half_body(self, reply: Reply) -> None:
         data = json.dumps(reply.payload).encode("utf-8")
         self._send(reply.status, data[: len(data) // 2])
 
@@ -235,7 +247,24 @@ def control(backend: Backend, method: str, path: str, body: bytes) -> Reply:
         return ok(world.counts())
     if (method, path) == ("GET", "/_sandbox/state"):
         return ok({**world.dump(), "faults": [rule.to_json() for rule in faults.rules()],
-                   "rate_limit": backend.limit.to_json()})
+                   "rate_limit": backend.limit.to_json(),
+                   "structured_output": _structured_output(world)})
+    if (method, path) == ("GET", "/_sandbox/training"):
+        return ok(world.settings.training().to_json())
+    if (method, path) == ("PUT", "/_sandbox/training"):
+        try:
+            world.set_training(**TrainingPlan.parse_update(fields.decode(body)))
+        except (ValueError, fields.Invalid) as exc:
+            return error(400, str(exc))
+        return ok(world.settings.training().to_json())
+    if (method, path) == ("GET", "/_sandbox/structured-output"):
+        return ok(_structured_output(world))
+    if (method, path) == ("PUT", "/_sandbox/structured-output"):
+        try:
+            world.set_structured_output(_parse_structured_output(fields.decode(body)))
+        except (ValueError, fields.Invalid) as exc:
+            return error(400, str(exc))
+        return ok(_structured_output(world))
     if (method, path) == ("GET", "/_sandbox/rate-limit"):
         return ok(backend.limit.to_json())
     if (method, path) == ("PUT", "/_sandbox/rate-limit"):
@@ -256,3 +285,14 @@ def control(backend: Backend, method: str, path: str, body: bytes) -> Reply:
             return error(400, str(exc))
         return ok({"added": rule.to_json(), "faults": len(faults.rules())})
     return error(404, f"no such control endpoint: {method} {path}")
+
+
+def _structured_output(world: World) -> dict[str, bool]:
+    return {"enabled": world.settings.structured_output}
+
+
+def _parse_structured_output(data: object) -> bool:
+    """`enabled` from a control request's {"enabled": true or false}; ValueError otherwise."""
+    if not isinstance(data, dict) or set(data) != {"enabled"} or not isinstance(data["enabled"], bool):
+        raise ValueError('structured output is {"enabled": true or false}')
+    return data["enabled"]

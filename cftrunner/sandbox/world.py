@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from cftrunner.sandbox.records import (
     TraceQuery,
     WorldSettings,
 )
+from cftrunner.sandbox.training import ModelBook
 
 _Record = TypeVar("_Record")
 
@@ -60,6 +62,10 @@ class World:
         self._snapshots: dict[str, Snapshot] = {}
         self._recs: dict[str, Recommendations] = {}
         self._jobs: dict[str, Job] = {}
+        self._experiments: dict[str, tuple[Job, Experiment]] = {}
+        self.models = ModelBook(
+            self.settings.base_quality, (*self.settings.judge_models, *catalog.BASE_MODELS)
+        )
         self._seq = 0
         self._last_created = datetime.min.replace(tzinfo=UTC)
         self.ledger = Ledger()
@@ -98,12 +104,45 @@ class World:
                 }
             }
 
-    def chat(self, model: str, prompt: str) -> str:
-        """The assistant's content for the last user message `prompt`."""
+    def chat(self, model: str, turns: list[tuple[str, str]], *, structured: bool = False) -> str:
+        """The assistant's content for a conversation of (role, content) turns."""
         with self._lock:
             judge = model in self.settings.judge_models
             self.ledger.chatted(judge)
-            return llm.judge_content(prompt) if judge else llm.generate(prompt)
+            quality = self.models.quality(model)
+            return llm.answer(turns, judge=judge, structured=structured, quality=quality)
+
+    def list_models(self) -> dict[str, Any]:
+        """The judges, the base models and every fine-tuned model that finished training."""
+        with self._lock:
+            return catalog.models(self.settings.judge_models, self.models.fine_tuned())
+
+    def set_structured_output(self, enabled: bool) -> None:
+        """Whether chat accepts response_format json_schema; refused with a 400 when off."""
+        with self._lock:
+            self.settings = dataclasses.replace(self.settings, structured_output=enabled)
+
+    def set_training(
+        self, *, polls: int | None = None, outcome: str | None = None, gain: float | None = None
+    ) -> None:
+        """How jobs created from now on train; ValueError (and nothing changed) on a bad value."""
+        with self._lock:
+            current = self.settings
+            self.settings = dataclasses.replace(
+                current,
+                training_polls=current.training_polls if polls is None else polls,
+                training_outcome=current.training_outcome if outcome is None else outcome,
+                training_gain=current.training_gain if gain is None else gain,
+            )
+
+    def set_model_quality(self, model: str, quality: float) -> None:
+        """The quality in [0, 1] a model answers with, over its base or trained quality."""
+        with self._lock:
+            self.models.set_quality(model, quality)
+
+    def model_quality(self, model: str) -> float:
+        with self._lock:
+            return self.models.quality(model)
 
     def create_traces(self, drafts: list[TraceDraft]) -> list[dict[str, Any]]:
         """All or nothing: an unknown project in any draft creates none."""
@@ -235,23 +274,54 @@ class World:
             return catalog.recommendations(snapshot_id, self.settings.recs_outcome)
 
     def create_job(self, snapshot_id: str, name: str, experiments: list[dict[str, Any]]) -> str:
+        """A job that trains as the settings say now; each model's quality is fixed here."""
         with self._lock:
             snapshot = _get(self._snapshots, snapshot_id, "snapshot")
-            job = Job(
-                _new_id(),
-                name,
-                snapshot.id,
-                self._now(),
-                [Experiment(_new_id(), n, copy.deepcopy(e)) for n, e in enumerate(experiments, 1)],
-            )
+            parents = [self._parent_quality(e) for e in experiments]
+            plan = self.settings.training()
+            made = [
+                Experiment(
+                    _new_id(),
+                    n,
+                    copy.deepcopy(sent),
+                    self.models.reserve(name, n),
+                    plan.quality(parent, n),
+                    plan.succeeds(n),
+                )
+                for n, (sent, parent) in enumerate(zip(experiments, parents, strict=True), 1)
+            ]
+            job = Job(_new_id(), name, snapshot.id, self._now(), made, plan)
             self._jobs[job.id] = job
+            self._experiments.update((e.id, (job, e)) for e in made)
             snapshot.job_ids.append(job.id)
             self.ledger.acted("jobs")
             return job.id
 
+    def _parent_quality(self, sent: dict[str, Any]) -> float:
+        """The quality of the model an experiment trains from: the model of the experiment it
+        re-tunes (Invalid unless that succeeded), else its base model's."""
+        source = sent.get("refinetune_from_experiment_id")
+        if source is None:
+            base = sent.get("base_model_id")
+            return self.models.quality(base) if isinstance(base, str) else self.models.base_quality
+        if not isinstance(source, str):
+            raise Invalid("refinetune_from_experiment_id must be a string")
+        job, parent = self._experiments.get(source, (None, None))
+        if job is None or parent is None or parent.status(job.stage) != "succeeded":
+            raise Invalid(f"refinetune_from_experiment_id {source} is not a succeeded experiment")
+        return self.models.quality(parent.model_id)
+
     def job(self, job_id: str) -> dict[str, Any]:
+        """The job as it is; then it advances one step (TrainingPlan.stage)."""
         with self._lock:
-            return _get(self._jobs, job_id, "job").to_json()
+            job = _get(self._jobs, job_id, "job")
+            shown = job.to_json()
+            job.reads += 1
+            if job.reads == job.plan.polls + 1:
+                for experiment in job.experiments:
+                    if experiment.succeeds:
+                        self.models.trained(experiment.model_id, experiment.quality)
+            return shown
 
     # -- reads for tests and the control endpoints -------------------------------------------
 
@@ -300,6 +370,8 @@ class World:
                     for r in self._recs.values()
                 ],
                 "jobs": self.jobs(),
+                "training": self.settings.training().to_json(),
+                "model_qualities": self.models.to_json(),
             }
 
 

@@ -147,7 +147,7 @@ TICKS = 12
 SLOT = 0.6
 TICK_LATENCY = 0.05  # a tick that drives a whole cycle then takes about 1.4 s
 KILL_SHARE = 0.5
-KILL_AFTER = (0.3, 1.2)  # seconds after its start: after start-up, mostly while driving
+KILL_AFTER = (0.8, 2.4)  # seconds after its start: after start-up (0.9 s and more), mostly while driving
 # Seeds whose first tick, the one that starts the first cycle, is among those killed.
 SEEDS = (1, 3)
 

@@ -101,6 +101,38 @@ def test_error_messages_never_carry_the_key(sandbox: Sandbox) -> None:
     assert "s3cret" not in str(caught.value) and "s3cret" not in repr(caught.value.__dict__)
 
 
+JUDGE = "claude-4.5-sonnet"
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "judgment", "schema": {
+    "type": "object"}}}
+PROMPT = [{"role": "user", "content": "Judge this answer, please."}]
+
+
+def test_chat_returns_the_content_and_its_token_usage(client: PremClient) -> None:
+    result = client.chat(DEFAULT_PROJECT_ID, JUDGE, PROMPT, 0.1)
+    assert result.finish_reason == "stop"
+    assert result.prompt_tokens == 4 and result.completion_tokens == len(result.content.split())
+    assert result.tokens == result.usage["total_tokens"] == 4 + len(result.content.split())
+
+
+def test_chat_sends_max_tokens_as_max_completion_tokens(client: PremClient) -> None:
+    result = client.chat(DEFAULT_PROJECT_ID, JUDGE, PROMPT, max_tokens=2)
+    assert result.finish_reason == "length"
+    assert (result.completion_tokens, len(result.content.split())) == (2, 2)
+
+
+def test_chat_sends_the_response_format(client: PremClient) -> None:
+    """Without a response format the sandbox fences this prompt's judgment; bare JSON shows it went."""
+    result = client.chat(DEFAULT_PROJECT_ID, JUDGE, PROMPT, response_format=SCHEMA_FORMAT)
+    assert set(json.loads(result.content)) == {"feedback", "reasoning", "score"}
+
+
+def test_a_refused_response_format_is_a_rejection(client: PremClient, sandbox: Sandbox) -> None:
+    sandbox.set_structured_output(False)
+    with pytest.raises(RejectedError, match="json_schema is not supported") as caught:
+        client.chat(DEFAULT_PROJECT_ID, JUDGE, PROMPT, response_format=SCHEMA_FORMAT)
+    assert caught.value.status_code == 400
+
+
 class RecordingProxy:
     """An HTTP proxy stand-in: records each request line and answers with an empty project."""
 

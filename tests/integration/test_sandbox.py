@@ -95,11 +95,18 @@ class Api:
         tree = self.get(f"/api/v1/public/projects/{DEFAULT_PROJECT_ID}").json()
         return str(tree["project"]["children"][0]["id"])
 
-    def chat(self, model: str, prompt: str) -> requests.Response:
-        return self.post(
-            "/api/v1/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": prompt}]},
-        )
+    def chat(self, model: str, prompt: str, **options: Any) -> requests.Response:
+        return self.converse(model, [{"role": "user", "content": prompt}], **options)
+
+    def converse(self, model: str, messages: list[dict[str, str]], **options: Any
+                 ) -> requests.Response:
+        body = {"model": model, "messages": messages, **options}
+        return self.post("/api/v1/chat/completions", json=body)
+
+    def content(self, model: str, prompt: str, **options: Any) -> str:
+        response = self.chat(model, prompt, **options)
+        assert response.status_code == 200, response.text
+        return str(response.json()["choices"][0]["message"]["content"])
 
 
 @pytest.fixture
@@ -271,6 +278,118 @@ def test_chat_counts_generate_and_judge_apart(api: Api, sandbox: Sandbox) -> Non
 )
 def test_chat_with_missing_fields_is_400(api: Api, body: dict[str, Any]) -> None:
     assert api.post("/api/v1/chat/completions", json=body).status_code == 400
+
+
+SCHEMA_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "judgment", "schema": {"type": "object", "properties": {}}},
+}
+
+
+def test_an_answer_longer_than_max_completion_tokens_is_cut_with_finish_reason_length(
+    api: Api,
+) -> None:
+    whole = api.content(JUDGE, "judge 1")
+    answer = api.chat(JUDGE, "judge 1", max_completion_tokens=3).json()
+    [choice] = answer["choices"]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] == " ".join(whole.split()[:3])
+    assert answer["usage"]["completion_tokens"] == 3
+    assert answer["usage"]["total_tokens"] == answer["usage"]["prompt_tokens"] + 3
+
+
+def test_an_answer_within_max_completion_tokens_is_whole(api: Api) -> None:
+    whole = api.content("m", "prompt 3")
+    answer = api.chat("m", "prompt 3", max_completion_tokens=2).json()
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert answer["choices"][0]["message"]["content"] == whole
+
+
+@pytest.mark.parametrize("limit", [0, -5, 1.5, "10", True, [10]])
+def test_an_invalid_max_completion_tokens_is_400_and_not_answered(
+    api: Api, sandbox: Sandbox, limit: Any
+) -> None:
+    response = api.chat("m", "x", max_completion_tokens=limit)
+    assert response.status_code == 400 and "max_completion_tokens" in response.json()["error"]
+    assert sandbox.counts()["chat"] == {"generate": 0, "judge": 0}
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        "json",
+        {},
+        {"type": "xml"},
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": "judgment"},
+        {"type": "json_schema", "json_schema": {"name": "judgment"}},
+        {"type": "json_schema", "json_schema": {"schema": "object"}},
+    ],
+)
+def test_an_invalid_response_format_is_400(api: Api, response_format: Any) -> None:
+    response = api.chat(JUDGE, "x", response_format=response_format)
+    assert response.status_code == 400 and "response_format" in response.json()["error"]
+
+
+@pytest.mark.parametrize("response_format", [{"type": "json_schema", "json_schema": {
+    "schema": {}}}, {"type": "json_object"}, {"type": "text"}, None])
+def test_each_documented_response_format_is_accepted(api: Api, response_format: Any) -> None:
+    assert api.chat(JUDGE, "x", response_format=response_format).status_code == 200
+
+
+@pytest.mark.parametrize("response_format", [SCHEMA_FORMAT, {"type": "json_object"}])
+def test_a_judge_held_to_a_json_format_answers_bare_json(api: Api, response_format: Any) -> None:
+    for i in range(30):
+        content = api.content(JUDGE, f"judge {i}", response_format=response_format)
+        assert json.loads(content) == judgment(api.content(JUDGE, f"judge {i}"))
+
+
+def test_a_judge_asked_for_text_keeps_its_varied_wrappings(api: Api) -> None:
+    contents = [api.content(JUDGE, f"judge {i}", response_format={"type": "text"})
+                for i in range(30)]
+    assert any(c.startswith("```json") for c in contents)
+    assert all(judgment(c) is not None for c in contents)
+
+
+def test_without_structured_output_json_schema_is_refused(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    sandbox = make_sandbox(structured_output=False)
+    api = Api(sandbox.url)
+    response = api.chat(JUDGE, "x", response_format=SCHEMA_FORMAT)
+    assert response.status_code == 400
+    assert response.json() == {"error": f"response_format json_schema is not supported for model {JUDGE}"}
+    assert sandbox.counts()["chat"] == {"generate": 0, "judge": 0}
+    assert api.chat(JUDGE, "x", response_format={"type": "json_object"}).status_code == 200
+    assert api.chat(JUDGE, "x").status_code == 200
+
+
+def test_structured_output_can_be_switched_off_and_on(api: Api, sandbox: Sandbox) -> None:
+    sandbox.set_structured_output(False)
+    assert api.chat(JUDGE, "x", response_format=SCHEMA_FORMAT).status_code == 400
+    sandbox.set_structured_output(True)
+    assert api.chat(JUDGE, "x", response_format=SCHEMA_FORMAT).status_code == 200
+
+
+def test_a_retried_judgment_is_judged_on_the_judge_prompt_not_the_reminder(
+    api: Api, sandbox: Sandbox
+) -> None:
+    retry = [
+        {"role": "user", "content": "judge prompt 4"},
+        {"role": "assistant", "content": "I think it is fine."},
+        {"role": "user", "content": "Answer with the JSON object only."},
+    ]
+    again = api.converse(JUDGE, retry).json()["choices"][0]["message"]["content"]
+    assert again == api.content(JUDGE, "judge prompt 4")
+    assert again != api.content(JUDGE, "Answer with the JSON object only.")
+    assert sandbox.counts()["chat"] == {"generate": 0, "judge": 3}
+
+
+def test_generation_answers_the_last_user_message(api: Api, sandbox: Sandbox) -> None:
+    turns = [{"role": "user", "content": f"prompt {i}"} for i in range(8)]
+    answer = api.converse("m", turns).json()["choices"][0]["message"]["content"]
+    assert answer == llm.generate("prompt 7")
+    assert sandbox.counts()["chat"] == {"generate": 1, "judge": 0}
 
 
 # -- traces -----------------------------------------------------------------------------------
@@ -603,17 +722,17 @@ def test_job_stores_experiments_exactly_as_sent(api: Api, sandbox: Sandbox) -> N
     assert sandbox.world.sent_experiments(job_id) == EXPERIMENTS
 
 
-def test_job_answers_its_experiments_queued(api: Api) -> None:
+def test_job_answers_its_experiments_queued_on_the_first_read(api: Api) -> None:
     snapshot_id = api.snapshot()
     job = api.get(f"/api/v1/public/finetuning/{_launch(api, snapshot_id)}").json()
     assert (job["name"], job["snapshot_id"], job["status"]) == (
         "cft-run-1",
         snapshot_id,
-        "processing",
+        "queued",
     )
     first, second = job["experiments"]
     assert (first["experiment_number"], second["experiment_number"]) == (1, 2)
-    assert first["status"] == "queued" and first["model_id"] is None and first["id"]
+    assert first["status"] == "queued" and "model_id" not in first and first["id"]
     assert {k: second[k] for k in EXPERIMENTS[1]} == EXPERIMENTS[1]
 
 
@@ -742,6 +861,42 @@ def test_malformed_fault_on_other_routes_answers_a_body_that_is_not_json(
             "output": "o",
             "score": 0.5,
         },
+    )
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        json.loads(response.text)
+    assert sandbox.counts()["traces"] == 1
+
+
+def test_truncated_fault_answers_the_first_half_of_a_chat_answer(
+    api: Api, sandbox: Sandbox
+) -> None:
+    whole = api.content(JUDGE, "p", response_format=SCHEMA_FORMAT)
+    sandbox.add_fault(FaultRule(route="chat", kind="truncated"))
+    answer = api.chat(JUDGE, "p", response_format=SCHEMA_FORMAT).json()
+    [choice] = answer["choices"]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] == whole[: len(whole) // 2]
+    assert judgment(choice["message"]["content"]) is None
+    assert answer["usage"]["completion_tokens"] == llm.count_tokens(choice["message"]["content"])
+    assert sandbox.counts()["chat"]["judge"] == 2
+    assert sandbox.counts()["faults_fired"] == {"truncated": 1}
+
+
+def test_truncated_fault_cuts_even_a_one_word_answer(api: Api, sandbox: Sandbox) -> None:
+    prompt = next(f"p{i}" for i in range(50) if llm.generate(f"p{i}") == "safe")
+    sandbox.add_fault(FaultRule(route="chat", kind="truncated"))
+    assert api.content("m", prompt) == "sa"
+
+
+def test_truncated_fault_on_other_routes_answers_a_body_that_is_not_json(
+    api: Api, sandbox: Sandbox
+) -> None:
+    Api(sandbox.url, key=None).post("/_sandbox/faults", json={"kind": "truncated"})
+    response = api.post(
+        "/api/v1/traces",
+        json={"projectId": DEFAULT_PROJECT_ID, "modelId": "m", "input": "i", "output": "o",
+              "score": 0.5},
     )
     assert response.status_code == 200
     with pytest.raises(ValueError):
@@ -926,6 +1081,25 @@ def test_control_endpoint_refuses_an_invalid_rate_limit(sandbox: Sandbox, body: 
     response = Api(sandbox.url, key=None).put("/_sandbox/rate-limit", json=body)
     assert response.status_code == 400
     assert sandbox.rate_limit.to_json() == {"rps": None, "burst": 1}
+
+
+def test_control_endpoint_switches_structured_output(api: Api, sandbox: Sandbox) -> None:
+    control = Api(sandbox.url, key=None)
+    assert control.get("/_sandbox/structured-output").json() == {"enabled": True}
+    assert control.put("/_sandbox/structured-output", json={"enabled": False}).json() == {
+        "enabled": False}
+    assert api.chat(JUDGE, "x", response_format=SCHEMA_FORMAT).status_code == 400
+    assert control.get("/_sandbox/state").json()["structured_output"] == {"enabled": False}
+    control.put("/_sandbox/structured-output", json={"enabled": True})
+    assert api.chat(JUDGE, "x", response_format=SCHEMA_FORMAT).status_code == 200
+
+
+@pytest.mark.parametrize("body", [{}, {"enabled": "no"}, {"enabled": 0}, {"enabled": True, "x": 1},
+                                  [True]])
+def test_control_endpoint_refuses_an_invalid_structured_output(sandbox: Sandbox, body: Any) -> None:
+    response = Api(sandbox.url, key=None).put("/_sandbox/structured-output", json=body)
+    assert response.status_code == 400
+    assert sandbox.world.settings.structured_output is True
 
 
 # -- counts and control endpoints -------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,10 +15,12 @@ import pytest
 from cftrunner import config, logs
 from cftrunner.config import Resolved, describe, resolve
 from cftrunner.exceptions import InputError
-from cftrunner.judge import DEFAULT_JUDGE_MODEL
+from cftrunner.gate import GateConfig
+from cftrunner.judge import DEFAULT_JUDGE_MODEL, DEFAULT_TEMPLATE
 from cftrunner.retry import RetryPolicy
 from cftrunner.settings import (
     DEFAULT_DB,
+    KEY_BY_NAME,
     LOG_LEVELS,
     Settings,
     parse_duration,
@@ -126,9 +129,73 @@ def test_reads_the_timeouts_section_into_the_settings_fields(run: Resolve,
 
 
 def test_reads_the_judge_section(run: Resolve, write_config: WriteConfig) -> None:
-    write_config("[judge]\nattempts = 5\ntemperature = 0\n")
-    settings = run().settings
-    assert (settings.judge_attempts, settings.judge_temperature) == (5, 0.0)
+    write_config("[judge]\nattempts = 5\ntemperature = 0\nmax_tokens = 300\n"
+                 "structured_output = false\n")
+    resolved = run()
+    assert resolved.settings.judge_attempts == 5
+    judge = resolved.cycle.judge()
+    assert (judge.temperature, judge.max_tokens, judge.structured_output) == (0.0, 300, False)
+    assert judge.template == DEFAULT_TEMPLATE and judge.template_source is None
+
+
+def test_the_judge_prompt_file_is_read_relative_to_the_config_file(
+        run: Resolve, write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "judge.txt").write_text("Rate {answer} given {prompt}. JSON only.\n")
+    write_config('judge_prompt = "judge.txt"\n')
+    judge = run().cycle.judge()
+    assert judge.template == "Rate {answer} given {prompt}. JSON only.\n"
+    assert judge.template_source == str(tmp_path / "judge.txt")
+
+
+@pytest.mark.parametrize(("text", "missing"), [
+    ("Rate this: {prompt}", "lacks the {answer} placeholder"),
+    ("Rate this answer.", "lacks the {prompt} and {answer} placeholders"),
+])
+def test_a_judge_prompt_without_its_placeholders_is_refused(
+        run: Resolve, write_config: WriteConfig, tmp_path: Path, text: str, missing: str) -> None:
+    (tmp_path / "judge.txt").write_text(text)
+    write_config('judge_prompt = "judge.txt"\n')
+    with pytest.raises(InputError, match=re.escape(missing)):
+        run().cycle.judge()
+
+
+def test_a_missing_judge_prompt_file_is_one_line(run: Resolve, write_config: WriteConfig,
+                                                 tmp_path: Path) -> None:
+    write_config('judge_prompt = "nowhere.txt"\n')
+    with pytest.raises(InputError, match="cannot read the judge prompt .*nowhere.txt"):
+        run().cycle.judge()
+
+
+def test_reads_the_gate_section(run: Resolve, write_config: WriteConfig) -> None:
+    write_config("[gate]\nmin_traces = 10\nmin_below_threshold = 2\nscore_threshold = 0.7\n"
+                 "max_mean_score = 0.9\ntoken_budget = 50000\n")
+    assert run().cycle.gate() == GateConfig(min_traces=10, min_below_threshold=2,
+                                            score_threshold=0.7, max_mean_score=0.9,
+                                            token_budget=50000)
+
+
+def test_the_gate_lets_everything_through_by_default(run: Resolve) -> None:
+    assert run().cycle.gate() == GateConfig()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[judge]\nstructured_output = 1\n", "judge.structured_output must be true or false, not 1"),
+    ("[gate]\ntoken_budget = 0\n", "gate.token_budget must be an integer >= 1, not 0"),
+    ("[gate]\nscore_threshold = 1.5\n", "gate.score_threshold must be a number from 0 to 1"),
+])
+def test_bad_judge_and_gate_values_are_refused(run: Resolve, write_config: WriteConfig,
+                                               text: str, message: str) -> None:
+    write_config(text)
+    with pytest.raises(InputError, match=re.escape(message)):
+        run()
+
+
+def test_a_boolean_from_the_environment_may_be_spelled_as_a_word() -> None:
+    key = KEY_BY_NAME["judge.structured_output"]
+    assert key.check("off", text=True, label="X") is False
+    assert key.check("TRUE", text=True, label="X") is True
+    with pytest.raises(InputError, match="X must be true or false"):
+        key.check("maybe", text=True, label="X")
 
 
 def test_reads_the_api_section(run: Resolve, write_config: WriteConfig) -> None:
@@ -567,3 +634,226 @@ def test_config_imports_no_io_libraries() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "[]", result.stderr
+
+
+# several cycles: [[cycles]]
+
+
+TWO_CYCLES = """
+    project_id = "proj-1"
+    model_alias = "shared-model"
+    prompts = "prompts.json"
+    interval = "12h"
+    [judge]
+    attempts = 4
+    temperature = 0.3
+    [gate]
+    min_traces = 5
+
+    [[cycles]]
+    name = "alpha"
+
+    [[cycles]]
+    project_id = "proj-2"
+    model_alias = "other-model"
+    prompts = "data/other.json"
+    judge_prompt = "judge-b.txt"
+    interval = "1h"
+    [cycles.judge]
+    temperature = 0
+    structured_output = false
+    [cycles.gate]
+    min_traces = 1000
+    max_mean_score = 0.8
+"""
+
+
+def test_without_cycles_the_top_level_keys_are_the_one_cycle(run: Resolve,
+                                                             write_config: WriteConfig) -> None:
+    write_config('project_id = "p"\nmodel_alias = "m"\n')
+    resolved = run()
+    assert resolved.cycles == (resolved.cycle,)
+    assert (resolved.cycle.name, resolved.cycle.title, resolved.cycle.origin) == (None, "p/m", None)
+
+
+def test_each_cycles_entry_is_a_cycle_in_the_file_s_order(run: Resolve,
+                                                          write_config: WriteConfig) -> None:
+    write_config(TWO_CYCLES)
+    resolved = run()
+    assert [cycle.title for cycle in resolved.cycles] == ["alpha", "proj-2/other-model"]
+    assert [cycle.name for cycle in resolved.cycles] == ["alpha", None]
+    assert resolved.cycle is resolved.cycles[0]
+
+
+def test_an_entry_inherits_the_top_level_keys_it_does_not_set(
+        run: Resolve, write_config: WriteConfig, tmp_path: Path) -> None:
+    write_config(TWO_CYCLES)
+    alpha = run().cycles[0]
+    assert alpha == config.Cycle(
+        name="alpha", project_id="proj-1", model_alias="shared-model",
+        prompts=str(tmp_path / "prompts.json"), interval=43200.0, judge_temperature=0.3,
+        gate_min_traces=5)
+
+
+def test_an_entry_s_own_keys_and_judge_and_gate_tables_override_the_top_level(
+        run: Resolve, write_config: WriteConfig, tmp_path: Path) -> None:
+    write_config(TWO_CYCLES)
+    resolved = run()
+    other = resolved.cycles[1]
+    assert (other.project_id, other.model_alias, other.interval) == ("proj-2", "other-model", 3600.0)
+    assert (other.judge_temperature, other.structured_output) == (0.0, False)
+    assert other.gate() == GateConfig(min_traces=1000, max_mean_score=0.8)
+    assert resolved.settings.judge_attempts == 4  # a setting, not per cycle: for every cycle
+
+
+def test_relative_paths_in_an_entry_are_relative_to_the_config_file_s_folder(
+        tmp_path: Path, run: Resolve, write_config: WriteConfig) -> None:
+    path = write_config(TWO_CYCLES, "etc/cft.toml")
+    other = run({"config": str(path)}).cycles[1]
+    assert other.prompts == str(tmp_path / "etc" / "data" / "other.json")
+    assert other.judge_prompt == str(tmp_path / "etc" / "judge-b.txt")
+
+
+def test_the_environment_and_command_line_are_inherited_unless_the_entry_sets_the_key(
+        run: Resolve, write_config: WriteConfig) -> None:
+    write_config(TWO_CYCLES)
+    resolved = run({"split_percentage": 60}, {"CFTRUNNER_INTERVAL": "2d"})
+    assert [cycle.split_percentage for cycle in resolved.cycles] == [60, 60]
+    assert [cycle.interval for cycle in resolved.cycles] == [172800.0, 3600.0]
+
+
+def test_two_entries_for_the_same_model_with_different_names_are_two_cycles(
+        run: Resolve, write_config: WriteConfig) -> None:
+    write_config('project_id = "p"\nmodel_alias = "m"\n'
+                 '[[cycles]]\nname = "daily"\n[[cycles]]\nname = "weekly"\ninterval = "7d"\n')
+    assert [cycle.title for cycle in run().cycles] == ["daily", "weekly"]
+
+
+def test_select_picks_a_cycle_by_name_or_all_of_them(run: Resolve, write_config: WriteConfig) -> None:
+    write_config(TWO_CYCLES)
+    resolved = run()
+    assert config.select(resolved, None) == resolved.cycles
+    assert config.select(resolved, "proj-2/other-model") == (resolved.cycles[1],)
+
+
+def test_select_refuses_an_unknown_name_listing_the_cycles(run: Resolve,
+                                                          write_config: WriteConfig) -> None:
+    write_config(TWO_CYCLES)
+    with pytest.raises(InputError) as raised:
+        config.select(run(), "beta")
+    assert raised.value.message == ('no cycle named "beta"; the cycles are "alpha", '
+                                    '"proj-2/other-model"')
+
+
+def test_sources_name_the_entry_for_the_keys_the_first_entry_sets(
+        run: Resolve, write_config: WriteConfig) -> None:
+    path = write_config('project_id = "p"\n[[cycles]]\nmodel_alias = "m"\n[[cycles]]\n'
+                        'model_alias = "n"\nsplit_percentage = 50\n')
+    resolved = run()
+    assert resolved.sources["model_alias"] == f"file {path}, [[cycles]] entry 1"
+    assert resolved.sources["project_id"] == f"file {path}"
+    assert resolved.cycle_sources[1]["split_percentage"] == f"file {path}, [[cycles]] entry 2"
+
+
+def test_describe_cycles_lists_each_entry_s_own_keys(run: Resolve, write_config: WriteConfig) -> None:
+    write_config('project_id = "p"\nmodel_alias = "m"\n[[cycles]]\nname = "a"\n'
+                 '[[cycles]]\nmodel_alias = "n"\n[cycles.gate]\nmin_traces = 1000\n')
+    assert config.describe_cycles(run()) == ["cycle a: every key inherited",
+                                             "cycle p/n: model_alias = n, gate.min_traces = 1000"]
+
+
+def test_describe_cycles_is_empty_without_cycles(run: Resolve) -> None:
+    assert config.describe_cycles(run()) == []
+
+
+def test_an_entry_missing_a_needed_key_is_refused_only_when_a_cycle_is_run(
+        run: Resolve, write_config: WriteConfig) -> None:
+    path = write_config('model_alias = "m"\n[[cycles]]\nproject_id = "p"\nprompts = "p.json"\n'
+                        '[[cycles]]\nname = "lost"\n')
+    from cftrunner.tick import spec_from  # here: the rest of this module needs no runner
+
+    incomplete = run().cycles[1]  # resolving is fine: `config` shows such a file
+    with pytest.raises(InputError) as raised:
+        spec_from(incomplete, None, "tick")
+    assert raised.value.message == (f"{path}: [[cycles]] entry 2 (lost): tick needs project_id, "
+                                    "prompts (in the entry or at the top level of the file)")
+
+
+def entry_refusal(run: Resolve, write_config: WriteConfig, entries: str) -> tuple[Path, str]:
+    path = write_config('project_id = "p"\nmodel_alias = "m"\n\n[[cycles]]\nname = "first"\n\n'
+                        + textwrap.dedent(entries))
+    return path, refusal(run)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('db = "sqlite:///x.db"\n', "db is not a per-cycle key; set it at the top level of the file"),
+    ('base_url = "http://x"\n', "base_url is not a per-cycle key"),
+    ("[cycles.retry]\nmax_attempts = 3\n", "retry.max_attempts is not a per-cycle key"),
+    ("[cycles.timeouts]\nlease = 3\n", "timeouts.lease is not a per-cycle key"),
+    ("[cycles.judge]\nattempts = 3\n", "judge.attempts is not a per-cycle key"),
+    ('[cycles.api]\ntrace_shape = "batch"\n', "api.trace_shape is not a per-cycle key"),
+    ('log_level = "debug"\n', "log_level is not a per-cycle key"),
+])
+def test_a_key_that_is_not_per_cycle_in_an_entry_is_refused_naming_file_entry_and_key(
+        run: Resolve, write_config: WriteConfig, entry: str, message: str) -> None:
+    path, refused = entry_refusal(run, write_config, "[[cycles]]\nname = \"second\"\n" + entry)
+    assert refused.startswith(f"{path}: [[cycles]] entry 2 (second): {message}")
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("intervall = '1h'\n", "unknown key intervall (did you mean interval?)"),
+    ("nmae = 'x'\n", "unknown key nmae (did you mean name?)"),
+    ("[cycles.judge]\ntemprature = 0\n", "unknown key judge.temprature (did you mean judge.temperature?)"),
+    ("[cycles.gate]\nmin_trace = 1\n", "unknown key gate.min_trace (did you mean gate.min_traces?)"),
+    ("[cycles.gates]\nmin_traces = 1\n", "unknown section [cycles.gates] (did you mean gate?)"),
+    ("judge = 3\n", "judge must be a table ([cycles.judge]), not 3"),
+])
+def test_an_unknown_key_in_an_entry_is_refused_with_a_hint(
+        run: Resolve, write_config: WriteConfig, entry: str, message: str) -> None:
+    path, refused = entry_refusal(run, write_config, "[[cycles]]\n" + entry)
+    assert refused == f"{path}: [[cycles]] entry 2 (p/m): {message}"
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("[cycles.gate]\nmin_traces = -1\n", " (p/m): gate.min_traces must be an integer >= 0, not -1"),
+    ("split_percentage = 100\n", " (p/m): split_percentage must be an integer from 1 to 99, not 100"),
+    ("name = 3\n", " (p/m): name must be a non-empty string, not 3"),
+    ('name = " "\n', ': name must be a non-empty string, not " "'),
+])
+def test_a_bad_value_in_an_entry_is_refused_naming_file_entry_and_key(
+        run: Resolve, write_config: WriteConfig, entry: str, message: str) -> None:
+    path, refused = entry_refusal(run, write_config, "[[cycles]]\n" + entry)
+    assert refused == f"{path}: [[cycles]] entry 2{message}"
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ('[[cycles]]\nname = "first"\n', 'entry 2 (first): name "first" is entry 1\'s too'),
+    ('[[cycles]]\nmodel_alias = "n"\n[[cycles]]\nname = "x"\n[[cycles]]\nmodel_alias = "n"\n',
+     'entry 4 (p/n): name "p/n" is entry 2\'s too'),
+])
+def test_two_entries_with_one_name_are_refused(run: Resolve, write_config: WriteConfig,
+                                               entries: str, message: str) -> None:
+    path, refused = entry_refusal(run, write_config, entries)
+    assert refused == f"{path}: [[cycles]] {message}; give each cycle its own name"
+
+
+@pytest.mark.parametrize(("text", "shown_as"), [
+    ("cycles = 3\n", "3"),
+    ('cycles = ["a"]\n', "an array"),
+    ("[cycles]\nname = 'a'\n", "a table"),
+])
+def test_cycles_that_is_not_an_array_of_tables_is_refused(
+        run: Resolve, write_config: WriteConfig, text: str, shown_as: str) -> None:
+    path = write_config(text)
+    assert refusal(run) == f"{path}: cycles must be an array of tables ([[cycles]]), not {shown_as}"
+
+
+def test_a_misspelt_cycles_section_gets_a_hint(run: Resolve, write_config: WriteConfig) -> None:
+    path = write_config("[cycle]\nname = 'a'\n")
+    assert refusal(run) == f"{path}: unknown section [cycle] (did you mean cycles?)"
+
+
+def test_an_api_key_in_an_entry_is_refused(run: Resolve, write_config: WriteConfig) -> None:
+    path = write_config('[[cycles]]\napi_key = "sk-secret"\n')
+    message = refusal(run)
+    assert message.startswith(f"{path}: cycles.api_key is not allowed") and "sk-secret" not in message

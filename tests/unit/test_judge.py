@@ -13,6 +13,7 @@ from cftrunner.judge import (
     DEFAULT_TEMPLATE,
     FEEDBACK_LIMIT,
     REMINDER,
+    JudgeConfig,
     Judgment,
     judge_prompt,
     parse_judgment,
@@ -224,3 +225,14 @@ def test_trace_feedback_counts_characters_not_bytes() -> None:
 def test_trace_feedback_refuses_a_negative_limit() -> None:
     with pytest.raises(ValueError):
         trace_feedback(EXPECTED, limit=-1)
+
+
+def test_a_stored_judge_config_round_trips_and_unknown_keys_are_ignored() -> None:
+    config = JudgeConfig(template="{prompt} {answer}", temperature=0.0, max_tokens=99,
+                         structured_output=False, template_source="/x/judge.txt")
+    assert JudgeConfig.from_json({**config.to_json(), "later_key": 1}) == config
+    assert JudgeConfig.from_json(None) == JudgeConfig()
+    assert JudgeConfig(structured_output=False).response_format() is None
+    schema = JudgeConfig().response_format()
+    assert schema is not None and schema["json_schema"]["schema"]["required"] == [
+        "feedback", "reasoning", "score"]

@@ -82,6 +82,67 @@ def test_a_chat_answer_carries_content_finish_reason_and_usage() -> None:
                                                                     {"total_tokens": 3})
 
 
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "judgment", "schema": {"type": "object"}}}
+
+
+def test_a_chat_body_without_options_sends_none_of_them() -> None:
+    body = payloads.chat_body("p", "m", [{"role": "user", "content": "q"}])
+    assert body == {"project_id": "p", "model": "m", "messages": [{"role": "user", "content": "q"}]}
+
+
+def test_a_chat_body_sends_each_option_given() -> None:
+    body = payloads.chat_body("p", "m", [], 0.1, 300, SCHEMA_FORMAT)
+    assert (body["temperature"], body["max_completion_tokens"], body["response_format"]) == (
+        0.1, 300, SCHEMA_FORMAT)
+
+
+def test_a_chat_body_sends_max_tokens_alone_without_temperature() -> None:
+    body = payloads.chat_body("p", "m", [], max_tokens=5)
+    assert "temperature" not in body and "response_format" not in body
+    assert body["max_completion_tokens"] == 5
+
+
+def chat_with_usage(usage: Any) -> payloads.ChatResult:
+    return payloads.parse_chat({"choices": [{"message": {"content": "x"}}], "usage": usage})
+
+
+def test_usage_counts_are_read_with_the_total() -> None:
+    result = chat_with_usage({"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14})
+    assert (result.prompt_tokens, result.completion_tokens, result.tokens) == (10, 4, 14)
+
+
+def test_the_total_is_the_sum_when_the_answer_has_none() -> None:
+    assert chat_with_usage({"prompt_tokens": 10, "completion_tokens": 4}).tokens == 14
+
+
+def test_whole_number_floats_count_as_tokens() -> None:
+    result = chat_with_usage({"prompt_tokens": 10.0, "completion_tokens": 4.0})
+    assert (result.prompt_tokens, result.completion_tokens, result.tokens) == (10, 4, 14)
+    assert isinstance(result.tokens, int)
+
+
+@pytest.mark.parametrize("usage", [None, "lots", [], {}, {"prompt_tokens": 10}])
+def test_a_chat_answer_without_readable_usage_has_no_token_counts(usage: Any) -> None:
+    result = chat_with_usage(usage)
+    assert result.tokens is None
+    assert result.usage == (usage if isinstance(usage, dict) else {})
+
+
+@pytest.mark.parametrize("odd", ["14", -1, True, False, 1.5, float("nan"), float("inf"), None, [14]])
+def test_an_odd_count_is_none_and_never_raises(odd: Any) -> None:
+    result = chat_with_usage({"prompt_tokens": odd, "completion_tokens": odd, "total_tokens": odd})
+    assert (result.prompt_tokens, result.completion_tokens, result.tokens) == (None, None, None)
+
+
+def test_an_odd_total_falls_back_to_the_sum() -> None:
+    result = chat_with_usage({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": "5"})
+    assert result.tokens == 5
+
+
+def test_a_total_of_zero_is_a_count() -> None:
+    assert chat_with_usage({"total_tokens": 0}).tokens == 0
+
+
 TREE = {"project": {"id": "p", "children": [
     {"id": "other", "type": "folder", "children": []},
     {"id": "ds", "type": "dataset", "children": [

@@ -1,0 +1,78 @@
+"""The gate before the snapshot: whether a cycle's new data is worth a fine-tuning job."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DEFAULT_SCORE_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The conditions a cycle must meet before its snapshot; the defaults let every cycle pass.
+
+    Fixed when the run is created, like the judge."""
+
+    min_traces: int = 0  # at least this many traces added to the dataset
+    min_below_threshold: int = 0  # at least this many of them scored below `score_threshold`
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    max_mean_score: float | None = None  # their mean score must not be above this
+    token_budget: int | None = None  # tokens of every completion of the cycle, at most
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> GateConfig:
+        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the gate looks at, read from the store once every addition has settled."""
+
+    traces_added: int
+    below_threshold: int
+    mean_score: float | None
+    tokens_used: int
+    items_over_budget: int  # items left ungenerated or unjudged when the budget ran out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reasons: tuple[str, ...]  # one per condition not met
+    facts: Facts
+    config: GateConfig
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reasons": list(self.reasons), **asdict(self.facts),
+                "config": self.config.to_json()}
+
+
+def evaluate(config: GateConfig, facts: Facts) -> Verdict:
+    """Every condition of `config` that `facts` fail, as one reason each."""
+    reasons: list[str] = []
+    if facts.traces_added < config.min_traces:
+        reasons.append(f"{facts.traces_added} traces added, fewer than the {config.min_traces} "
+                       "required")
+    if facts.below_threshold < config.min_below_threshold:
+        reasons.append(f"{facts.below_threshold} scored below {config.score_threshold:g}, fewer "
+                       f"than the {config.min_below_threshold} required")
+    if (config.max_mean_score is not None and facts.mean_score is not None
+            and facts.mean_score > config.max_mean_score):
+        reasons.append(f"the mean score {facts.mean_score:.3f} is already above the target "
+                       f"{config.max_mean_score:g}")
+    if config.token_budget is not None and (facts.items_over_budget
+                                            or facts.tokens_used > config.token_budget):
+        left = (f", {facts.items_over_budget} items not generated or judged"
+                if facts.items_over_budget else "")
+        reasons.append(f"the token budget of {config.token_budget} ran out "
+                       f"({facts.tokens_used} used{left})")
+    return Verdict(passed=not reasons, reasons=tuple(reasons), facts=facts, config=config)

@@ -1,0 +1,206 @@
+"""After the launch: follow the job to its models, then promote the best on held-out prompts.
+
+Following reads `GET /api/v1/public/finetuning/{job}` within a bound per invocation, so cron's next
+tick looks again rather than one process sleeping for hours. Promoting answers and judges the
+held-out prompts with every new model and with the current one, keeps each result as it comes
+(a resume redoes none), and promotes the best new model if it is no worse by the margin."""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from cftrunner import crashpoints
+from cftrunner.exceptions import JudgeOutputError, RejectedError, StillTraining
+from cftrunner.judge import REMINDER, JudgeConfig, judge_prompt, parse_judgment
+from cftrunner.models import Run
+from cftrunner.payloads import RemoteJob
+from cftrunner.states import RunState
+
+if TYPE_CHECKING:
+    from cftrunner.runner import Runner
+
+log = structlog.get_logger("cftrunner")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What a run does after its launch; fixed when it is created."""
+
+    follow: bool = False
+    promote: bool = False
+    holdout: tuple[str, ...] = ()  # the held-out prompts, never added to the dataset
+    holdout_source: str | None = None
+    margin: float = 0.0  # a new model may score this much below the current one and still win
+    # The promoted experiment this run's model came from: its job re-tunes from it.
+    retune_from: dict[str, Any] | None = field(default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["holdout"] = list(self.holdout)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> LoopConfig:
+        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
+        if "holdout" in known:
+            known["holdout"] = tuple(known["holdout"])
+        return cls(**known)
+
+
+def follow(r: Runner, run: Run) -> None:
+    """Read the job until it ends, within `timeouts.training` (0: once); TRAINED with the
+    models of its succeeded experiments, or TRAIN_FAILED when it has none."""
+    assert run.job_id is not None
+    job_id = run.job_id
+    deadline = time.monotonic() + r.settings.training_timeout
+    while True:
+        job = r.retrying("reading the fine-tuning job", lambda: r.client.finetuning_job(job_id))
+        training = _training(job)
+        if not job.ended:
+            with r.tx() as tx:
+                tx.update_run(run.id, RunState.LAUNCHED, training=training)
+            running = sum(1 for e in job.experiments if e.status not in ("succeeded", "failed"))
+            message = (f"job {job_id} is {job.status or 'unknown'}, {running} of "
+                       f"{len(job.experiments)} experiments still going")
+            if time.monotonic() >= deadline:
+                raise StillTraining(message)
+            log.info("training", job_id=job_id, status=job.status, running=running)
+            r.pause(r.settings.training_poll)
+            continue
+        models = [e for e in job.experiments if e.succeeded]
+        with r.tx() as tx:
+            if models:
+                tx.transition_run(run.id, RunState.LAUNCHED, RunState.TRAINED, training=training)
+            else:
+                tx.transition_run(run.id, RunState.LAUNCHED, RunState.TRAIN_FAILED,
+                                  training=training,
+                                  failure_reason=f"job {job_id} ended {job.status or ''} with no "
+                                                 "succeeded experiment".replace("  ", " "))
+        crashpoints.reach("follow.after_end")
+        return
+
+
+def _training(job: RemoteJob) -> dict[str, Any]:
+    return {"status": job.status, "experiments": [e.to_json() for e in job.experiments]}
+
+
+def candidates(run: Run) -> list[dict[str, Any]]:
+    """The succeeded experiments of the run's job, as last read."""
+    experiments = (run.training or {}).get("experiments") or []
+    return [e for e in experiments if e.get("status") == "succeeded" and e.get("model_id")]
+
+
+def promote(r: Runner, run: Run) -> None:
+    """Answer and judge every held-out prompt with the current model and each new one; then
+    PROMOTED (the best new one is no worse than the current by the margin) or NOT_PROMOTED."""
+    config = LoopConfig.from_json(run.loop_config)
+    new = candidates(run)
+    models = [run.model_alias, *(e["model_id"] for e in new)]
+    done = {(e["model_id"], e["position"]) for e in r.store.evaluations(run.id)}
+    todo = [(m, n) for m in models for n in range(len(config.holdout)) if (m, n) not in done]
+    r.for_each(todo, lambda pair: _evaluate(r, run, config, *pair))
+    results = r.store.evaluations(run.id)
+    summaries = {m: _summary([e for e in results if e["model_id"] == m]) for m in models}
+    decision = decide(run.model_alias, new, summaries, config.margin)
+    target = RunState.PROMOTED if decision["promoted"] else RunState.NOT_PROMOTED
+    with r.tx() as tx:
+        tx.transition_run(run.id, RunState.TRAINED, target, promotion=decision)
+    log.info("promotion", promoted=decision["promoted"], model=decision.get("model_id"),
+             reason=decision["reason"])
+
+
+def _evaluate(r: Runner, run: Run, config: LoopConfig, model: str, position: int) -> None:
+    r.checkpoint()
+    prompt = config.holdout[position]
+    answer: str | None = None
+    score: float | None = None
+    raw: str | None = None
+    error: str | None = None
+    tokens = 0
+    try:
+        generated = r.retrying(f"held-out answer {position} of {model}", lambda: r.client.chat(
+            run.project_id, model, [{"role": "user", "content": prompt}]))
+        answer, tokens = generated.content, generated.tokens or 0
+        score, raw, error, used = _judge(r, run, prompt, answer)
+        tokens += used
+    except RejectedError as exc:
+        if exc.status_code in (401, 403):
+            raise
+        error = exc.message
+    with r.tx() as tx:
+        tx.record_evaluation(run.id, model, position, answer=answer, score=score,
+                             judge_raw=raw, error=error, tokens=tokens)
+    crashpoints.reach("promote.after_evaluation")
+
+
+def _judge(r: Runner, run: Run, prompt: str, answer: str) -> tuple[float | None, str | None,
+                                                                    str | None, int]:
+    """The run's judge on one held-out answer: (score, last answer, error, tokens)."""
+    config = JudgeConfig.from_json(run.judge_config)
+    first = {"role": "user", "content": judge_prompt(prompt, answer, config.template)}
+    messages = [first]
+    raw, error, tokens = None, "no judge answer", 0
+    for _ in range(r.settings.judge_attempts):
+        response_format = None if r.structured_refused else config.response_format()
+        ask = functools.partial(r.client.chat, run.project_id, run.judge_model, messages,
+                                config.temperature, config.max_tokens, response_format)
+        try:
+            result = r.retrying("judging a held-out answer", ask)
+        except RejectedError as exc:
+            if response_format is not None and exc.status_code in (400, 422):
+                r.structured_refused = True
+                continue
+            raise
+        raw, tokens = result.content, tokens + (result.tokens or 0)
+        try:
+            if result.finish_reason == "length":
+                raise JudgeOutputError("the judge answer was cut off (finish_reason: length)")
+            return parse_judgment(result.content).score, raw, None, tokens
+        except JudgeOutputError as exc:
+            error = exc.message
+            messages = [first, {"role": "assistant", "content": result.content},
+                        {"role": "user", "content": REMINDER}]
+    return None, raw, error, tokens
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    scores = [e["score"] for e in results if e["score"] is not None]
+    return {"prompts": len(results), "judged": len(scores),
+            "mean": round(statistics.fmean(scores), 6) if scores else None,
+            "median": round(statistics.median(scores), 6) if scores else None}
+
+
+def decide(current: str, new: list[dict[str, Any]], summaries: dict[str, dict[str, Any]],
+           margin: float) -> dict[str, Any]:
+    """The promotion decision, with both sides' scores and the reason (pure)."""
+    base = summaries[current]
+    scored = [e for e in new if summaries[e["model_id"]]["mean"] is not None]
+    decision: dict[str, Any] = {"current": {"model_id": current, **base}, "margin": margin,
+                                "candidates": [{"model_id": e["model_id"],
+                                                "experiment_id": e.get("id"),
+                                                "base_model_id": e.get("base_model_id"),
+                                                **summaries[e["model_id"]]} for e in new]}
+    if not scored:
+        return {**decision, "promoted": False,
+                "reason": "no new model got a valid judgment on the held-out prompts"}
+    best = max(scored, key=lambda e: summaries[e["model_id"]]["mean"])
+    best_mean = summaries[best["model_id"]]["mean"]
+    decision.update(model_id=best["model_id"], experiment_id=best.get("id"),
+                    base_model_id=best.get("base_model_id"))
+    if base["mean"] is None:
+        return {**decision, "promoted": True,
+                "reason": f"{best['model_id']} scored {best_mean:.3f}; the current model got no "
+                          "valid judgment"}
+    if best_mean >= base["mean"] - margin:
+        return {**decision, "promoted": True,
+                "reason": f"{best['model_id']} scored {best_mean:.3f} against {base['mean']:.3f} "
+                          f"for {current} (margin {margin:g})"}
+    return {**decision, "promoted": False,
+            "reason": f"the best new model {best['model_id']} scored {best_mean:.3f}, below "
+                      f"{base['mean']:.3f} for {current} by more than the margin {margin:g}"}
