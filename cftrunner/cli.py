@@ -1,18 +1,19 @@
-"""The `cftrunner` command: thin wrappers over the library, and the one map from errors to exit codes."""
+"""The `cftrunner` command: thin wrappers over the library, and the one map from errors to exit codes.
+
+Each command imports the library it calls (`service`, `report`, `display`, `logs`) when it runs:
+SQLAlchemy, requests and structlog take most of a second to import on a small host, which `--help`,
+`--version` and a usage error then do not pay (and `config` pays only for structlog)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import sqlalchemy as sa
 
-from cftrunner import config, display, logs, service, shutdown
-from cftrunner import report as report_module
+from cftrunner import config
 from cftrunner.exceptions import (
     CftrunnerError,
     InputError,
@@ -21,11 +22,14 @@ from cftrunner.exceptions import (
     RunBusy,
     RunStopped,
 )
-from cftrunner.models import Run
-from cftrunner.settings import Settings
-from cftrunner.shutdown import Stop
+from cftrunner.settings import LOG_LEVELS, Settings
 from cftrunner.states import ENDS_UNLESS_LOOPING, RunState
-from cftrunner.tick import spec_from
+
+if TYPE_CHECKING:
+    from cftrunner import service
+    from cftrunner.display import Display
+    from cftrunner.models import Run
+    from cftrunner.shutdown import Stop
 
 EXIT_LAUNCHED = 0
 EXIT_FAILED = 1  # the run ended FAILED
@@ -51,7 +55,7 @@ def connection_options(func: F) -> F:
         click.option("--api-key", metavar="KEY",
                      help="The API key [env API_KEY or PREMAI_API_KEY]; prefer the environment, "
                           "since a command line is visible to other users of the host."),
-        click.option("--log-level", type=click.Choice(logs.LEVELS),
+        click.option("--log-level", type=click.Choice(LOG_LEVELS),
                      help="Least severe log event written to stderr [default info]."),
         click.option("--config", metavar="FILE",
                      help="TOML config file [env CFTRUNNER_CONFIG; default ./cftrunner.toml "
@@ -84,6 +88,8 @@ def throughput_options(func: F) -> F:
 def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
     """Every setting: this command's options, the same options before the command, the
     environment, the config file, defaults; logging is configured here, once."""
+    from cftrunner import logs
+
     before = click.get_current_context().find_root().params
     given = {key: options.pop(key, None) or before.get(key) for key in CONNECTION_KEYS}
     given |= {setting: options.pop(option, None) for option, setting in THROUGHPUT_KEYS.items()}
@@ -130,7 +136,9 @@ def _finish(run: Run) -> int:
 
 def _stop(settings: Settings) -> Stop:
     """SIGTERM and SIGINT stop the run at its next checkpoint instead of killing it."""
-    stop = Stop()
+    from cftrunner import shutdown
+
+    stop = shutdown.Stop()
     shutdown.install(stop, settings.shutdown_grace)
     return stop
 
@@ -180,7 +188,9 @@ def progress_option(func: F) -> F:
              "is driven [default: when stderr is a terminal].")(func)
 
 
-def _display(show_progress: bool | None) -> display.Display:
+def _display(show_progress: bool | None) -> Display:
+    from cftrunner import display
+
     return display.on(sys.stderr, show_progress)
 
 
@@ -198,6 +208,9 @@ def start(cycle: str | None, run_id: str | None, show_progress: bool | None,
 
     Example: cftrunner start --project-id P --model-alias my-model-v3 --prompts prompts.json
     """
+    from cftrunner import service
+    from cftrunner.tick import spec_from
+
     resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
     chosen = config.select(resolved, cycle)
     if len(chosen) > 1:
@@ -226,6 +239,8 @@ def tick(cycle: str | None, show_progress: bool | None, **options: Any) -> int:
 
     Example: cftrunner tick --config /etc/cftrunner/cftrunner.toml
     """
+    from cftrunner import service
+
     resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
     chosen = config.select(resolved, cycle)
     stop = _stop(resolved.settings)
@@ -301,6 +316,8 @@ def resume(run_id: str, worker: bool, show_progress: bool | None, **options: Any
 
     Example: cftrunner resume 20261121-223000-a1b2c3
     """
+    from cftrunner import service
+
     settings = _settings(options)
     run = service.resume(settings, run_id, stop=_stop(settings),
                          display=_display(show_progress), worker=worker)
@@ -319,6 +336,8 @@ def cancel(run_id: str, **options: Any) -> int:
 
     Example: cftrunner cancel 20261121-223000-a1b2c3
     """
+    from cftrunner import service
+
     click.echo(service.cancel(_settings(options), run_id))
     return 0
 
@@ -332,6 +351,8 @@ def status(run_id: str | None, as_json: bool, **options: Any) -> int:
 
     Example: cftrunner status --json 20261121-223000-a1b2c3
     """
+    from cftrunner import service
+
     click.echo(service.status_text(_settings(options), run_id, as_json))
     return 0
 
@@ -355,6 +376,8 @@ def report(run_id: str | None, trend: bool, project_id: str | None, html_file: s
 
     Example: cftrunner report --trend --project P --html trend.html
     """
+    from cftrunner.report import report_text, trend_text
+
     if (run_id is None) == (not trend):
         raise click.UsageError("give either RUN_ID or --trend")
     if run_id is not None and (project_id or html_file or no_html):
@@ -363,10 +386,10 @@ def report(run_id: str | None, trend: bool, project_id: str | None, html_file: s
         raise click.UsageError("--html and --no-html exclude each other")
     settings = _settings(options)
     if run_id is not None:
-        click.echo(report_module.report_text(settings, run_id, as_json))
+        click.echo(report_text(settings, run_id, as_json))
         return 0
     html = None if no_html else Path(html_file or "cftrunner-trend.html")
-    click.echo(report_module.trend_text(settings, project_id, html, as_json))
+    click.echo(trend_text(settings, project_id, html, as_json))
     return 0
 
 
@@ -381,6 +404,8 @@ def show(run_id: str, item: int, as_json: bool, **options: Any) -> int:
 
     Example: cftrunner show 20261121-223000-a1b2c3 17
     """
+    from cftrunner import service
+
     click.echo(service.show_text(_settings(options), run_id, item, as_json))
     return 0
 
@@ -394,6 +419,10 @@ def demo(latency: float, show_progress: bool | None) -> int:
 
     Example: cftrunner demo
     """
+    from importlib import resources
+
+    from cftrunner import logs, service
+
     logs.configure("info")
     sample = resources.files("cftrunner") / "data" / "sample_prompts.json"
     with resources.as_file(sample) as path:
@@ -436,6 +465,8 @@ def sandbox(**options: Any) -> int:
 
     Example: cftrunner sandbox --port 8765 --drop-rate 0.1 --max-rps 20 --burst 5
     """
+    from cftrunner import service
+
     service.serve_sandbox(**options, announce=lambda line: click.echo(line))
     return 0
 
@@ -478,7 +509,10 @@ def _outcome(exc: Exception) -> tuple[str, int]:
         return f"stopped: {exc.message}", EXIT_STOPPED
     if isinstance(exc, CftrunnerError):
         return exc.message, EXIT_STOPPED
-    if isinstance(exc, sa.exc.SQLAlchemyError):
+    # Imported only for an error none of the above matched; if SQLAlchemy raised it, it is loaded.
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
         return f"state database: {exc.__class__.__name__}: {_first_line(exc)}", EXIT_STOPPED
     return f"internal error: {exc.__class__.__name__}: {_first_line(exc)}", EXIT_SOFTWARE
 

@@ -93,17 +93,17 @@ from pathlib import Path
 from typing import Any
 
 from cftrunner.exceptions import InputError
-from cftrunner.gate import DEFAULT_SCORE_THRESHOLD, GateConfig
-from cftrunner.judge import (
-    DEFAULT_JUDGE_MODEL,
+from cftrunner.judge import DEFAULT_JUDGE_MODEL, read_template
+from cftrunner.prompts import iter_prompts
+from cftrunner.run_config import (
     DEFAULT_MAX_TOKENS,
+    DEFAULT_SCORE_THRESHOLD,
     DEFAULT_TEMPERATURE,
     DEFAULT_TEMPLATE,
+    GateConfig,
     JudgeConfig,
-    read_template,
+    LoopConfig,
 )
-from cftrunner.loop import LoopConfig
-from cftrunner.prompts import iter_prompts
 from cftrunner.settings import (
     DEFAULT_FAILED_RETRY_INTERVAL,
     DEFAULT_INTERVAL,

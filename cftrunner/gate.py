@@ -1,32 +1,13 @@
-"""The gate before the snapshot: whether a cycle's new data is worth a fine-tuning job."""
+"""The gate before the snapshot: whether a cycle's new data is worth a fine-tuning job.
+
+Its conditions, GateConfig, live in `run_config` with the run's other stored settings."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-DEFAULT_SCORE_THRESHOLD = 0.5
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """The conditions a cycle must meet before its snapshot; the defaults let every cycle pass.
-
-    Fixed when the run is created, like the judge."""
-
-    min_traces: int = 0  # at least this many traces added to the dataset
-    min_below_threshold: int = 0  # at least this many of them scored below `score_threshold`
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
-    max_mean_score: float | None = None  # their mean score must not be above this
-    token_budget: int | None = None  # tokens of every completion of the cycle, at most
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> GateConfig:
-        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+from cftrunner.run_config import GateConfig
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""The judge prompt, and validation of the judge's answer into a Judgment."""
+"""The judge prompt, and validation of the judge's answer into a Judgment.
+
+How a run asks its judge (JudgeConfig, the default template and response format) lives in
+`run_config` with the run's other stored settings."""
 
 from __future__ import annotations
 
@@ -6,64 +9,19 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cftrunner.exceptions import InputError, JudgeOutputError
+from cftrunner.run_config import DEFAULT_TEMPLATE
 
 DEFAULT_JUDGE_MODEL = "claude-4.5-sonnet"
-DEFAULT_TEMPERATURE = 0.1
-DEFAULT_MAX_TOKENS = 4096
 FEEDBACK_LIMIT = 2048
-
-DEFAULT_TEMPLATE = """\
-You are a strict, fair evaluator of answers written by an AI model.
-
-Below are a prompt that was given to the model and the model's answer to it. Judge how well the \
-answer does exactly what the prompt asks: correctness first, then whether it follows the \
-requested format.
-
-<prompt>
-{prompt}
-</prompt>
-
-<answer>
-{answer}
-</answer>
-
-Write your evaluation in this order:
-1. "feedback": what the ideal answer to the prompt is, and what this answer must change to match it.
-2. "reasoning": your assessment of the answer, step by step.
-3. "score": a number from 0 to 1, where 1 means fully correct and 0 means entirely wrong.
-
-Reply with one JSON object and nothing else, no code fence, no text before or after it:
-{"feedback": "...", "reasoning": "...", "score": 0.0}
-"""
 
 REMINDER = (
     'Reply only with the JSON object {"feedback": "...", "reasoning": "...", "score": ...}, '
     "where score is a number from 0 to 1, and nothing else."
 )
-
-# What structured output asks of the judge; the answer is validated all the same.
-RESPONSE_FORMAT: dict[str, Any] = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "judgment",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {
-                "feedback": {"type": "string"},
-                "reasoning": {"type": "string"},
-                "score": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-            "required": ["feedback", "reasoning", "score"],
-            "additionalProperties": False,
-        },
-    },
-}
 
 _PLACEHOLDER = re.compile(r"\{(prompt|answer)\}")
 _FENCE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n?(.*?)```", re.DOTALL)
@@ -77,29 +35,6 @@ class Judgment:
     feedback: str
     reasoning: str
     score: float
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """How a run asks its judge: fixed when the run is created, so a resume asks the same way."""
-
-    template: str = DEFAULT_TEMPLATE
-    temperature: float = DEFAULT_TEMPERATURE
-    max_tokens: int | None = DEFAULT_MAX_TOKENS
-    structured_output: bool = True
-    template_source: str | None = None  # the file it was read from; None for the default
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> JudgeConfig:
-        """The stored config; a run stored before there was one judged with the defaults."""
-        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def response_format(self) -> dict[str, Any] | None:
-        return RESPONSE_FORMAT if self.structured_output else None
 
 
 def read_template(path: str) -> str:

@@ -3,54 +3,32 @@
 Following reads `GET /api/v1/public/finetuning/{job}` within a bound per invocation, so cron's next
 tick looks again rather than one process sleeping for hours. Promoting answers and judges the
 held-out prompts with every new model and with the current one, keeps each result as it comes
-(a resume redoes none), and promotes the best new model if it is no worse by the margin."""
+(a resume redoes none), and promotes the best new model if it is no worse by the margin.
+
+What a run does after its launch, LoopConfig, lives in `run_config` with the run's other stored
+settings."""
 
 from __future__ import annotations
 
 import functools
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from cftrunner import crashpoints
 from cftrunner.exceptions import JudgeOutputError, RejectedError, StillTraining
-from cftrunner.judge import REMINDER, JudgeConfig, judge_prompt, parse_judgment
+from cftrunner.judge import REMINDER, judge_prompt, parse_judgment
 from cftrunner.models import Run
 from cftrunner.payloads import RemoteJob
+from cftrunner.run_config import JudgeConfig, LoopConfig
 from cftrunner.states import RunState
 
 if TYPE_CHECKING:
     from cftrunner.runner import Runner
 
 log = structlog.get_logger("cftrunner")
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """What a run does after its launch; fixed when it is created."""
-
-    follow: bool = False
-    promote: bool = False
-    holdout: tuple[str, ...] = ()  # the held-out prompts, never added to the dataset
-    holdout_source: str | None = None
-    margin: float = 0.0  # a new model may score this much below the current one and still win
-    # The promoted experiment this run's model came from: its job re-tunes from it.
-    retune_from: dict[str, Any] | None = field(default=None)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["holdout"] = list(self.holdout)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> LoopConfig:
-        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
-        if "holdout" in known:
-            known["holdout"] = tuple(known["holdout"])
-        return cls(**known)
 
 
 def follow(r: Runner, run: Run) -> None:

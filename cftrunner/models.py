@@ -61,11 +61,11 @@ class Run:
     cycle: str | None = None
     cancel_requested: bool = False
     lease: LeaseInfo | None = None
-    judge_config: dict[str, Any] | None = None  # judge.JudgeConfig as stored; None before 0004
-    gate_config: dict[str, Any] | None = None  # gate.GateConfig as stored; None: no gate
+    judge_config: dict[str, Any] | None = None  # run_config.JudgeConfig as stored; None before 0004
+    gate_config: dict[str, Any] | None = None  # run_config.GateConfig as stored; None: no gate
     gate_result: dict[str, Any] | None = None  # what the gate found, once it has looked
     skip_reason: str | None = None
-    loop_config: dict[str, Any] | None = None  # loop.LoopConfig as stored; None: neither
+    loop_config: dict[str, Any] | None = None  # run_config.LoopConfig as stored; None: neither
     training: dict[str, Any] | None = None  # the job and its experiments as last read
     promotion: dict[str, Any] | None = None  # the promotion decision, its scores and reason
 

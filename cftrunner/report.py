@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cftrunner.exceptions import InputError
-from cftrunner.gate import DEFAULT_SCORE_THRESHOLD
 from cftrunner.models import Run, RunSummary
 from cftrunner.render import duration
+from cftrunner.run_config import DEFAULT_SCORE_THRESHOLD
 from cftrunner.settings import Settings
 from cftrunner.states import ITEM_FAILED, ItemStage, RunState
 from cftrunner.store import Store

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from cftrunner.exceptions import InputError
-from cftrunner.gate import DEFAULT_SCORE_THRESHOLD
 from cftrunner.report import BINS, EDGES, TREND_HEADER, Distribution, TrendRow, distribution, trend_cells
+from cftrunner.run_config import DEFAULT_SCORE_THRESHOLD
 
 HISTOGRAM_TITLE = "Score distribution of the latest cycle"
 MEAN_TITLE = "Mean score per cycle"

@@ -11,10 +11,9 @@ import structlog
 
 from cftrunner import crashpoints, gate, payloads
 from cftrunner.exceptions import ApiError, RunStopped
-from cftrunner.gate import GateConfig
-from cftrunner.loop import LoopConfig
 from cftrunner.models import Run
 from cftrunner.payloads import RemoteTrace
+from cftrunner.run_config import GateConfig, LoopConfig
 from cftrunner.states import ItemStage, RunState
 from cftrunner.transaction import Tx
 

@@ -31,14 +31,12 @@ from cftrunner.exceptions import (
     StillTraining,
     TransientError,
 )
-from cftrunner.gate import GateConfig
-from cftrunner.judge import JudgeConfig
 from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
 from cftrunner.limiter import RateLimiter
-from cftrunner.loop import LoopConfig
 from cftrunner.models import Effect, EffectStatus, Item, Run
 from cftrunner.reconcile import Reconciler
 from cftrunner.retry import next_delay, rate_limited
+from cftrunner.run_config import GateConfig, JudgeConfig, LoopConfig
 from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop

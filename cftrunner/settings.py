@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cftrunner.exceptions import InputError
-from cftrunner.gate import DEFAULT_SCORE_THRESHOLD
-from cftrunner.judge import DEFAULT_JUDGE_MODEL, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from cftrunner.judge import DEFAULT_JUDGE_MODEL
 from cftrunner.retry import RetryPolicy
+from cftrunner.run_config import DEFAULT_MAX_TOKENS, DEFAULT_SCORE_THRESHOLD, DEFAULT_TEMPERATURE
 
 DEFAULT_BASE_URL = "https://studio.premai.io"
 DEFAULT_DB = "sqlite:///state/cftrunner.db"

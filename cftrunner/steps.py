@@ -13,13 +13,13 @@ from cftrunner import claims, crashpoints, payloads
 from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
 from cftrunner.judge import (
     REMINDER,
-    JudgeConfig,
     Judgment,
     judge_prompt,
     parse_judgment,
     trace_feedback,
 )
 from cftrunner.models import Item, Run
+from cftrunner.run_config import JudgeConfig
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
 from cftrunner.transaction import Tx
 

@@ -13,10 +13,10 @@ from cftrunner.config import Cycle, cycle_name
 from cftrunner.display import Display, no_display
 from cftrunner.exceptions import InputError
 from cftrunner.lease import Lease, current_owner
-from cftrunner.loop import LoopConfig
 from cftrunner.models import Run
 from cftrunner.prompts import check_prompts, iter_prompts
 from cftrunner.render import duration
+from cftrunner.run_config import LoopConfig
 from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
 from cftrunner.states import RUN_ORDER, RunState
@@ -69,10 +69,12 @@ class Decision:
     reason: str
 
 
-def decide_and_claim(runner: Runner, cycle: Cycle, prompts: Iterable[str]) -> Decision:
+def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec,
+                     prompts: Iterable[str]) -> Decision:
     """In one transaction under the cycle's lock: pick what to do, and when a new cycle is due,
-    create its run already leased to this process, so a concurrent tick finds it owned."""
-    spec = spec_from(cycle, new_run_id(), "tick")
+    create its run (of `spec`, under a new id) already leased to this process, so a concurrent
+    tick finds it owned."""
+    spec = replace(spec, run_id=new_run_id())
     name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
     store: Store = runner.store
     with store.tx() as tx:
@@ -110,7 +112,7 @@ def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None],
     # Checked in full before anything else, even when the run to drive already exists; then read
     # again as the new run's items are stored, so the prompts are never all held at once.
     check_prompts(Path(spec.prompts_source))
-    decision = decide_and_claim(runner, cycle, iter_prompts(Path(spec.prompts_source)))
+    decision = decide_and_claim(runner, cycle, spec, iter_prompts(Path(spec.prompts_source)))
     log.info("tick", action=decision.action, run_id=decision.run_id, reason=decision.reason)
     if decision.action == "wait" or decision.run_id is None:
         return decision, None

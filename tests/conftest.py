@@ -323,6 +323,11 @@ def cli(sandbox: Sandbox, db_url: str, tmp_path: Path) -> Cli:
     return Cli(sandbox, db_url, tmp_path)
 
 
+def requests_sent(sandbox: Sandbox) -> int:
+    """API requests the sandbox has received, on every route."""
+    return sum(sandbox.counts()["requests"].values())
+
+
 def assert_exactly_once(sandbox: Sandbox, prompts: int) -> None:
     """The sandbox holds one trace per prompt, one addition per trace, one snapshot, one job."""
     counts = sandbox.counts()

@@ -121,6 +121,7 @@ class Sandbox:
             self._server = self._thread = None
         if server is None:
             return
+        self.faults.release()  # a held request's thread would outlive the server
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -173,6 +174,10 @@ class Sandbox:
 
     def clear_faults(self) -> None:
         self.faults.clear()
+
+    def release_holds(self) -> None:
+        """Let the requests that "hold" faults are holding be acted on and answered."""
+        self.faults.release()
 
     def set_rate_limit(self, rps: float | None, burst: int = 1) -> None:
         """Answer 429 to requests beyond `rps` a second (after `burst` at once); None lifts it."""

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("status", "drop", "late", "latency", "malformed", "truncated")
+KINDS = ("status", "drop", "late", "latency", "hold", "malformed", "truncated")
 
 
 @dataclass(frozen=True)
@@ -17,10 +17,12 @@ class FaultRule:
 
     kind "status" answers `status` without acting (or after acting, with `after_action`); "drop"
     acts and closes the connection without an answer; "late" acts and answers after `delay`;
-    "latency" waits `delay` and then acts; "malformed" acts and answers a judge call with an
-    invalid judgment, any other request with a body that is not JSON; "truncated" acts and answers
-    a chat call with the first half of its content and finish_reason "length", any other request
-    (or a chat call refused with a 4xx) with the first half of its body, which is not JSON.
+    "latency" waits `delay` and then acts; "hold" waits until the holds are released (see
+    FaultBook.release; at most `delay` seconds when it is above 0) and then acts; "malformed"
+    acts and answers a judge call with an invalid judgment, any other request with a body that
+    is not JSON; "truncated" acts and answers a chat call with the first half of its content and
+    finish_reason "length", any other request (or a chat call refused with a 4xx) with the first
+    half of its body, which is not JSON.
     """
 
     route: str = "*"
@@ -125,18 +127,35 @@ class FaultBook:
         self._routes = routes
         self._entries: list[_Entry] = []
         self._malformed = 0
+        self._released = threading.Event()
 
     def add(self, rule: FaultRule) -> None:
         if self._routes is not None and rule.route != "*" and rule.route not in self._routes:
             raise ValueError(f"unknown route {rule.route!r}")
         with self._lock:
+            if rule.kind == "hold" and self._released.is_set():
+                self._released = threading.Event()  # holds again, after an earlier release
             self._entries.append(_Entry(rule))
 
     def clear(self) -> int:
+        """Remove every rule, and let go of the requests held."""
         with self._lock:
             cleared = len(self._entries)
             self._entries.clear()
+            self._released.set()
             return cleared
+
+    def release(self) -> None:
+        """Let the requests "hold" rules are holding go on, and those they would hold from now on
+        until another "hold" rule is added."""
+        with self._lock:
+            self._released.set()
+
+    def wait_released(self, timeout: float | None = None) -> bool:
+        """Block until the holds are released (False: `timeout` seconds passed first)."""
+        with self._lock:
+            released = self._released
+        return released.wait(timeout)
 
     def rules(self) -> list[FaultRule]:
         with self._lock:

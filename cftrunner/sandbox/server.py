@@ -140,6 +140,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return
         if rule.kind == "latency":
             time.sleep(rule.delay)
+        elif rule.kind == "hold":
+            backend.faults.wait_released(rule.delay or None)
         reply = routes.dispatch(route, backend.world, call)
         if rule.kind == "status":
             self._reply(_status_reply(rule))
@@ -277,6 +279,9 @@ def control(backend: Backend, method: str, path: str, body: bytes) -> Reply:
         return ok({"faults": [rule.to_json() for rule in faults.rules()]})
     if (method, path) == ("DELETE", "/_sandbox/faults"):
         return ok({"cleared": faults.clear()})
+    if (method, path) == ("POST", "/_sandbox/faults/release"):
+        faults.release()
+        return ok({"released": True})
     if (method, path) == ("POST", "/_sandbox/faults"):
         try:
             rule = FaultRule.from_json(fields.decode(body))

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
-from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
-from tests.conftest import Cli, assert_exactly_once, write_prompts
+from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
+from tests.conftest import Cli, assert_exactly_once, databases, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +51,27 @@ class Traffic:
 
 
 @pytest.fixture
+def capacity(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The busy rate this host reaches, right before the test, with no limit worth the name: how
+    fast the run's own work (the process, the state database, the sandbox in the test process)
+    lets it go. On 2 busy cores, and on PostgreSQL, that can be below the rates the tests ask of
+    a limited run."""
+    tmp = tmp_path_factory.mktemp("capacity")
+    db_url = databases().new(tmp)
+    try:
+        with Sandbox(api_key=DEFAULT_API_KEY, processing_seconds=0.2,
+                     rate_limit_rps=100 * LIMIT, rate_limit_burst=100 * BURST) as unlimited:
+            cli = Cli(unlimited, db_url, tmp)
+            write_prompts(cli.prompts, PROMPTS)
+            start(cli, "unlimited")
+            seen = traffic(unlimited)
+    finally:
+        databases().drop(db_url)
+    assert seen.refused == 0, seen.summary()
+    return seen.busy_rate()
+
+
+@pytest.fixture
 def limited(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return make_sandbox(rate_limit_rps=LIMIT, rate_limit_burst=BURST)
 
@@ -76,14 +97,15 @@ def traffic(sandbox: Sandbox) -> Traffic:
 
 
 def test_a_run_under_a_rate_limit_launches_keeping_close_to_the_allowed_rate(
-        cli: Cli, limited: Sandbox) -> None:
+        cli: Cli, limited: Sandbox, capacity: float) -> None:
     status = start(cli, "limited")
 
     assert status["failures"] == {}
     assert status["items"]["ADDED"] == len(PROMPTS)
     assert_exactly_once(limited, len(PROMPTS))
     seen = traffic(limited)
-    assert seen.busy_rate() >= 0.6 * LIMIT, seen.summary()
+    print(f"\nunder a limit of {LIMIT:g}/s: {seen.summary()}; this host unlimited {capacity:.1f}/s")
+    assert seen.busy_rate() >= 0.6 * min(LIMIT, capacity), seen.summary()
     assert seen.most_in_one_second() <= LIMIT + BURST, seen.summary()
     # Measured on 2 cores: ~155 requests let through and 3-8 refused (one halving per episode:
     # the start, then about every 10 s), 15.6-18.7 a second while busy, 9-12 s. With no shared
@@ -92,7 +114,8 @@ def test_a_run_under_a_rate_limit_launches_keeping_close_to_the_allowed_rate(
     assert seen.refused <= len(seen.admitted) // 4, seen.summary()
 
 
-def test_a_run_with_max_rps_below_the_limit_is_not_refused(cli: Cli, limited: Sandbox) -> None:
+def test_a_run_with_max_rps_below_the_limit_is_not_refused(
+        cli: Cli, limited: Sandbox, capacity: float) -> None:
     ceiling = 0.75 * LIMIT
     status = start(cli, "below", CFTRUNNER_MAX_RPS=str(ceiling))
 
@@ -101,8 +124,9 @@ def test_a_run_with_max_rps_below_the_limit_is_not_refused(cli: Cli, limited: Sa
     seen = traffic(limited)
     # Measured: none refused, 15.1 a second, ~11 s. Even pacing leaves a quarter of each
     # request's slot to spare, and the burst covers requests a busy host delays and sends together.
+    print(f"\nat most {ceiling:g}/s: {seen.summary()}; this host unlimited {capacity:.1f}/s")
     assert seen.refused <= 1, seen.summary()
-    assert 0.8 * ceiling <= seen.busy_rate() <= 1.05 * ceiling, seen.summary()
+    assert 0.8 * min(ceiling, capacity) <= seen.busy_rate() <= 1.05 * ceiling, seen.summary()
 
 
 def test_the_sandbox_command_limits_requests_per_second() -> None:

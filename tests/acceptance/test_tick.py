@@ -23,7 +23,6 @@ from tests.acceptance.test_ownership import (
     BUSY,
     FEW_PROMPTS,
     HOST,
-    OVERLAP_LATENCY,
     Proc,
     assert_one_drove_and_the_others_were_turned_away,
     busy_with,
@@ -129,9 +128,9 @@ def when(text: str) -> datetime:
 def test_eight_ticks_at_once_create_one_run_launch_it_once_and_seven_exit_75(
         make_cron: Callable[..., Cron], spawn: Callable[..., Proc],
         record_property: Callable[[str, object], None]) -> None:
-    cron = make_cron(latency=OVERLAP_LATENCY)
+    cron = make_cron()
 
-    procs = run_together(cron.cli, spawn, [cron.args] * 8)
+    procs = run_together(cron.cli, cron.sandbox, spawn, [cron.args] * 8)
 
     [run] = cron.runs()
     driver = assert_one_drove_and_the_others_were_turned_away(procs, run["run_id"])
@@ -147,7 +146,10 @@ TICKS = 12
 SLOT = 0.6
 TICK_LATENCY = 0.05  # a tick that drives a whole cycle then takes about 1.4 s
 KILL_SHARE = 0.5
-KILL_AFTER = (0.8, 2.4)  # seconds after its start: after start-up (0.9 s and more), mostly while driving
+# A killed tick dies once the sandbox has had this many more requests than when it began: by the
+# run's progress, not by the clock, so the kill lands mid-cycle however slowly processes start on
+# this host (a cycle of FEW_PROMPTS sends about 20).
+KILL_AFTER_REQUESTS = (1, 12)
 # Seeds whose first tick, the one that starts the first cycle, is among those killed.
 SEEDS = (1, 3)
 
@@ -167,7 +169,7 @@ def test_ticks_killed_at_random_launch_exactly_one_cycle_per_interval(
         make_cron: Callable[..., Cron], spawn: Callable[..., Proc], seed: int,
         record_property: Callable[[str, object], None]) -> None:
     """Cron starts a tick every SLOT seconds, whether the last one has ended or not; about half
-    of the ticks are SIGKILLed at a random moment."""
+    of the ticks are SIGKILLed at a random point of the cycle in progress."""
     cron = make_cron(latency=TICK_LATENCY)
     # One item at a time keeps a cycle long enough for the random kills to land mid-run; item
     # concurrency under kills is the crash tests' subject.
@@ -175,11 +177,12 @@ def test_ticks_killed_at_random_launch_exactly_one_cycle_per_interval(
     rand = random.Random(seed)
     began = time.monotonic()
     procs: list[Proc] = []
-    kill_at: dict[int, float] = {}
+    kill_at: dict[int, float] = {}  # requests sent, by pid
 
     def kill_those_due() -> None:
+        sent = requests_sent(cron.sandbox)
         for proc in procs:
-            if not proc.done() and time.monotonic() >= kill_at.get(proc.pid, float("inf")):
+            if not proc.done() and sent >= kill_at.get(proc.pid, float("inf")):
                 proc.kill()
 
     for number in range(TICKS):
@@ -188,7 +191,8 @@ def test_ticks_killed_at_random_launch_exactly_one_cycle_per_interval(
             time.sleep(0.005)
         procs.append(spawn(cron.cli, *cron.args))
         if rand.random() < KILL_SHARE:
-            kill_at[procs[-1].pid] = time.monotonic() + rand.uniform(*KILL_AFTER)
+            kill_at[procs[-1].pid] = requests_sent(cron.sandbox) + rand.randint(
+                *KILL_AFTER_REQUESTS)
     while not all([proc.done() for proc in procs]):
         kill_those_due()
         time.sleep(0.005)
@@ -221,7 +225,8 @@ def test_ticks_killed_at_random_launch_exactly_one_cycle_per_interval(
 
 def test_tick_with_nothing_due_says_so_exits_0_and_sends_nothing(
         make_cron: Callable[..., Cron]) -> None:
-    cron = make_cron()
+    # An hour, so that no start-up of the second tick, however slow, can reach the next cycle.
+    cron = make_cron({"interval": '"1h"'})
     first = cron.tick()
     assert first.returncode == 0, first.stderr
     run_id = first.stdout.splitlines()[0]
@@ -272,7 +277,9 @@ def test_tick_while_another_process_drives_the_cycle_exits_75(
     assert_cycles_launched_once(cron.sandbox, 1)
 
 
-FAILED_RETRY = 3.0
+# Long enough that the second tick, started right after the failed one, starts within it on a
+# busy host (a tick takes about a second to start, more on PostgreSQL).
+FAILED_RETRY = 6.0
 
 
 def test_after_a_failed_cycle_tick_waits_the_failed_retry_interval(
@@ -282,12 +289,12 @@ def test_after_a_failed_cycle_tick_waits_the_failed_retry_interval(
     failed = cron.tick()
     assert failed.returncode == 1, failed.stderr
     assert "every item failed" in one_error_line(failed.stderr)
-    [run] = cron.runs()
     cron.sandbox.clear_faults()
     sent = requests_sent(cron.sandbox)
 
     waiting = cron.tick()
 
+    [run] = cron.runs()
     assert waiting.returncode == 0, waiting.stderr
     assert waiting.stdout.startswith(f"nothing to do: the last cycle {run['run_id']} FAILED ")
     assert "next try in" in waiting.stdout

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cftrunner import payloads
-from cftrunner.judge import REMINDER, RESPONSE_FORMAT, JudgeConfig, judge_prompt
+from cftrunner.judge import REMINDER, judge_prompt
+from cftrunner.run_config import RESPONSE_FORMAT, JudgeConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import ItemStage, RunState
 from tests.conftest import JUDGE, PROMPTS, Harness, assert_exactly_once

@@ -18,7 +18,7 @@ from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.schema import items
 from cftrunner.states import RunState
 from cftrunner.store import Store
-from cftrunner.tick import cycle_name, decide_and_claim, tick
+from cftrunner.tick import cycle_name, decide_and_claim, spec_from, tick
 from tests.conftest import JUDGE, MODEL, make_run, quick_settings
 
 MANY = 20_000
@@ -128,7 +128,8 @@ def test_tick_refuses_a_bad_prompts_file_before_resuming_the_unfinished_run(
                   prompts=str(write_jsonl(tmp_path / "p.jsonl", 3)))
     runner = Runner(store, quick_settings(sandbox.url, db_url))
     try:
-        unfinished = decide_and_claim(runner, cycle, iter_prompts(tmp_path / "p.jsonl"))
+        unfinished = decide_and_claim(runner, cycle, spec_from(cycle, None, "tick"),
+                                      iter_prompts(tmp_path / "p.jsonl"))
         runner.release()
         write_jsonl(tmp_path / "p.jsonl", 3, last="3")
         with pytest.raises(PromptsError, match="line 3: prompt 2 is a number"):

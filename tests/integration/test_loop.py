@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from cftrunner.exceptions import RunStopped
-from cftrunner.loop import LoopConfig
 from cftrunner.models import Run
+from cftrunner.run_config import LoopConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import RunState
 from tests.conftest import MODEL, PROMPTS, Harness

@@ -13,8 +13,8 @@ import pytest
 import structlog
 
 from cftrunner.cli import main
-from cftrunner.gate import GateConfig
 from cftrunner.report_html import FAILURE_TITLE, HISTOGRAM_TITLE, MEAN_TITLE
+from cftrunner.run_config import GateConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import ItemStage, RunState
 from tests.conftest import PROMPTS, Harness

@@ -828,6 +828,54 @@ def test_latency_fault_waits_then_acts(api: Api, sandbox: Sandbox) -> None:
     assert sandbox.counts()["traces"] == 1
 
 
+def test_a_hold_fault_keeps_requests_waiting_until_released_then_acts_on_each_once(
+        api: Api, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="trace_create", kind="hold"))
+    answers: list[dict[str, Any]] = []
+    senders = [threading.Thread(target=lambda: answers.append(Api(sandbox.url).trace()))
+               for _ in range(2)]
+    for sender in senders:
+        sender.start()
+    time.sleep(0.3)
+    assert sandbox.counts()["traces"] == 0 and answers == []
+    assert api.get("/api/v1/models").status_code == 200  # other routes go on
+
+    released = requests.post(f"{sandbox.url}/_sandbox/faults/release", timeout=5)
+
+    assert released.json() == {"released": True}
+    for sender in senders:
+        sender.join(5)
+    assert len({answer["id"] for answer in answers}) == 2
+    assert sandbox.counts()["traces"] == 2
+    api.trace()  # released holds stay released until another hold rule comes
+    sandbox.clear_faults()
+    sandbox.add_fault(FaultRule(route="trace_create", kind="hold", delay=0.3))
+    started = time.monotonic()
+    api.trace()  # held again, at most its delay
+    assert time.monotonic() - started >= 0.3
+    assert sandbox.counts()["traces"] == 4
+
+
+def test_stopping_the_sandbox_lets_go_of_held_requests(make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox()
+    sandbox.add_fault(FaultRule(route="trace_create", kind="hold"))
+    ended: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            Api(sandbox.url).trace()
+            ended.append(None)
+        except requests.RequestException as exc:
+            ended.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(0.2)
+    sandbox.stop()
+    sender.join(10)
+    assert not sender.is_alive() and len(ended) == 1
+
+
 def test_global_latency_slows_every_api_request(make_sandbox: Callable[..., Sandbox]) -> None:
     api = Api(make_sandbox(latency=0.15).url)
     started = time.monotonic()

@@ -15,9 +15,9 @@ import pytest
 from cftrunner import config, logs
 from cftrunner.config import Resolved, describe, resolve
 from cftrunner.exceptions import InputError
-from cftrunner.gate import GateConfig
-from cftrunner.judge import DEFAULT_JUDGE_MODEL, DEFAULT_TEMPLATE
+from cftrunner.judge import DEFAULT_JUDGE_MODEL
 from cftrunner.retry import RetryPolicy
+from cftrunner.run_config import DEFAULT_TEMPLATE, GateConfig
 from cftrunner.settings import (
     DEFAULT_DB,
     KEY_BY_NAME,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cftrunner.gate import Facts, GateConfig, evaluate
+from cftrunner.gate import Facts, evaluate
+from cftrunner.run_config import GateConfig
 
 FACTS = Facts(traces_added=40, below_threshold=12, mean_score=0.71, tokens_used=90_000,
               items_over_budget=0)

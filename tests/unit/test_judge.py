@@ -9,16 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cftrunner.exceptions import JudgeOutputError
-from cftrunner.judge import (
-    DEFAULT_TEMPLATE,
-    FEEDBACK_LIMIT,
-    REMINDER,
-    JudgeConfig,
-    Judgment,
-    judge_prompt,
-    parse_judgment,
-    trace_feedback,
-)
+from cftrunner.judge import FEEDBACK_LIMIT, REMINDER, Judgment, judge_prompt, parse_judgment, trace_feedback
+from cftrunner.run_config import DEFAULT_TEMPLATE, JudgeConfig
 
 VALID = '{"feedback": "Say safe.", "reasoning": "It is benign.", "score": 0.25}'
 EXPECTED = Judgment(feedback="Say safe.", reasoning="It is benign.", score=0.25)

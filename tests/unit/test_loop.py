@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from cftrunner.exceptions import BadResponseError
-from cftrunner.loop import LoopConfig, decide
+from cftrunner.loop import decide
 from cftrunner.payloads import parse_job
+from cftrunner.run_config import LoopConfig
 from cftrunner.run_steps import retuned
 
 

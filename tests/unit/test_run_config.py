@@ -1,0 +1,38 @@
+"""The records a run stores in runs.judge_config, gate_config and loop_config: their JSON is in every
+existing state database, so its keys, their order and their JSON types must not change."""
+
+from __future__ import annotations
+
+import json
+
+from cftrunner.run_config import DEFAULT_TEMPLATE, GateConfig, JudgeConfig, LoopConfig
+
+
+def test_the_stored_json_keeps_its_format() -> None:
+    assert json.dumps(JudgeConfig(template="{prompt} {answer}", template_source="/j.txt").to_json()) == (
+        '{"template": "{prompt} {answer}", "temperature": 0.1, "max_tokens": 4096, '
+        '"structured_output": true, "template_source": "/j.txt"}')
+    assert json.dumps(GateConfig(min_traces=5, token_budget=1000).to_json()) == (
+        '{"min_traces": 5, "min_below_threshold": 0, "score_threshold": 0.5, '
+        '"max_mean_score": null, "token_budget": 1000}')
+    loop = LoopConfig(follow=True, promote=True, holdout=("a", "b"), holdout_source="/h.json",
+                      margin=0.05, retune_from={"model_id": "m", "run_id": "r"})
+    assert json.dumps(loop.to_json()) == (
+        '{"follow": true, "promote": true, "holdout": ["a", "b"], "holdout_source": "/h.json", '
+        '"margin": 0.05, "retune_from": {"model_id": "m", "run_id": "r"}}')
+
+
+def test_a_stored_object_loads_whatever_cftrunner_wrote_it() -> None:
+    # A row from before a key existed, a row with a key this version does not know, and no row.
+    assert LoopConfig.from_json({"follow": True, "holdout": ["a"]}) == LoopConfig(
+        follow=True, holdout=("a",))
+    assert GateConfig.from_json({"min_traces": 3, "later_key": [1]}) == GateConfig(min_traces=3)
+    assert JudgeConfig.from_json(None) == JudgeConfig(template=DEFAULT_TEMPLATE)
+    stored = json.loads(json.dumps(LoopConfig(holdout=("x",), retune_from={"a": [1]}).to_json()))
+    assert LoopConfig.from_json(stored) == LoopConfig(holdout=("x",), retune_from={"a": [1]})
+
+
+def test_the_json_is_a_copy_of_the_record() -> None:
+    loop = LoopConfig(retune_from={"model_id": "m"})
+    loop.to_json()["retune_from"]["model_id"] = "changed"
+    assert loop.retune_from == {"model_id": "m"}
