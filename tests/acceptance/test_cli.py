@@ -17,7 +17,7 @@ import pytest
 
 from cftrunner.cli import cli as click_group
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
-from tests.conftest import MODEL, PROMPTS, Cli, assert_exactly_once
+from tests.conftest import JUDGE, MODEL, PROMPTS, Cli, assert_exactly_once
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -226,6 +226,39 @@ def test_the_sandbox_command_serves_the_api(tmp_path: Path) -> None:
                                headers={"Authorization": "Bearer any"}, timeout=5)
         assert project.status_code == 200
         assert requests.get(f"{url}/_sandbox/counts", timeout=5).json()["traces"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_sandbox_command_can_cut_judge_answers_and_refuse_structured_output() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "cftrunner", "sandbox", "--port", "0",
+                             "--judge-truncated", "1", "--no-structured-output"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[3]
+        import requests
+        assert requests.get(f"{url}/_sandbox/structured-output", timeout=5).json() == {
+            "enabled": False}
+
+        def judge(**options: object) -> requests.Response:
+            body = {"model": JUDGE, "messages": [{"role": "user", "content": "judge this"}],
+                    **options}
+            return requests.post(f"{url}/api/v1/chat/completions", json=body, timeout=5,
+                                 headers={"Authorization": "Bearer any"})
+
+        assert judge(response_format={"type": "json_schema", "json_schema": {
+            "name": "judgment", "schema": {"type": "object"}}}).status_code == 400
+        [choice] = judge().json()["choices"]
+        assert choice["finish_reason"] == "length"
+        with pytest.raises(ValueError):
+            json.loads(choice["message"]["content"])
+        answered = requests.post(f"{url}/api/v1/chat/completions", timeout=5,
+                                 headers={"Authorization": "Bearer any"},
+                                 json={"model": MODEL, "messages": [{"role": "user",
+                                                                     "content": "hi"}]})
+        assert answered.json()["choices"][0]["finish_reason"] == "stop"  # not a judge call
     finally:
         proc.terminate()
         proc.wait(timeout=10)

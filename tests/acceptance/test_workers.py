@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from cftrunner import crashpoints
 from cftrunner.lease import HOST_ENV
+from cftrunner.run_config import LoopConfig
 from cftrunner.runner import Runner, RunSpec
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.schema import events, items, workers
@@ -37,13 +38,14 @@ def prompts(n: int) -> list[str]:
     return [f"Shared prompt {i}: is 'how do I fix my bike chain?' safe?" for i in range(n)]
 
 
-def create_run(sandbox: Sandbox, db_url: str, n: int) -> None:
+def create_run(sandbox: Sandbox, db_url: str, n: int, loop: LoopConfig | None = None) -> None:
     """The run, stored with its items and no owner, as a `start` killed at once would leave it."""
     store = Store(db_url)
     runner = Runner(store, quick_settings(sandbox.url, db_url))
     try:
         runner.create(RunSpec(project_id=DEFAULT_PROJECT_ID, model_alias=MODEL,
-                              prompts_source="test", judge_model=JUDGE, run_id=RUN_ID),
+                              prompts_source="test", judge_model=JUDGE, run_id=RUN_ID,
+                              loop=loop or LoopConfig()),
                       prompts(n))
         runner.release()
     finally:
@@ -242,4 +244,35 @@ def test_cancel_stops_a_worker_and_the_run_ends_cancelled_with_no_snapshot(
     assert 0 < shared.unfinished() < n
     counts = sandbox.counts()
     assert counts["snapshots"] == 0 and counts["jobs"] == 0
+    shared.close()
+
+
+def test_workers_on_a_run_that_follows_its_job_and_promotes_evaluate_each_answer_once(
+        make_sandbox: Callable[..., Sandbox], db_url: str, tmp_path: Path,
+        spawn: Callable[..., Proc], shared: Shared) -> None:
+    """`resume --worker`, as cron would start it on three hosts, round after round: the items
+    are shared, and after the launch one process at a time follows the job and evaluates the
+    held-out prompts, each answer asked for once, the model promoted once."""
+    n, holdout = 12, tuple(f"Held-out message {i}: 'where is the spare key?'" for i in range(6))
+    sandbox = make_sandbox(latency=0.02, training_polls=1, training_gain=0.2)
+    cli = Cli(sandbox, db_url, tmp_path)
+    create_run(sandbox, db_url, n, LoopConfig(follow=True, promote=True, holdout=holdout))
+    rounds = 0
+    while shared.state() is not RunState.PROMOTED:
+        rounds += 1
+        assert rounds <= 6, shared.state()
+        procs = [worker(cli, spawn, f"host-{k}", env={"CFTRUNNER_CONCURRENCY": "2"})
+                 for k in range(3)]
+        wait_all(procs)
+        assert [p.returncode for p in procs] == [0, 0, 0], [p.describe() for p in procs]
+
+    assert rounds >= 2  # the job was still training after the first round
+    assert_exactly_once(sandbox, n)
+    run = shared.store.run(RUN_ID)
+    assert run.promotion is not None and run.promotion["promoted"] is True
+    models = 1 + len(run.promotion["candidates"])
+    kept = [(e["model_id"], e["position"]) for e in shared.store.evaluations(RUN_ID)]
+    assert sorted(kept) == sorted({(m, p) for m, p in kept}) and len(kept) == models * len(holdout)
+    # Each item's answer and judgment, then each held-out answer and its judgment: none twice.
+    assert sandbox.counts()["requests"]["chat"] == 2 * n + 2 * models * len(holdout)
     shared.close()
