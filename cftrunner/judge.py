@@ -11,9 +11,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from cftrunner.exceptions import InputError, JudgeOutputError
-from cftrunner.run_config import DEFAULT_TEMPLATE
+from cftrunner.run_config import DEFAULT_TEMPLATE, JudgeConfig
 
 DEFAULT_JUDGE_MODEL = "claude-4.5-sonnet"
 FEEDBACK_LIMIT = 2048
@@ -35,6 +36,52 @@ class Judgment:
     feedback: str
     reasoning: str
     score: float
+
+
+class ChatCall(NamedTuple):
+    """The arguments of `Client.chat`, and of `payloads.chat_body` for the record of the request."""
+
+    project_id: str
+    model: str
+    messages: list[dict[str, str]]
+    temperature: float | None
+    max_tokens: int | None
+    response_format: dict[str, Any] | None
+
+
+class Conversation:
+    """One answer put to a run's judge, attempt after attempt: for an item and for a held-out
+    prompt alike.
+
+    `call` is the next attempt's request; `read` turns the judge's reply into a Judgment, or raises
+    JudgeOutputError (kind "judge_truncated" for a reply cut off at the token limit), after which
+    the next attempt shows the judge its reply and a reminder of the format."""
+
+    def __init__(self, config: JudgeConfig, project_id: str, judge_model: str, prompt: str,
+                 answer: str) -> None:
+        self.config = config
+        self._call = ChatCall(project_id, judge_model, [], config.temperature, config.max_tokens,
+                              None)
+        self._first = {"role": "user", "content": judge_prompt(prompt, answer, config.template)}
+        self._messages = [self._first]
+
+    def call(self, structured: bool) -> ChatCall:
+        """The next attempt, asking for structured output if `structured` and the run's judge
+        config does."""
+        return self._call._replace(
+            messages=self._messages,
+            response_format=self.config.response_format() if structured else None)
+
+    def read(self, content: str, finish_reason: str | None) -> Judgment:
+        try:
+            if finish_reason == "length":
+                raise JudgeOutputError("the judge answer was cut off (finish_reason: length)",
+                                       kind="judge_truncated")
+            return parse_judgment(content)
+        except JudgeOutputError:
+            self._messages = [self._first, {"role": "assistant", "content": content},
+                              {"role": "user", "content": REMINDER}]
+            raise
 
 
 def read_template(path: str) -> str:

@@ -19,7 +19,7 @@ import structlog
 
 from cftrunner import crashpoints
 from cftrunner.exceptions import JudgeOutputError, RejectedError, StillTraining
-from cftrunner.judge import REMINDER, judge_prompt, parse_judgment
+from cftrunner.judge import Conversation
 from cftrunner.models import Run
 from cftrunner.payloads import RemoteJob
 from cftrunner.run_config import JudgeConfig, LoopConfig
@@ -120,30 +120,24 @@ def _evaluate(r: Runner, run: Run, config: LoopConfig, model: str, position: int
 def _judge(r: Runner, run: Run, prompt: str, answer: str) -> tuple[float | None, str | None,
                                                                     str | None, int]:
     """The run's judge on one held-out answer: (score, last answer, error, tokens)."""
-    config = JudgeConfig.from_json(run.judge_config)
-    first = {"role": "user", "content": judge_prompt(prompt, answer, config.template)}
-    messages = [first]
+    conversation = Conversation(JudgeConfig.from_json(run.judge_config), run.project_id,
+                                run.judge_model, prompt, answer)
     raw, error, tokens = None, "no judge answer", 0
     for _ in range(r.settings.judge_attempts):
-        response_format = None if r.structured_refused else config.response_format()
-        ask = functools.partial(r.client.chat, run.project_id, run.judge_model, messages,
-                                config.temperature, config.max_tokens, response_format)
+        call = conversation.call(structured=not r.structured_refused)
         try:
-            result = r.retrying("judging a held-out answer", ask)
+            result = r.retrying("judging a held-out answer",
+                                functools.partial(r.client.chat, *call))
         except RejectedError as exc:
-            if response_format is not None and exc.status_code in (400, 422):
+            if call.response_format is not None and exc.status_code in (400, 422):
                 r.structured_refused = True
                 continue
             raise
         raw, tokens = result.content, tokens + (result.tokens or 0)
         try:
-            if result.finish_reason == "length":
-                raise JudgeOutputError("the judge answer was cut off (finish_reason: length)")
-            return parse_judgment(result.content).score, raw, None, tokens
+            return conversation.read(result.content, result.finish_reason).score, raw, None, tokens
         except JudgeOutputError as exc:
             error = exc.message
-            messages = [first, {"role": "assistant", "content": result.content},
-                        {"role": "user", "content": REMINDER}]
     return None, raw, error, tokens
 
 

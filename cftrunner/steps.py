@@ -11,13 +11,7 @@ import structlog
 
 from cftrunner import claims, crashpoints, payloads
 from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
-from cftrunner.judge import (
-    REMINDER,
-    Judgment,
-    judge_prompt,
-    parse_judgment,
-    trace_feedback,
-)
+from cftrunner.judge import Conversation, Judgment, trace_feedback
 from cftrunner.models import Item, Run
 from cftrunner.run_config import JudgeConfig
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
@@ -79,28 +73,25 @@ def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
     """Ask the judge until its answer validates, within the allowed attempts; never invent a
     score. Every answer, valid or not, is kept with the exact request that asked for it."""
     assert item.answer is not None
-    config = JudgeConfig.from_json(run.judge_config)
-    first = {"role": "user", "content": judge_prompt(item.prompt, item.answer, config.template)}
-    messages = [first]
+    conversation = Conversation(JudgeConfig.from_json(run.judge_config), run.project_id,
+                                run.judge_model, item.prompt, item.answer)
     attempts = item.judge_attempts
     reason = f"no valid judgment in {attempts} attempts"
     while attempts < r.settings.judge_attempts:
         if skipped := _over_budget(r, run, item, "judging"):
             return skipped
-        response_format = None if r.structured_refused else config.response_format()
-        ask = functools.partial(r.client.chat, run.project_id, run.judge_model, messages,
-                                config.temperature, config.max_tokens, response_format)
-        request = payloads.chat_body(run.project_id, run.judge_model, messages,
-                                     config.temperature, config.max_tokens, response_format)
+        call = conversation.call(structured=not r.structured_refused)
+        request = payloads.chat_body(*call)
         try:
-            result = r.retrying(f"judgment of item {item.position}", ask)
+            result = r.retrying(f"judgment of item {item.position}",
+                                functools.partial(r.client.chat, *call))
         except RejectedError as exc:
             if exc.status_code in (401, 403):
                 raise
             with r.item_tx(item) as tx:
                 tx.record_completion(item, "judge", attempts + 1, "rejected", request=request,
                                      error=exc.message)
-                if response_format is not None and exc.status_code in (400, 422):
+                if call.response_format is not None and exc.status_code in (400, 422):
                     # Perhaps only the structured output is refused: ask again without it.
                     r.structured_refused = True
                     log.warning("judge_structured_output_refused", item=item.position,
@@ -111,10 +102,7 @@ def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
         attempts += 1
         crashpoints.reach("judge.after_answer")
         try:
-            if result.finish_reason == "length":
-                raise JudgeOutputError("the judge answer was cut off (finish_reason: length)",
-                                       kind="judge_truncated")
-            judgment = parse_judgment(result.content)
+            judgment = conversation.read(result.content, result.finish_reason)
         except JudgeOutputError as exc:
             reason = exc.message
             outcome = "truncated" if exc.kind == "judge_truncated" else "malformed"
@@ -133,8 +121,6 @@ def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
             r.tokens.add(run.id, result.tokens)
             if last:
                 return item
-            messages = [first, {"role": "assistant", "content": result.content},
-                        {"role": "user", "content": REMINDER}]
             continue
         with r.item_tx(item) as tx:
             tx.record_completion(item, "judge", attempts, "ok", result=result, request=request)

@@ -9,8 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cftrunner.exceptions import JudgeOutputError
-from cftrunner.judge import FEEDBACK_LIMIT, REMINDER, Judgment, judge_prompt, parse_judgment, trace_feedback
-from cftrunner.run_config import DEFAULT_TEMPLATE, JudgeConfig
+from cftrunner.judge import (
+    FEEDBACK_LIMIT,
+    REMINDER,
+    Conversation,
+    Judgment,
+    judge_prompt,
+    parse_judgment,
+    trace_feedback,
+)
+from cftrunner.run_config import DEFAULT_TEMPLATE, RESPONSE_FORMAT, JudgeConfig
 
 VALID = '{"feedback": "Say safe.", "reasoning": "It is benign.", "score": 0.25}'
 EXPECTED = Judgment(feedback="Say safe.", reasoning="It is benign.", score=0.25)
@@ -228,3 +236,40 @@ def test_a_stored_judge_config_round_trips_and_unknown_keys_are_ignored() -> Non
     schema = JudgeConfig().response_format()
     assert schema is not None and schema["json_schema"]["schema"]["required"] == [
         "feedback", "reasoning", "score"]
+
+
+# -- a conversation with the judge, attempt after attempt -------------------------------------
+
+
+def conversation(config: JudgeConfig | None = None) -> Conversation:
+    return Conversation(config or JudgeConfig(), "proj", "judge-model", "Is it safe?", "Yes.")
+
+
+def test_a_conversation_asks_with_the_run_s_judge_config_and_structured_output_when_allowed() -> None:
+    talk = conversation(JudgeConfig(temperature=0.3, max_tokens=99))
+    call = talk.call(structured=True)
+    assert call.project_id == "proj" and call.model == "judge-model"
+    assert (call.temperature, call.max_tokens, call.response_format) == (0.3, 99, RESPONSE_FORMAT)
+    assert call.messages == [{"role": "user", "content": judge_prompt("Is it safe?", "Yes.")}]
+    assert talk.call(structured=False).response_format is None
+    assert conversation(JudgeConfig(structured_output=False)).call(structured=True).response_format is None
+
+
+def test_after_a_reply_that_does_not_validate_the_next_attempt_carries_it_and_a_reminder() -> None:
+    talk = conversation()
+    first = talk.call(structured=True).messages
+    with pytest.raises(JudgeOutputError) as raised:
+        talk.read("I think it is fine.", "stop")
+    assert raised.value.kind == "judge_malformed"
+    assert talk.call(structured=True).messages == [
+        *first, {"role": "assistant", "content": "I think it is fine."},
+        {"role": "user", "content": REMINDER}]
+    assert talk.read(VALID, "stop") == EXPECTED
+
+
+def test_a_reply_cut_off_at_the_token_limit_is_truncated_even_when_it_parses() -> None:
+    talk = conversation()
+    with pytest.raises(JudgeOutputError) as raised:
+        talk.read(VALID, "length")
+    assert raised.value.kind == "judge_truncated"
+    assert talk.call(structured=True).messages[1] == {"role": "assistant", "content": VALID}
