@@ -22,7 +22,7 @@ from cftrunner.exceptions import JudgeOutputError, RejectedError, StillTraining
 from cftrunner.judge import Conversation
 from cftrunner.models import Run
 from cftrunner.payloads import RemoteJob
-from cftrunner.run_config import JudgeConfig, LoopConfig
+from cftrunner.run_config import LoopConfig
 from cftrunner.states import RunState
 
 if TYPE_CHECKING:
@@ -56,10 +56,10 @@ def follow(r: Runner, run: Run) -> None:
             if models:
                 tx.transition_run(run.id, RunState.LAUNCHED, RunState.TRAINED, training=training)
             else:
+                ended = f"ended {job.status}" if job.status else "ended"
                 tx.transition_run(run.id, RunState.LAUNCHED, RunState.TRAIN_FAILED,
-                                  training=training,
-                                  failure_reason=f"job {job_id} ended {job.status or ''} with no "
-                                                 "succeeded experiment".replace("  ", " "))
+                                  training=training, failure_reason=f"job {job_id} {ended} with "
+                                                                    "no succeeded experiment")
         crashpoints.reach("follow.after_end")
         return
 
@@ -77,7 +77,7 @@ def candidates(run: Run) -> list[dict[str, Any]]:
 def promote(r: Runner, run: Run) -> None:
     """Answer and judge every held-out prompt with the current model and each new one; then
     PROMOTED (the best new one is no worse than the current by the margin) or NOT_PROMOTED."""
-    config = LoopConfig.from_json(run.loop_config)
+    config = run.loop
     new = candidates(run)
     models = [run.model_alias, *(e["model_id"] for e in new)]
     done = {(e["model_id"], e["position"]) for e in r.store.evaluations(run.id)}
@@ -120,8 +120,7 @@ def _evaluate(r: Runner, run: Run, config: LoopConfig, model: str, position: int
 def _judge(r: Runner, run: Run, prompt: str, answer: str) -> tuple[float | None, str | None,
                                                                     str | None, int]:
     """The run's judge on one held-out answer: (score, last answer, error, tokens)."""
-    conversation = Conversation(JudgeConfig.from_json(run.judge_config), run.project_id,
-                                run.judge_model, prompt, answer)
+    conversation = Conversation(run.judge, run.project_id, run.judge_model, prompt, answer)
     raw, error, tokens = None, "no judge answer", 0
     for _ in range(r.settings.judge_attempts):
         call = conversation.call(structured=not r.structured_refused)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cftrunner.run_config import GateConfig, JudgeConfig, LoopConfig
 from cftrunner.states import ITEM_FAILED, TERMINAL, ItemStage, RunState
 
 
@@ -69,17 +71,29 @@ class Run:
     training: dict[str, Any] | None = None  # the job and its experiments as last read
     promotion: dict[str, Any] | None = None  # the promotion decision, its scores and reason
 
+    # The stored configs, read once per record: a run's items are worked on with one record.
+    @functools.cached_property
+    def judge(self) -> JudgeConfig:
+        return JudgeConfig.from_json(self.judge_config)
+
+    @functools.cached_property
+    def gate(self) -> GateConfig:
+        return GateConfig.from_json(self.gate_config)
+
+    @functools.cached_property
+    def loop(self) -> LoopConfig:
+        return LoopConfig.from_json(self.loop_config)
+
     @property
     def finished(self) -> bool:
         """Nothing more to do: a terminal state, or LAUNCHED (TRAINED) when the run does not
         follow its job (promote its model)."""
         if self.state in TERMINAL:
             return True
-        loop = self.loop_config or {}
         if self.state is RunState.LAUNCHED:
-            return not loop.get("follow")
+            return not self.loop.follow
         if self.state is RunState.TRAINED:
-            return not loop.get("promote")
+            return not self.loop.promote
         return False
 
 

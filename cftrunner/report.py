@@ -14,7 +14,6 @@ from typing import Any
 from cftrunner.exceptions import InputError
 from cftrunner.models import Run, RunSummary
 from cftrunner.render import duration
-from cftrunner.run_config import DEFAULT_SCORE_THRESHOLD
 from cftrunner.settings import Settings
 from cftrunner.states import ITEM_FAILED, ItemStage, RunState
 from cftrunner.store import Store
@@ -82,7 +81,7 @@ def distribution(scores: Sequence[float], threshold: float) -> Distribution:
 
 
 def threshold_of(run: Run) -> float:
-    return float((run.gate_config or {}).get("score_threshold", DEFAULT_SCORE_THRESHOLD))
+    return run.gate.score_threshold
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from cftrunner import crashpoints, gate, payloads
 from cftrunner.exceptions import ApiError, RunStopped
 from cftrunner.models import Run
 from cftrunner.payloads import RemoteTrace
-from cftrunner.run_config import GateConfig, LoopConfig
+from cftrunner.run_config import LoopConfig
 from cftrunner.states import ItemStage, RunState
 from cftrunner.transaction import Tx
 
@@ -111,8 +111,7 @@ def _gate_passes(r: Runner, run: Run) -> bool:
     Once the snapshot's intent is stored the gate has already said yes: not asked again."""
     if r.store.effect(run.id, "snapshot") is not None:
         return True
-    config = GateConfig.from_json(run.gate_config)
-    verdict = gate.evaluate(config, r.store.gate_facts(run.id, config.score_threshold))
+    verdict = gate.evaluate(run.gate, r.store.gate_facts(run.id, run.gate.score_threshold))
     with r.tx() as tx:
         if verdict.passed:
             tx.update_run(run.id, run.state, gate_result=verdict.to_json())
@@ -202,7 +201,7 @@ def retuned(experiments: list[dict[str, Any]], loop: LoopConfig) -> list[dict[st
 
 def launch(r: Runner, run: Run) -> None:
     assert run.snapshot_id is not None and run.experiments
-    experiments = retuned(run.experiments, LoopConfig.from_json(run.loop_config))
+    experiments = retuned(run.experiments, run.loop)
     r.effect(
         run, "launch", "launch", None,
         {"snapshot_id": run.snapshot_id, "name": run.job_name, "experiments": experiments},

@@ -443,7 +443,7 @@ class TokenMeter:
 
     def exhausted(self, run: Run) -> int | None:
         """The run's token budget when it is used up; None while tokens are left, or without one."""
-        budget = GateConfig.from_json(run.gate_config).token_budget
+        budget = run.gate.token_budget
         return budget if budget is not None and self.used(run.id) >= budget else None
 
 

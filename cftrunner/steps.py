@@ -13,7 +13,6 @@ from cftrunner import claims, crashpoints, payloads
 from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
 from cftrunner.judge import Conversation, Judgment, trace_feedback
 from cftrunner.models import Item, Run
-from cftrunner.run_config import JudgeConfig
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
 from cftrunner.transaction import Tx
 
@@ -73,8 +72,8 @@ def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
     """Ask the judge until its answer validates, within the allowed attempts; never invent a
     score. Every answer, valid or not, is kept with the exact request that asked for it."""
     assert item.answer is not None
-    conversation = Conversation(JudgeConfig.from_json(run.judge_config), run.project_id,
-                                run.judge_model, item.prompt, item.answer)
+    conversation = Conversation(run.judge, run.project_id, run.judge_model, item.prompt,
+                                item.answer)
     attempts = item.judge_attempts
     reason = f"no valid judgment in {attempts} attempts"
     while attempts < r.settings.judge_attempts:

@@ -16,12 +16,10 @@ from cftrunner.lease import Lease, current_owner
 from cftrunner.models import Run
 from cftrunner.prompts import check_prompts, iter_prompts
 from cftrunner.render import duration
-from cftrunner.run_config import LoopConfig
 from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
 from cftrunner.states import RUN_ORDER, RunState
 from cftrunner.store import Store
-from cftrunner.transaction import Tx
 
 log = structlog.get_logger("cftrunner")
 
@@ -45,10 +43,9 @@ def spec_from(cycle: Cycle, run_id: str | None, command: str) -> RunSpec:
 CYCLE_DONE = frozenset(RunState) - {RunState.FAILED} - set(RUN_ORDER[:-1])
 
 
-def promoted(tx: Tx, name: str, spec: RunSpec) -> RunSpec:
-    """With promotion on, the model the cycle's last run ended with: the one it promoted, else
+def promoted(last: Run | None, spec: RunSpec) -> RunSpec:
+    """With promotion on, the model the cycle's `last` run ended with: the one it promoted, else
     the one it used. The new run answers with it, and its job re-tunes from its experiment."""
-    last = tx.latest_run(name)
     if not spec.loop.promote or last is None:
         return spec
     if last.state is RunState.PROMOTED and last.promotion:
@@ -58,8 +55,8 @@ def promoted(tx: Tx, name: str, spec: RunSpec) -> RunSpec:
                   "base_model_id": decision.get("base_model_id"), "run_id": last.id}
         return replace(spec, model_alias=str(decision["model_id"]),
                        loop=replace(spec.loop, retune_from=parent))
-    return replace(spec, model_alias=last.model_alias, loop=replace(
-        spec.loop, retune_from=LoopConfig.from_json(last.loop_config).retune_from))
+    return replace(spec, model_alias=last.model_alias,
+                   loop=replace(spec.loop, retune_from=last.loop.retune_from))
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec,
                 return Decision("wait", done.id, f"the last cycle {done.id} {done.state.value} "
                                 f"{duration((now - done.created_at).total_seconds())} ago; "
                                 f"next in {duration((due - now).total_seconds())}")
-        spec = promoted(tx, name, spec)
+        spec = promoted(latest, spec)
         assert spec.run_id is not None
         lease = Lease(spec.run_id, current_owner(), runner.settings.lease_seconds)
         store.insert_run(tx, Runner.new_run(spec.run_id, spec, name), prompts, lease, now)

@@ -4,8 +4,11 @@ existing state database, so its keys, their order and their JSON types must not 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from cftrunner.run_config import DEFAULT_TEMPLATE, GateConfig, JudgeConfig, LoopConfig
+from cftrunner.states import RunState
+from tests.conftest import make_run
 
 
 def test_the_stored_json_keeps_its_format() -> None:
@@ -36,3 +39,18 @@ def test_the_json_is_a_copy_of_the_record() -> None:
     loop = LoopConfig(retune_from={"model_id": "m"})
     loop.to_json()["retune_from"]["model_id"] = "changed"
     assert loop.retune_from == {"model_id": "m"}
+
+
+def test_a_run_reads_its_stored_configs_and_ends_at_launched_only_when_it_does_not_follow() -> None:
+    launched = replace(make_run(), state=RunState.LAUNCHED)
+    assert (launched.judge, launched.gate, launched.loop) == (JudgeConfig(), GateConfig(),
+                                                              LoopConfig())
+    assert launched.finished  # stored before 0004: no loop config, so LAUNCHED ends it
+    following = replace(launched, loop_config=LoopConfig(follow=True).to_json(),
+                        gate_config=GateConfig(token_budget=50).to_json())
+    assert following.loop.follow and following.gate.token_budget == 50
+    assert not following.finished
+    trained = replace(following, state=RunState.TRAINED)
+    assert trained.finished  # it follows, and does not promote
+    assert not replace(trained, loop_config=LoopConfig(follow=True, promote=True,
+                                                       holdout=("h",)).to_json()).finished
