@@ -53,9 +53,21 @@ def _or_stderr(stream: TextIO | None) -> TextIO:
     return sys.stderr if stream is None else stream
 
 
+# The least level configure() let through; until it is called, structlog's defaults log all.
+_min_level = logging.NOTSET
+
+
+def enabled(level: int) -> bool:
+    """Whether a line at `level` would be written: for the lines logged for every item, which
+    cost a bound logger each through structlog's lazy proxy even when they are filtered out."""
+    return level >= _min_level
+
+
 def configure(level: str = "info", secrets: list[str] | None = None,
               stream: TextIO | None = None) -> None:
     """Log to `stream`, or to stderr as it is when each line is written."""
+    global _min_level
+    _min_level = logging.getLevelNamesMapping()[level.upper()]
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if _or_stderr(stream).isatty()
                      else structlog.processors.JSONRenderer())
     structlog.configure(
@@ -66,8 +78,7 @@ def configure(level: str = "info", secrets: list[str] | None = None,
             _Redact(secrets or []),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(_min_level),
         logger_factory=structlog.PrintLoggerFactory(_Unfailing(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

@@ -138,16 +138,17 @@ class Runner:
         return self.store.tx(fence=self.lease)
 
     @contextmanager
-    def item_tx(self, item: Item) -> Iterator[Tx]:
+    def item_tx(self, item: Item, durable: bool = True) -> Iterator[Tx]:
         """A write transaction on an item, fenced by this worker's claim on it. (Not by the
-        run's lease too: whoever took that over takes the items only once the claims lapse.)"""
+        run's lease too: whoever took that over takes the items only once the claims lapse.)
+        See `Store.tx` for `durable`."""
         assert self.worker is not None, "items are worked on after join()"
-        with self.store.tx() as tx:
+        with self.store.tx(durable=durable) as tx:
             claims.fence(tx, item.id, self.worker)
             yield tx
 
-    def _tx_for(self, item: Item | None) -> AbstractContextManager[Tx]:
-        return self.item_tx(item) if item is not None else self.tx()
+    def _tx_for(self, item: Item | None, durable: bool = True) -> AbstractContextManager[Tx]:
+        return self.item_tx(item, durable) if item is not None else self.tx()
 
     def join(self, run_id: str) -> None:
         """Become one of the run's workers: registered, renewed by a heartbeat, able to claim."""
@@ -350,46 +351,54 @@ class Runner:
     def effect(self, run: Run, key: str, kind: str, item: Item | None, request: dict[str, Any],
                send: Callable[[dict[str, Any]], Outcome],
                reconcile: Callable[[Effect], Outcome | None],
-               on_done: OnDone, on_rejected: OnRejected, new: bool = False) -> None:
+               on_done: OnDone, on_rejected: OnRejected, new: bool = False,
+               intent: Effect | None = None, then: str | None = None) -> None:
         """Perform one remote effect at most once: intent, request, outcome; and after an
         unknown outcome, reconcile with remote state before sending again.
 
         `new` says no attempt can have been stored yet: the item entered the stage this effect
-        is made from in this process, just now, and such an effect is prepared only from it."""
-        first = [new]
+        is made from in this process, just now, and such an effect is prepared only from it.
+        `intent` is this effect's intent when the transaction that moved the item to that stage
+        stored it too: it is sent at once. `then` names the effect whose intent `on_done` stores
+        with this one's outcome, for its crash points."""
+        first = [new or intent is not None]
+        stored = [intent]
 
         def once() -> None:
             unseen, first[0] = first[0], False
+            prepared, stored[0] = stored[0], None
             self._effect_once(run, key, kind, item, request, send, reconcile, on_done,
-                              on_rejected, unseen)
+                              on_rejected, unseen, prepared, then)
 
         self.retrying(f"{key} of run {run.id}", once)
 
     def _effect_once(self, run: Run, key: str, kind: str, item: Item | None,
                      request: dict[str, Any], send: Callable[[dict[str, Any]], Outcome],
                      reconcile: Callable[[Effect], Outcome | None],
-                     on_done: OnDone, on_rejected: OnRejected, unseen: bool) -> None:
+                     on_done: OnDone, on_rejected: OnRejected, unseen: bool,
+                     prepared: Effect | None, then: str | None) -> None:
         self.checkpoint()
-        effect = None if unseen else self.store.effect(run.id, key)
-        if effect is not None and effect.status in (EffectStatus.DONE, EffectStatus.FAILED):
-            return
-        if effect is not None and effect.status is EffectStatus.PREPARED:
-            waited = (utcnow() - effect.updated_at).total_seconds()
-            if waited < self.settings.reconcile_settle:
-                self.pause(self.settings.reconcile_settle - waited)
-            found = reconcile(effect)
-            log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
-                     attempt=effect.attempts)
-            if found is not None:
-                with self._tx_for(item) as tx:
-                    tx.finish_effect(effect, EffectStatus.DONE, found, verdict="reconciled")
-                    on_done(tx, found)
+        if prepared is None:
+            effect = None if unseen else self.store.effect(run.id, key)
+            if effect is not None and effect.status in (EffectStatus.DONE, EffectStatus.FAILED):
                 return
-        crashpoints.reach(f"{kind}.before_intent")
-        with self._tx_for(item) as tx:
-            prepared = tx.prepare_effect(run.id, key, kind, item.id if item else None, request,
-                                         effect)
-        crashpoints.reach(f"{kind}.after_intent")
+            if effect is not None and effect.status is EffectStatus.PREPARED:
+                waited = (utcnow() - effect.updated_at).total_seconds()
+                if waited < self.settings.reconcile_settle:
+                    self.pause(self.settings.reconcile_settle - waited)
+                found = reconcile(effect)
+                log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
+                         attempt=effect.attempts)
+                if found is not None:
+                    with self._storing_next(then), self._tx_for(item, then is not None) as tx:
+                        tx.finish_effect(effect, EffectStatus.DONE, found, verdict="reconciled")
+                        on_done(tx, found)
+                    return
+            crashpoints.reach(f"{kind}.before_intent")
+            with self._tx_for(item) as tx:
+                prepared = tx.prepare_effect(run.id, key, kind, item.id if item else None,
+                                             request, effect)
+            crashpoints.reach(f"{kind}.after_intent")
         self._ensure_lease()
         try:
             outcome = send(request)
@@ -409,10 +418,21 @@ class Runner:
                     tx.finish_effect(prepared, EffectStatus.UNSENT, error=exc.message)
             raise
         crashpoints.reach(f"{kind}.after_send")
-        with self._tx_for(item) as tx:
+        # An outcome alone can be lost with the power: the effect is then reconciled.
+        with self._storing_next(then), self._tx_for(item, then is not None) as tx:
             tx.finish_effect(prepared, EffectStatus.DONE, outcome)
             on_done(tx, outcome)
         crashpoints.reach(f"{kind}.after_outcome")
+
+    @staticmethod
+    @contextmanager
+    def _storing_next(kind: str | None) -> Iterator[None]:
+        """Around a transaction that also stores the intent of effect `kind`: its crash points."""
+        if kind is not None:
+            crashpoints.reach(f"{kind}.before_intent")
+        yield
+        if kind is not None:
+            crashpoints.reach(f"{kind}.after_intent")
 
 
 class TokenMeter:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
 from cftrunner import claims, crashpoints, payloads
 from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
 from cftrunner.judge import Conversation, Judgment, trace_feedback
-from cftrunner.models import Item, Run
+from cftrunner.models import Effect, Item, Run
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
 from cftrunner.transaction import Tx
 
@@ -28,23 +28,32 @@ def _item_failed(stage: ItemStage) -> Callable[[Tx, Item, ApiError], Item]:
     return fail
 
 
-# Each step returns the item as it stored it, or None when another path stored it (an effect
-# found already done), for the caller to read it again. Its last argument says whether the item
-# entered its stage in this process, just before: then no effect of the step is stored yet.
-Step = Callable[["Runner", Run, Item, bool], Item | None]
+class Stored(NamedTuple):
+    """What a step stored: the item, and the intent of the next step's effect when the same
+    transaction stored it. Nothing happens between the outcome of one step and the intent of
+    the next, so one transaction holds both: two write transactions fewer per item."""
+    item: Item
+    intent: Effect | None = None
 
 
-def _over_budget(r: Runner, run: Run, item: Item, before: str) -> Item | None:
+# Each step returns what it stored, or None when another path stored it (an effect found
+# already done), for the caller to read the item again. Its last argument is what the previous
+# step stored when the item entered its stage in this process, just before: then no effect of
+# the step is stored yet but the intent it carries.
+Step = Callable[["Runner", Run, Item, Stored | None], Stored | None]
+
+
+def _over_budget(r: Runner, run: Run, item: Item, before: str) -> Stored | None:
     """Skip the item, not generated or not judged, once the run's token budget is used up."""
     budget = r.tokens.exhausted(run)
     if budget is None:
         return None
     with r.item_tx(item) as tx:
-        return tx.update_item(item, ItemStage.SKIPPED, error_kind="budget_exceeded",
-                              error=f"the token budget of {budget} ran out before {before}")
+        return Stored(tx.update_item(item, ItemStage.SKIPPED, error_kind="budget_exceeded",
+                                     error=f"the token budget of {budget} ran out before {before}"))
 
 
-def generate(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
+def generate(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored | None:
     if skipped := _over_budget(r, run, item, "generating"):
         return skipped
     messages = [{"role": "user", "content": item.prompt}]
@@ -54,21 +63,22 @@ def generate(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | Non
     except RejectedError as exc:
         if exc.status_code in (401, 403):
             raise
-        with r.item_tx(item) as tx:
+        with r.item_tx(item, durable=False) as tx:
             tx.record_completion(item, "generate", 1, "rejected", error=exc.message)
             failed = _item_failed(ItemStage.GEN_FAILED)(tx, item, exc)
         log.warning("item_failed", item=item.position, stage="generate", error=exc.kind)
-        return failed
+        return Stored(failed)
     crashpoints.reach("generate.after_answer")
-    with r.item_tx(item) as tx:
+    # Not synced to disk (see Store.tx): an answer lost with the power is asked for again.
+    with r.item_tx(item, durable=False) as tx:
         tx.record_completion(item, "generate", 1, "ok", result=result)
         item = tx.update_item(item, ItemStage.GENERATED, answer=result.content)
     r.tokens.add(run.id, result.tokens)
     crashpoints.reach("generate.after_store")
-    return item
+    return Stored(item)
 
 
-def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
+def judge(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored | None:
     """Ask the judge until its answer validates, within the allowed attempts; never invent a
     score. Every answer, valid or not, is kept with the exact request that asked for it."""
     assert item.answer is not None
@@ -87,7 +97,7 @@ def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
         except RejectedError as exc:
             if exc.status_code in (401, 403):
                 raise
-            with r.item_tx(item) as tx:
+            with r.item_tx(item, durable=False) as tx:
                 tx.record_completion(item, "judge", attempts + 1, "rejected", request=request,
                                      error=exc.message)
                 if call.response_format is not None and exc.status_code in (400, 422):
@@ -96,8 +106,9 @@ def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
                     log.warning("judge_structured_output_refused", item=item.position,
                                 error=exc.message)
                     continue
-                return tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
-                                      error_kind=exc.kind, error=exc.message)
+                return Stored(tx.update_item(item, ItemStage.JUDGE_FAILED,
+                                             judge_attempts=attempts, error_kind=exc.kind,
+                                             error=exc.message))
         attempts += 1
         crashpoints.reach("judge.after_answer")
         try:
@@ -107,7 +118,7 @@ def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
             outcome = "truncated" if exc.kind == "judge_truncated" else "malformed"
             log.warning("judge_" + outcome, item=item.position, attempt=attempts, reason=reason)
             last = attempts >= r.settings.judge_attempts
-            with r.item_tx(item) as tx:
+            with r.item_tx(item, durable=False) as tx:
                 tx.record_completion(item, "judge", attempts, outcome, result=result,
                                      request=request, error=reason)
                 if last:
@@ -119,37 +130,62 @@ def judge(r: Runner, run: Run, item: Item, _entered_here: bool) -> Item | None:
                                           judge_raw=result.content)
             r.tokens.add(run.id, result.tokens)
             if last:
-                return item
+                return Stored(item)
             continue
+        crashpoints.reach("trace.before_intent")
         with r.item_tx(item) as tx:
             tx.record_completion(item, "judge", attempts, "ok", result=result, request=request)
             item = tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
                                   judge_raw=result.content, feedback=judgment.feedback,
                                   reasoning=judgment.reasoning, score=judgment.score)
+            intent = tx.prepare_effect(run.id, _trace_key(item), "trace", item.id,
+                                       _trace_request(r, run, item), None)
         r.tokens.add(run.id, result.tokens)
         crashpoints.reach("judge.after_store")
-        return item
-    with r.item_tx(item) as tx:
-        return tx.update_item(item, ItemStage.JUDGE_FAILED, error_kind="judge_malformed",
-                              error=reason)
+        crashpoints.reach("trace.after_intent")
+        return Stored(item, intent)
+    with r.item_tx(item, durable=False) as tx:
+        return Stored(tx.update_item(item, ItemStage.JUDGE_FAILED, error_kind="judge_malformed",
+                                     error=reason))
 
 
-def trace(r: Runner, run: Run, item: Item, entered_here: bool) -> Item | None:
+def _trace_key(item: Item) -> str:
+    return f"trace:{item.position}"
+
+
+def _trace_request(r: Runner, run: Run, item: Item) -> dict[str, Any]:
     assert item.answer is not None and item.score is not None
     feedback = trace_feedback(Judgment(item.feedback or "", item.reasoning or "", item.score))
-    request = {"shape": r.settings.trace_shape, "project_id": run.project_id,
-               "model_id": run.model_alias, "input": item.prompt, "output": item.answer,
-               "score": item.score, "feedback": feedback}
+    return {"shape": r.settings.trace_shape, "project_id": run.project_id,
+            "model_id": run.model_alias, "input": item.prompt, "output": item.answer,
+            "score": item.score, "feedback": feedback}
+
+
+def trace(r: Runner, run: Run, item: Item, entered: Stored | None) -> Stored | None:
     fail = _item_failed(ItemStage.TRACE_FAILED)
-    stored: list[Item] = []
+    stored: list[Stored] = []
+
+    def done(tx: Tx, out: dict[str, Any]) -> None:
+        traced = tx.update_item(item, ItemStage.TRACED, trace_id=out["trace_id"])
+        stored.append(Stored(traced, tx.prepare_effect(
+            run.id, _add_key(traced), "add", item.id, _add_request(traced), None)))
+
     r.effect(
-        run, f"trace:{item.position}", "trace", item, request,
+        run, _trace_key(item), "trace", item, _trace_request(r, run, item),
         send=lambda req: {"trace_id": r.client.create_trace(payloads.trace_body(**req))},
         reconcile=lambda eff: r.reconcile.trace(run, eff),
-        on_done=lambda tx, out: stored.append(
-            tx.update_item(item, ItemStage.TRACED, trace_id=out["trace_id"])),
-        on_rejected=lambda tx, exc: stored.append(fail(tx, item, exc)), new=entered_here)
+        on_done=done, on_rejected=lambda tx, exc: stored.append(Stored(fail(tx, item, exc))),
+        new=entered is not None, intent=entered.intent if entered else None, then="add")
     return stored[-1] if stored else None
+
+
+def _add_key(item: Item) -> str:
+    return f"add:{item.position}"
+
+
+def _add_request(item: Item) -> dict[str, Any]:
+    assert item.trace_id is not None
+    return {"trace_id": item.trace_id}
 
 
 def _record_addition(tx: Tx, item: Item, outcome: dict[str, Any]) -> Item:
@@ -163,8 +199,7 @@ def _record_addition(tx: Tx, item: Item, outcome: dict[str, Any]) -> Item:
                           processing_status="none" if status == "added" else "processing")
 
 
-def add(r: Runner, run: Run, item: Item, entered_here: bool) -> Item | None:
-    assert item.trace_id is not None
+def add(r: Runner, run: Run, item: Item, entered: Stored | None) -> Stored | None:
     trace_since = run.created_at - timedelta(seconds=r.settings.reconcile_skew)
 
     def send(req: dict[str, Any]) -> dict[str, Any]:
@@ -173,13 +208,14 @@ def add(r: Runner, run: Run, item: Item, entered_here: bool) -> Item | None:
                 "datapoint_id": result.datapoint_id}
 
     fail = _item_failed(ItemStage.ADD_FAILED)
-    stored: list[Item] = []
+    stored: list[Stored] = []
     r.effect(
-        run, f"add:{item.position}", "add", item, {"trace_id": item.trace_id},
+        run, _add_key(item), "add", item, _add_request(item),
         send=send,
         reconcile=lambda eff: r.reconcile.addition(run, eff, trace_since),
-        on_done=lambda tx, out: stored.append(_record_addition(tx, item, out)),
-        on_rejected=lambda tx, exc: stored.append(fail(tx, item, exc)), new=entered_here)
+        on_done=lambda tx, out: stored.append(Stored(_record_addition(tx, item, out))),
+        on_rejected=lambda tx, exc: stored.append(Stored(fail(tx, item, exc))),
+        new=entered is not None, intent=entered.intent if entered else None)
     return stored[-1] if stored else None
 
 
@@ -231,12 +267,11 @@ def work_items(r: Runner, run: Run) -> None:
 
 
 def _finish_item(r: Runner, run: Run, item: Item) -> None:
-    entered_here = False  # the item comes as stored, by this process or an earlier one
+    entered: Stored | None = None  # the item comes as stored, by this process or an earlier one
     while item.stage in ITEM_STEPS:
         r.checkpoint()
-        stored = ITEM_STEPS[item.stage](r, run, item, entered_here)
-        item, entered_here = (stored, True) if stored is not None else (r.store.item(item.id),
-                                                                      False)
+        entered = ITEM_STEPS[item.stage](r, run, item, entered)
+        item = entered.item if entered is not None else r.store.item(item.id)
 
 
 def find_dataset(r: Runner, run: Run) -> bool:

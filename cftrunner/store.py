@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from cftrunner import dialect, migrations
+from cftrunner import dialect, logs, migrations
 from cftrunner.exceptions import RunExistsError, RunNotFoundError
 from cftrunner.gate import Facts
 from cftrunner.lease import Lease, busy, keeps_out
@@ -71,6 +71,7 @@ class Store:
         # taken from the pool and given back for every transaction.
         self._write_lock = threading.Lock() if self.engine.dialect.name == "sqlite" else None
         self._writer: sa.Connection | None = None
+        self._writer_durable = True  # its synchronous level: FULL, as every connection starts
         try:
             migrations.upgrade(self.engine)
         except BaseException:
@@ -83,7 +84,7 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def _writing(self) -> Iterator[sa.Connection]:
+    def _writing(self, durable: bool = True) -> Iterator[sa.Connection]:
         """A connection in a write transaction, committed at the end, rolled back on error."""
         if self._write_lock is None:
             with self.engine.begin() as conn:
@@ -92,19 +93,35 @@ class Store:
         with self._write_lock:
             if self._writer is None or self._writer.invalidated:
                 self._writer = self.engine.connect()
+                self._writer_durable = True
+            if durable != self._writer_durable:
+                # Outside any transaction (SQLite refuses it inside one), on the driver's
+                # connection, which pysqlite leaves in autocommit (see dialect.py).
+                self._writer.connection.driver_connection.execute(  # type: ignore[union-attr]
+                    f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._writer_durable = durable
             with self._writer.begin():
                 yield self._writer
 
     @contextmanager
-    def tx(self, fence: Lease | None = None) -> Iterator[Tx]:
-        """One write transaction; with `fence`, only while this process holds that lease."""
-        with self._writing() as conn:
+    def tx(self, fence: Lease | None = None, durable: bool = True) -> Iterator[Tx]:
+        """One write transaction; with `fence`, only while this process holds that lease.
+
+        On SQLite a transaction is durable when it commits (synced to disk), unless `durable` is
+        False: then it survives a crash of the process but may be lost with the host's power,
+        along with every later one that is not durable either; a durable commit makes all
+        earlier ones durable too. That is for what can be found again after such a loss, by
+        asking again or by reconciling: never for an intent, which must be on disk before its
+        request is sent. (On PostgreSQL every transaction is durable.)"""
+        with self._writing(durable) as conn:
             tx = Tx(conn)
             if fence is not None:
                 tx.fence(fence)
             yield tx
         for kind, fields in tx.logged:
-            log.log(_LOG_LEVELS.get(kind, logging.INFO), kind, **fields)
+            level = _LOG_LEVELS.get(kind, logging.INFO)
+            if logs.enabled(level):
+                log.log(level, kind, **fields)
 
     def acquire_lease(self, lease: Lease, may_take_over: Callable[[LeaseInfo], bool]) -> Run:
         """Take the run's lease if it is free, expired, or `may_take_over` proves its owner dead."""

@@ -66,6 +66,7 @@ _LEASE_TOKEN = (sa.select(runs.c.lease_token).where(runs.c.id == sa.bindparam("r
                 .with_for_update())
 _INSERT_EVENT = events.insert()
 _INSERT_COMPLETION = completions.insert()
+_INSERT_EFFECT = effects.insert()
 _UPDATE_ITEM = items.update().where(items.c.id == sa.bindparam("item_id"),
                                     items.c.stage == sa.bindparam("from_stage"))
 _UPDATE_EFFECT = effects.update().where(
@@ -198,10 +199,10 @@ class Tx:
         """Store the intent to send `request`; the effect as now stored."""
         now = utcnow()
         if previous is None:
-            self.conn.execute(effects.insert().values(
-                run_id=run_id, key=key, kind=kind, item_id=item_id,
-                status=EffectStatus.PREPARED.value, request=request, prepared_at=now,
-                attempts=1, updated_at=now))
+            self.conn.execute(_INSERT_EFFECT, {
+                "run_id": run_id, "key": key, "kind": kind, "item_id": item_id,
+                "status": EffectStatus.PREPARED.value, "request": request, "prepared_at": now,
+                "attempts": 1, "updated_at": now})
             prepared = Effect(run_id=run_id, key=key, kind=kind, item_id=item_id,
                               status=EffectStatus.PREPARED, request=request, prepared_at=now,
                               attempts=1, updated_at=now)

@@ -16,7 +16,9 @@ import pytest
 
 from cftrunner import crashpoints
 from cftrunner.exceptions import RunNotFoundError
+from cftrunner.models import EffectStatus
 from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
+from cftrunner.states import ItemStage
 from cftrunner.store import Store
 from tests.conftest import PROMPTS, Cli, assert_exactly_once, databases, requests_sent
 
@@ -146,6 +148,31 @@ def test_a_kill_at_any_crash_point_resumes_to_launched_with_every_effect_once(
 
     resume_to_launched(cli)
 
+    assert_launched_once(cli, sandbox)
+
+
+@pytest.mark.parametrize(("point", "stage", "kind"), [
+    ("judge.after_store", ItemStage.JUDGED, "trace"),
+    ("trace.after_outcome", ItemStage.TRACED, "add"),
+])
+def test_a_step_stores_its_outcome_with_the_intent_of_the_next_effect(
+        cli: Cli, sandbox: Sandbox, db_url: str, point: str, stage: ItemStage, kind: str) -> None:
+    """Killed right after one such transaction: no item is at `stage` without its intent, and
+    the intent (never sent) is found not to have happened, then sent once."""
+    killed = cli.run(*cli.start_args(RUN_ID), env={crashpoints.ENV: f"{point}:1"})
+    assert killed.returncode == KILLED, tail(killed.stderr)
+
+    store = Store(db_url)
+    try:
+        at_stage = store.items(RUN_ID, stage)
+        intents = {i.position: store.effect(RUN_ID, f"{kind}:{i.position}") for i in at_stage}
+    finally:
+        store.close()
+    assert at_stage
+    assert all(e is not None and e.status is EffectStatus.PREPARED and e.attempts == 1
+               for e in intents.values()), intents
+
+    resume_to_launched(cli)
     assert_launched_once(cli, sandbox)
 
 

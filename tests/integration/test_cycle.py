@@ -32,6 +32,30 @@ def test_a_cycle_reaches_launched_with_every_effect_once(harness: Harness, sandb
     assert {i.stage for i in harness.store.items(run.id)} == {ItemStage.ADDED}
 
 
+@pytest.mark.sqlite_only
+def test_every_intent_is_on_disk_before_its_request_and_outcomes_need_not_be(
+        harness: Harness, sandbox: Sandbox) -> None:
+    """On SQLite, a transaction that stores an intent commits synced to disk; the ones that store
+    only what can be found again (answers, outcomes) do not wait for the disk."""
+    levels: dict[str, set[int]] = {"intent": set(), "answer": set(), "addition": set()}
+
+    def before(conn: sa.Connection, _cursor: object, statement: str, params: object,
+               _context: object, _many: bool) -> None:
+        kind = ("intent" if statement.startswith("INSERT INTO effects")
+                else "answer" if statement.startswith("INSERT INTO completions")
+                else "addition" if statement.startswith("UPDATE items SET stage=?, add_status")
+                else None)
+        if kind is not None:
+            driver = conn.connection.driver_connection
+            levels[kind].add(driver.execute("PRAGMA synchronous").fetchone()[0])  # type: ignore[union-attr]
+
+    sa.event.listen(harness.store.engine, "before_cursor_execute", before)
+    run = harness.runner.drive(harness.start())
+
+    assert run.state is RunState.LAUNCHED
+    assert levels == {"intent": {2}, "answer": {1, 2}, "addition": {1}}
+
+
 def test_the_job_gets_the_recommended_experiments_minus_the_advisory_keys(
         harness: Harness, sandbox: Sandbox) -> None:
     run = harness.runner.drive(harness.start())

@@ -157,3 +157,21 @@ def test_a_database_in_a_missing_folder_is_bad_input(tmp_path: Path) -> None:
 def test_the_database_runs_in_wal_mode(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+SYNC_NORMAL, SYNC_FULL = 1, 2  # PRAGMA synchronous
+
+
+@pytest.mark.sqlite_only
+def test_a_transaction_is_synced_to_disk_unless_it_says_it_need_not_be(store: Store) -> None:
+    def level(durable: bool) -> int:
+        with store.tx(durable=durable) as tx:
+            return int(tx.conn.exec_driver_sql("PRAGMA synchronous").scalar() or 0)
+
+    assert level(True) == SYNC_FULL
+    assert level(False) == SYNC_NORMAL
+    assert level(False) == SYNC_NORMAL
+    assert level(True) == SYNC_FULL
+    # A reader's connection is not the writer's: it keeps what every connection starts with.
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == SYNC_FULL
