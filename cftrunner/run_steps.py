@@ -11,7 +11,7 @@ import structlog
 
 from cftrunner import crashpoints, gate, payloads
 from cftrunner.exceptions import ApiError, RunStopped
-from cftrunner.models import Run
+from cftrunner.models import Item, Run
 from cftrunner.payloads import RemoteTrace
 from cftrunner.run_config import LoopConfig
 from cftrunner.states import ItemStage, RunState
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from cftrunner.runner import Runner
 
 log = structlog.get_logger("cftrunner")
+
+SETTLED_PER_TRANSACTION = 500
 
 
 def _wait(r: Runner, what: str, bound: float, done: Callable[[], bool]) -> None:
@@ -47,20 +49,22 @@ def _corrections_settled(r: Runner, run: Run) -> bool:
         return True
     since = run.created_at - timedelta(seconds=r.settings.reconcile_skew)
     remote = _read_traces(r, run, {i.trace_id for i in pending if i.trace_id}, since)
-    still = 0
+    settled: list[tuple[Item, str | None]] = []
     for item in pending:
         seen = remote.get(item.trace_id or "")
-        status = seen.processing_status if seen else None
-        if seen is None or status == "processing":
-            still += 1
-            continue
+        if seen is not None and seen.processing_status != "processing":
+            settled.append((item, seen.processing_status))
+    # Many at a time: one transaction each was most of the wait after the last addition.
+    for start in range(0, len(settled), SETTLED_PER_TRANSACTION):
         with r.tx() as tx:
-            if status == "failed":
-                tx.update_item(item, ItemStage.ADD_FAILED, processing_status="failed",
-                               error_kind="correction_failed",
-                               error="the platform failed to write the corrected datapoint")
-            else:
-                tx.update_item(item, processing_status="none")
+            for item, status in settled[start:start + SETTLED_PER_TRANSACTION]:
+                if status == "failed":
+                    tx.update_item(item, ItemStage.ADD_FAILED, processing_status="failed",
+                                   error_kind="correction_failed",
+                                   error="the platform failed to write the corrected datapoint")
+                else:
+                    tx.update_item(item, processing_status="none")
+    still = len(pending) - len(settled)
     log.info("additions_processing", remaining=still)
     return still == 0
 

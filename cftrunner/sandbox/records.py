@@ -20,6 +20,8 @@ class WorldSettings:
     recs_outcome: str = "completed"
     page_size: int = 10
     add_threshold: float = 0.5
+    # A queued addition whose trace's input contains this text: its correction ends "failed".
+    correction_failing: str | None = None
     structured_output: bool = True
     training_polls: int = 2
     training_outcome: str = "succeeded"
@@ -109,10 +111,12 @@ class Trace:
     feedback: str
     added_to_dataset: bool = False
     processing_until: float | None = None
+    correction_fails: bool = False
 
     def to_json(self, now: float) -> dict[str, Any]:
         """The trace as the API shows it at monotonic time `now`."""
         processing = self.processing_until is not None and now < self.processing_until
+        corrected = "failed" if self.correction_fails else "none"
         return {
             "id": self.id,
             "createdAt": iso(self.created_at),
@@ -123,7 +127,7 @@ class Trace:
             "score": self.score,
             "feedback": self.feedback,
             "addedToDataset": self.added_to_dataset,
-            "processingStatus": "processing" if processing else "none",
+            "processingStatus": "processing" if processing else corrected,
         }
 
 

@@ -220,6 +220,8 @@ class World:
             trace.added_to_dataset = True
             if status == "queued":
                 trace.processing_until = self._clock() + self.settings.processing_seconds
+                failing = self.settings.correction_failing
+                trace.correction_fails = failing is not None and failing in trace.input
             self.ledger.added(trace.id)
             return {"traceId": trace.id, "status": status, "success": True, "datapointId": point.id}
 

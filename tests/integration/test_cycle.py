@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from cftrunner import dialect
+from cftrunner import dialect, run_steps
 from cftrunner.exceptions import RunStopped
 from cftrunner.models import EffectStatus
 from cftrunner.retry import RetryPolicy
@@ -226,6 +226,24 @@ def test_corrections_are_awaited_before_the_snapshot(make_sandbox: Callable[...,
     snapshot = sandbox.world.snapshots()[0]
     assert all(t["processingStatus"] != "processing" for t in sandbox.world.traces())
     assert snapshot["id"] == run.snapshot_id
+
+
+def test_a_correction_the_platform_fails_sets_its_item_aside(
+        make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settled additions are recorded several to a transaction: here 4, to cover a partial one."""
+    monkeypatch.setattr(run_steps, "SETTLED_PER_TRANSACTION", 4)
+    sandbox = make_sandbox(processing_seconds=0.3, add_threshold=1.01,
+                           correction_failing="message 2")
+    harness = make_harness(sandbox)
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    failed = harness.store.items(run.id, ItemStage.ADD_FAILED)
+    assert [i.position for i in failed] == [2]
+    assert (failed[0].error_kind, failed[0].processing_status) == ("correction_failed", "failed")
+    added = harness.store.items(run.id, ItemStage.ADDED)
+    assert len(added) == len(PROMPTS) - 1 and {i.processing_status for i in added} == {"none"}
+    assert [t["processingStatus"] for t in sandbox.world.traces()].count("failed") == 1
 
 
 def test_waiting_for_corrections_is_bounded_and_resumable(
