@@ -58,8 +58,9 @@ _min_level = logging.NOTSET
 
 
 def enabled(level: int) -> bool:
-    """Whether a line at `level` would be written: for the lines logged for every item, which
-    cost a bound logger each through structlog's lazy proxy even when they are filtered out."""
+    """Whether a line at `level` passes the level configure() set (every line, before it is
+    called): checked before the lines logged for every item, which cost a bound logger each
+    through structlog's lazy proxy even when they are then filtered out."""
     return level >= _min_level
 
 

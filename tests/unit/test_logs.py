@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 
 import pytest
@@ -69,3 +70,11 @@ def test_a_stream_that_fails_to_write_drops_the_line() -> None:
 
     logs.configure("info", stream=Broken())
     structlog.get_logger("cftrunner").info("lost")
+
+
+def test_enabled_follows_the_configured_level() -> None:
+    logs.configure("debug", stream=io.StringIO())
+    assert logs.enabled(logging.DEBUG)
+    logs.configure("warning", stream=io.StringIO())
+    assert not logs.enabled(logging.DEBUG) and not logs.enabled(logging.INFO)
+    assert logs.enabled(logging.WARNING) and logs.enabled(logging.ERROR)
