@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 ENV = "CFTRUNNER_CRASH_AT"
 
@@ -37,3 +39,14 @@ def reach(name: str) -> None:
     _hits[name] += 1
     if _hits[name] >= int(count or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def storing_intent(kind: str | None) -> Iterator[None]:
+    """Around a transaction that stores, with another step's outcome, the intent of an effect of
+    `kind` (none when None): that intent's crash points, as where the intent is stored alone."""
+    if kind is not None:
+        reach(f"{kind}.before_intent")
+    yield
+    if kind is not None:
+        reach(f"{kind}.after_intent")

@@ -390,7 +390,8 @@ class Runner:
                 log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
                          attempt=effect.attempts)
                 if found is not None:
-                    with self._storing_next(then), self._tx_for(item, then is not None) as tx:
+                    with (crashpoints.storing_intent(then),
+                          self._tx_for(item, then is not None) as tx):
                         tx.finish_effect(effect, EffectStatus.DONE, found, verdict="reconciled")
                         on_done(tx, found)
                     return
@@ -419,20 +420,10 @@ class Runner:
             raise
         crashpoints.reach(f"{kind}.after_send")
         # An outcome alone can be lost with the power: the effect is then reconciled.
-        with self._storing_next(then), self._tx_for(item, then is not None) as tx:
+        with crashpoints.storing_intent(then), self._tx_for(item, then is not None) as tx:
             tx.finish_effect(prepared, EffectStatus.DONE, outcome)
             on_done(tx, outcome)
         crashpoints.reach(f"{kind}.after_outcome")
-
-    @staticmethod
-    @contextmanager
-    def _storing_next(kind: str | None) -> Iterator[None]:
-        """Around a transaction that also stores the intent of effect `kind`: its crash points."""
-        if kind is not None:
-            crashpoints.reach(f"{kind}.before_intent")
-        yield
-        if kind is not None:
-            crashpoints.reach(f"{kind}.after_intent")
 
 
 class TokenMeter:

@@ -132,8 +132,7 @@ def judge(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored | 
             if last:
                 return Stored(item)
             continue
-        crashpoints.reach("trace.before_intent")
-        with r.item_tx(item) as tx:
+        with crashpoints.storing_intent("trace"), r.item_tx(item) as tx:
             tx.record_completion(item, "judge", attempts, "ok", result=result, request=request)
             item = tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
                                   judge_raw=result.content, feedback=judgment.feedback,
@@ -142,7 +141,6 @@ def judge(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored | 
                                        _trace_request(r, run, item), None)
         r.tokens.add(run.id, result.tokens)
         crashpoints.reach("judge.after_store")
-        crashpoints.reach("trace.after_intent")
         return Stored(item, intent)
     with r.item_tx(item, durable=False) as tx:
         return Stored(tx.update_item(item, ItemStage.JUDGE_FAILED, error_kind="judge_malformed",
