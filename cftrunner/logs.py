@@ -53,22 +53,26 @@ def _or_stderr(stream: TextIO | None) -> TextIO:
     return sys.stderr if stream is None else stream
 
 
-# The least level configure() let through; until it is called, structlog's defaults log all.
-_min_level = logging.NOTSET
+# The filtering class configure() gave structlog, and the least level it lets through.
+_configured: tuple[type, int] | None = None
 
 
 def enabled(level: int) -> bool:
-    """Whether a line at `level` passes the level configure() set (every line, before it is
-    called): checked before the lines logged for every item, which cost a bound logger each
-    through structlog's lazy proxy even when they are then filtered out."""
-    return level >= _min_level
+    """Whether structlog would write a line at `level`: checked before the lines logged for
+    every item, which cost a bound logger each through structlog's lazy proxy even when they
+    are then filtered out. Only a level below the one configure() set, while structlog still
+    has that configuration, is not."""
+    if _configured is None or level >= _configured[1]:
+        return True
+    return structlog.get_config()["wrapper_class"] is not _configured[0]
 
 
 def configure(level: str = "info", secrets: list[str] | None = None,
               stream: TextIO | None = None) -> None:
     """Log to `stream`, or to stderr as it is when each line is written."""
-    global _min_level
-    _min_level = logging.getLevelNamesMapping()[level.upper()]
+    global _configured
+    least = logging.getLevelNamesMapping()[level.upper()]
+    wrapper = structlog.make_filtering_bound_logger(least)
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if _or_stderr(stream).isatty()
                      else structlog.processors.JSONRenderer())
     structlog.configure(
@@ -79,7 +83,8 @@ def configure(level: str = "info", secrets: list[str] | None = None,
             _Redact(secrets or []),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_min_level),
+        wrapper_class=wrapper,
         logger_factory=structlog.PrintLoggerFactory(_Unfailing(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    _configured = (wrapper, least)

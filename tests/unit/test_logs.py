@@ -6,11 +6,20 @@ import io
 import json
 import logging
 import sys
+from collections.abc import Iterator
 
 import pytest
 import structlog
 
 from cftrunner import logs
+
+
+@pytest.fixture(autouse=True)
+def logging_put_back() -> Iterator[None]:
+    """Each test configures logging for the whole process: put it back for the tests after."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 class Terminal(io.StringIO):
@@ -78,3 +87,5 @@ def test_enabled_follows_the_configured_level() -> None:
     logs.configure("warning", stream=io.StringIO())
     assert not logs.enabled(logging.DEBUG) and not logs.enabled(logging.INFO)
     assert logs.enabled(logging.WARNING) and logs.enabled(logging.ERROR)
+    structlog.reset_defaults()  # structlog configured otherwise: it decides
+    assert logs.enabled(logging.DEBUG)
