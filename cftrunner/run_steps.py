@@ -54,7 +54,8 @@ def _corrections_settled(r: Runner, run: Run) -> bool:
         seen = remote.get(item.trace_id or "")
         if seen is not None and seen.processing_status != "processing":
             settled.append((item, seen.processing_status))
-    # Many at a time: one transaction each was most of the wait after the last addition.
+    # Many to a transaction: one each made 330 write transactions for 1,000 items, queued
+    # behind any other writer.
     for start in range(0, len(settled), SETTLED_PER_TRANSACTION):
         with r.tx() as tx:
             for item, status in settled[start:start + SETTLED_PER_TRANSACTION]:
