@@ -19,6 +19,8 @@ class Ledger:
         self._requests: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
         self._rate_limited = 0
+        self._in_flight = 0
+        self._most_in_flight = 0
         self._admitted: list[tuple[float, str]] = []  # kept only while a rate limit is set
 
     def acted(self, what: str, n: int = 1) -> None:
@@ -39,8 +41,16 @@ class Ledger:
             self._chat["judge" if judge else "generate"] += 1
 
     def received(self, route: str) -> None:
+        """An API request came in; it is in flight until `answered`."""
         with self._lock:
             self._requests[route] += 1
+            self._in_flight += 1
+            self._most_in_flight = max(self._most_in_flight, self._in_flight)
+
+    def answered(self) -> None:
+        """An API request was answered, refused or dropped."""
+        with self._lock:
+            self._in_flight -= 1
 
     def faulted(self, kind: str) -> None:
         with self._lock:
@@ -75,4 +85,5 @@ class Ledger:
                 "requests": dict(self._requests),
                 "faults_fired": dict(self._faults),
                 "rate_limited": self._rate_limited,
+                "most_in_flight": self._most_in_flight,
             }

@@ -119,6 +119,13 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return
         route, params = found
         backend.world.ledger.received(route.name)
+        try:
+            self._serve(backend, route, params, parts.query, body)
+        finally:
+            backend.world.ledger.answered()
+
+    def _serve(self, backend: Backend, route: routes.Route, params: dict[str, str], query: str,
+               body: bytes) -> None:
         if not self._authorized(backend.api_key):
             self._reply(error(401, "missing or invalid API key"))
             return
@@ -129,7 +136,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         judge = None
         if route.name == "chat":
             judge = routes.is_judge_call(body, backend.world.settings.judge_models)
-        call = Call(params, dict(parse_qsl(parts.query, keep_blank_values=True)), body)
+        call = Call(params, dict(parse_qsl(query, keep_blank_values=True)), body)
         rule = backend.faults.select(Request(route.name, body, judge))
         if rule is None:
             self._reply(routes.dispatch(route, backend.world, call))
