@@ -21,8 +21,9 @@ What it measures, in order:
     i.e. the wall time if request latencies overlapped perfectly and nothing else took time;
     efficiency = bound / wall. Deliberate waits (the runner's sleeps: polls for corrections and
     recommendations, retry backoff) are in the wall time but not in the bound; they are reported
-    apart, with efficiency excluding them = bound / (wall - waits), and the average number of
-    requests in flight = sum(requests x latency) / (wall - waits).
+    apart, with efficiency excluding them = bound / (wall - waits); then the average number of
+    requests in flight = sum(requests x latency) / (wall - waits), and the most the sandbox was
+    handling at once, which concurrency caps.
  2. The same cycle one request at a time (concurrency 1, the tutorial's way). It defaults to
     N = 200 (--sequential-n), as N = 1,000 at 50 ms would take over 200 s; the comparable figure
     is the ratio of per-item wall times, printed with the ratio of the raw wall times.
@@ -41,15 +42,16 @@ What it measures, in order:
     server of --pg-url (an admin URL, postgresql://postgres@127.0.0.1:5432/postgres by default) and
     dropped afterwards; a run of N = 600 items (--workers-n) is created in it, left without an owner,
     and k processes (`bench.py --child work`, calling `Runner.work` as `cftrunner resume RUN_ID
-    --worker` does) are started at once, each with --worker-concurrency threads (8), against a
-    sandbox at --latency. Figures: wall time from starting them to the run LAUNCHED and every one
-    ended; requests per route; bound = requests x latency / (k x concurrency); efficiency = bound /
-    wall (and excluding the slowest worker's startup, spawn to `Runner.work()`); items per second;
-    speed-up = wall time at k = 1 / wall time at k. Each k is checked: every worker exited 0 and the
-    sandbox holds N traces, one addition per trace, one snapshot, one job; the benchmark exits 1
-    if not. With psycopg missing or PostgreSQL unreachable the phase prints "skipped: <reason>".
-    On 2 cores the k workers, the sandbox and PostgreSQL share the CPUs: the speed-up levels off
-    once the workers are CPU-bound, and at --quick's N = 60 process startup dominates.
+    --worker` does) are started at once, each with --worker-concurrency requests in flight at most
+    (8), against a sandbox at --latency. Figures: wall time from starting them to the run LAUNCHED
+    and every one ended; requests per route; bound = requests x latency / (k x concurrency);
+    efficiency = bound / wall (and excluding the slowest worker's startup, spawn to
+    `Runner.work()`); items per second; speed-up = wall time at k = 1 / wall time at k. Each k
+    is checked: every worker exited 0 and the sandbox holds N traces, one addition per trace, one
+    snapshot, one job; the benchmark exits 1 if not. With psycopg missing or PostgreSQL
+    unreachable the phase prints "skipped: <reason>". On 2 cores the k workers, the sandbox and
+    PostgreSQL share the CPUs: the speed-up levels off once the workers are CPU-bound, and at
+    --quick's N = 60 process startup dominates.
 
 Targets are printed next to the figures and are not asserted: efficiency >= 0.85 at concurrency 16,
 50 ms and N = 1,000; peak memory under 150 MB at N = 20,000; resume to the first request under 2 s
@@ -276,6 +278,7 @@ def cycle(tmp: Path, name: str, n: int, latency: float, concurrency: int,
         "bound_run_level_serial_s": tight,
         "efficiency_run_level_serial": tight / wall if latency else None,
         "in_flight": total * latency / busy if latency else None,
+        "most_in_flight": counts.get("most_in_flight"),
         "wall_per_item_s": wall / n, "wall_per_request_s": wall / max(total, 1),
         "cpu_drive_s": child["cpu_drive_s"], "cpu_per_item_s": child["cpu_drive_s"] / n,
         "cpu_process_s": usage.ru_utime + usage.ru_stime,
@@ -578,6 +581,9 @@ def print_cycle(title: str, f: dict[str, Any], target: bool) -> None:
     print(f"  excluding waits    {f['efficiency_excluding_waits']:8.3f}     = bound / (wall - waits)")
     print(f"  in flight, average {f['in_flight']:8.2f}     = requests x latency / (wall - waits), "
           f"of {f['concurrency']} allowed")
+    if f.get("most_in_flight") is not None:
+        print(f"  in flight, most    {f['most_in_flight']:8,}     at once at the sandbox, of "
+              f"{f['concurrency']} allowed")
     run_level = f["run_level_requests"]
     if f["concurrency"] > 1:
         print(f"  run-level requests {run_level:8,}     (made once per run or per poll, not per "

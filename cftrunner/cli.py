@@ -74,8 +74,9 @@ def throughput_options(func: F) -> F:
     """How hard a driving command may press the API."""
     for option in reversed([
         click.option("--concurrency", type=click.IntRange(1, 256), default=None,
-                     help="Items worked on at once, each with at most one request in flight "
-                          "[env CFTRUNNER_CONCURRENCY; config api.concurrency; default 8]."),
+                     help="Requests in flight at once, at most; a quarter more items are worked "
+                          "on, each with one request at a time [env CFTRUNNER_CONCURRENCY; config "
+                          "api.concurrency; default 8]."),
         click.option("--max-rps", type=click.FloatRange(0, min_open=True), default=None,
                      help="A ceiling on requests per second for the whole run, on top of "
                           "slowing down when the API answers 429 [env CFTRUNNER_MAX_RPS; config "

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,11 +67,23 @@ def _error_message(resp: requests.Response) -> str:
 
 
 class PremClient:
+    """The API's endpoints over one pooled session.
+
+    With `in_flight`, at most that many requests are out at once, however many threads ask:
+    threads beyond it wait for a slot, so a thread storing what it got leaves its slot to another
+    thread's request meanwhile. `before_send` is called once a request has its slot and its turn,
+    just before it goes out; whatever it raises, the request was not sent."""
+
     def __init__(self, base_url: str, api_key: str, timeouts: Timeouts | None = None,
-                 connections: int = 10, limiter: RateLimiter | None = None) -> None:
+                 connections: int = 10, limiter: RateLimiter | None = None,
+                 in_flight: int | None = None,
+                 before_send: Callable[[], object] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts or Timeouts()
         self.limiter = limiter or RateLimiter()
+        self._slots: AbstractContextManager[object] = (
+            threading.BoundedSemaphore(in_flight) if in_flight else contextlib.nullcontext())
+        self._before_send = before_send
         self.session = requests.Session()
         # urllib3 must never resend on its own: a resent POST is exactly the duplicate to avoid.
         # One pooled connection per concurrent item keeps connections reused, not reopened.
@@ -95,27 +111,14 @@ class PremClient:
 
     def request(self, method: str, path: str, body: Any = None,
                 params: dict[str, Any] | None = None) -> Any:
-        self.limiter.wait_turn()
-        started = time.monotonic()
-        try:
-            prepared = requests.PreparedRequest()
-            prepared.prepare(method=method, url=self.base_url + path, headers=self._headers,
-                             json=body, params=params, cookies=self.session.cookies)
-            resp = self.session.send(prepared, timeout=(self.timeouts.connect, self.timeouts.read),
-                                     **self._send_options)
-        except requests.RequestException as exc:
-            if logs.enabled(logging.DEBUG):
-                log.debug("api_request", method=method, path=path, error=type(exc).__name__,
-                          elapsed_ms=round((time.monotonic() - started) * 1000))
-            unsent = _surely_unsent(exc)
-            what = "could not connect" if unsent else (
-                "timed out" if isinstance(exc, requests.Timeout) else "connection lost")
-            raise TransientError(f"{method} {path}: {what}", maybe_happened=not unsent,
-                                 method=method, path=path) from None
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=method, url=self.base_url + path, headers=self._headers,
+                         json=body, params=params, cookies=self.session.cookies)
+        resp = self._send(prepared, method, path)
         status = resp.status_code
         if logs.enabled(logging.DEBUG):
             log.debug("api_request", method=method, path=path, status_code=status,
-                      elapsed_ms=round((time.monotonic() - started) * 1000))
+                      elapsed_ms=round(resp.elapsed.total_seconds() * 1000))
         if status == 429 or (status == 503 and "Retry-After" in resp.headers):
             self.limiter.pushed_back(parse_retry_after(resp.headers.get("Retry-After"),
                                                        datetime.now(UTC)))
@@ -139,6 +142,29 @@ class PremClient:
             raise TransientError(message, status_code=status, retry_after=retry_after,
                                  maybe_happened=method != "GET", method=method, path=path)
         raise RejectedError(message, status_code=status, method=method, path=path)
+
+    def _send(self, prepared: requests.PreparedRequest, method: str,
+              path: str) -> requests.Response:
+        """Send once this request has a slot and its turn; the slot is freed as soon as the answer
+        is read. A failure of the transport becomes a TransientError."""
+        with self._slots:
+            self.limiter.wait_turn()
+            if self._before_send is not None:
+                self._before_send()
+            started = time.monotonic()
+            try:
+                return self.session.send(prepared, timeout=(self.timeouts.connect,
+                                                            self.timeouts.read),
+                                         **self._send_options)
+            except requests.RequestException as exc:
+                if logs.enabled(logging.DEBUG):
+                    log.debug("api_request", method=method, path=path, error=type(exc).__name__,
+                              elapsed_ms=round((time.monotonic() - started) * 1000))
+                unsent = _surely_unsent(exc)
+                what = "could not connect" if unsent else (
+                    "timed out" if isinstance(exc, requests.Timeout) else "connection lost")
+                raise TransientError(f"{method} {path}: {what}", maybe_happened=not unsent,
+                                     method=method, path=path) from None
 
     # -- reads -------------------------------------------------------------------------------
 

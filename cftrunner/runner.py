@@ -83,7 +83,8 @@ class Runner:
         self.client = client or PremClient(
             settings.base_url, settings.api_key,
             Timeouts(settings.connect_timeout, settings.read_timeout),
-            connections=settings.concurrency + 2, limiter=RateLimiter(settings.max_rps))
+            connections=settings.concurrency + 2, limiter=RateLimiter(settings.max_rps),
+            in_flight=settings.concurrency, before_send=self.checkpoint)
         self.reconcile = Reconciler(store, self.client, settings)
         self.stop = stop or Stop()
         self.sleep = sleep or self.stop.wait
@@ -289,11 +290,13 @@ class Runner:
             with contextlib.suppress(LeaseLost), self.tx() as tx:
                 tx.record_error(run_id, message)
 
-    def for_each(self, items: Iterable[T], work: Callable[[T], None]) -> None:
-        """Do `work` on every item, `concurrency` items at a time; `items` may be a generator,
-        drawn from by one thread at a time. The first failure stops new work; the items already
-        under way finish their current request; then it is raised."""
-        workers = self.settings.concurrency
+    def for_each(self, items: Iterable[T], work: Callable[[T], None],
+                 workers: int | None = None) -> None:
+        """Do `work` on every item, `workers` (by default `Settings.item_workers`) items at a
+        time; `items` may be a generator, drawn from by one thread at a time. The first failure
+        stops new work; the items already under way finish their current request; then it is
+        raised."""
+        workers = workers or self.settings.item_workers
         if isinstance(items, Sized):
             workers = min(workers, len(items))
         if workers <= 1:
@@ -377,7 +380,8 @@ class Runner:
                      reconcile: Callable[[Effect], Outcome | None],
                      on_done: OnDone, on_rejected: OnRejected, unseen: bool,
                      prepared: Effect | None, then: str | None) -> None:
-        self.checkpoint()
+        with self._unsent_if_stopped(item, prepared):
+            self.checkpoint()
         if prepared is None:
             effect = None if unseen else self.store.effect(run.id, key)
             if effect is not None and effect.status in (EffectStatus.DONE, EffectStatus.FAILED):
@@ -402,7 +406,8 @@ class Runner:
             crashpoints.reach(f"{kind}.after_intent")
         self._ensure_lease()
         try:
-            outcome = send(request)
+            with self._unsent_if_stopped(item, prepared):
+                outcome = send(request)  # the client's before_send is checkpoint()
         except ApiError as exc:
             if isinstance(exc, RejectedError) and not isinstance(exc, AuthError):
                 with self._tx_for(item) as tx:
@@ -424,6 +429,19 @@ class Runner:
             tx.finish_effect(prepared, EffectStatus.DONE, outcome)
             on_done(tx, outcome)
         crashpoints.reach(f"{kind}.after_outcome")
+
+    @contextmanager
+    def _unsent_if_stopped(self, item: Item | None, prepared: Effect | None) -> Iterator[None]:
+        """Around a checkpoint before `prepared` is sent: a stop or cancel raised there means the
+        request never went out, so its intent is stored as unsent, for a resume to send it
+        without reconciling first."""
+        try:
+            yield
+        except (Interrupted, _Cancelled):
+            if prepared is not None:
+                with contextlib.suppress(LeaseLost), self._tx_for(item) as tx:
+                    tx.finish_effect(prepared, EffectStatus.UNSENT, error="stopped before sending")
+            raise
 
 
 class TokenMeter:

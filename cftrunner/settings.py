@@ -50,13 +50,20 @@ class Settings:
     lease_seconds: float = 60.0
     # On SIGTERM/SIGINT, how long the request in flight may take before the process exits anyway.
     shutdown_grace: float = 30.0
-    # Items in flight at once (each has at most one request outstanding).
+    # Requests in flight at once, at most (see item_workers).
     concurrency: int = 8
     # A ceiling on requests per second across the run; None for none.
     max_rps: float | None = None
     # How long one invocation follows a training job (0: read it once), and how often.
     training_timeout: float = 0.0
     training_poll: float = 60.0
+
+    @property
+    def item_workers(self) -> int:
+        """Items worked on at once: a quarter more than the requests allowed in flight, so that
+        while some items store what they got, the others' requests keep every slot busy. One
+        request at a time stays one item at a time."""
+        return self.concurrency + -(-self.concurrency // 4) if self.concurrency > 1 else 1
 
 
 Kind = Literal["integer", "number", "duration", "boolean", "choice", "text", "path", "url", "db"]

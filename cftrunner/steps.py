@@ -267,7 +267,9 @@ def work_items(r: Runner, run: Run) -> None:
 def _finish_item(r: Runner, run: Run, item: Item) -> None:
     entered: Stored | None = None  # the item comes as stored, by this process or an earlier one
     while item.stage in ITEM_STEPS:
-        r.checkpoint()
+        if entered is None or entered.intent is None:
+            # Else the effect of that intent checks first thing, and a stop stores it as unsent.
+            r.checkpoint()
         entered = ITEM_STEPS[item.stage](r, run, item, entered)
         item = entered.item if entered is not None else r.store.item(item.id)
 

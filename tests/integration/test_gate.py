@@ -99,9 +99,9 @@ def test_a_token_budget_stops_generating_and_judging_and_skips_the_cycle(
     assert chats["generate"] == sum(1 for c in completions if c.kind == "generate")
     assert chats["judge"] == sum(1 for c in completions if c.kind == "judge")
     assert chats["generate"] < len(MORE_PROMPTS) or chats["judge"] < len(MORE_PROMPTS)
-    # Past the budget, only requests already in flight (at most one per concurrent item) ran.
+    # Past the budget, only requests already under way (at most one per item worked on) ran.
     largest = max(c.total_tokens or 0 for c in completions)
-    assert used < budget + concurrency * largest
+    assert used < budget + harness.settings.item_workers * largest
     assert run.skip_reason is not None and f"token budget of {budget} ran out" in run.skip_reason
     # Items judged before the budget ran out still became traces: they cost nothing more.
     assert sandbox.counts()["traces"] == sum(1 for i in items if i.trace_id)
