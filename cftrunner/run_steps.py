@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -99,14 +101,19 @@ def _read_traces(r: Runner, run: Run, wanted: set[str], since: datetime) -> dict
         return r.retrying("checking additions",
                           lambda: r.reconcile.find_traces(run, wanted, since))
     last = -(-total // len(first))
-    pages: dict[int, list[RemoteTrace]] = {}
-    start = 2
-    while start <= last:
-        wave = list(range(start, min(last, start + r.settings.concurrency - 1) + 1))
-        r.for_each(wave, lambda n: pages.__setitem__(n, page(n)))
-        if not all(collect(pages.pop(n)) for n in wave):
-            break
-        start = wave[-1] + 1
+    lock = threading.Lock()
+    end = [last]  # the page past which no wanted trace can be, once one shows it
+
+    def read(n: int) -> None:
+        traces = page(n)
+        with lock:
+            if not collect(traces):
+                end[0] = min(end[0], n)
+
+    # A thread takes the next page as soon as it has read one, so that no page waits for a batch
+    # to finish; past the end, at most `concurrency - 1` pages are read.
+    r.for_each(itertools.takewhile(lambda n: n <= end[0], range(2, last + 1)), read,
+               workers=r.settings.concurrency)
     return found
 
 
