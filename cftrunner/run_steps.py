@@ -111,7 +111,7 @@ def _read_traces(r: Runner, run: Run, wanted: set[str], since: datetime) -> dict
                 end[0] = min(end[0], n)
 
     # A thread takes the next page as soon as it has read one, so that no page waits for a batch
-    # to finish; past the end, at most `concurrency - 1` pages are read.
+    # to finish. Pages past the end are read only if begun while the page showing it was read.
     r.for_each(itertools.takewhile(lambda n: n <= end[0], range(2, last + 1)), read,
                workers=r.settings.concurrency)
     return found
