@@ -1,7 +1,7 @@
 """Benchmark a whole cftrunner cycle against the local Prem sandbox: wall time, CPU, memory, resume.
 
 Usage:
-    python benchmarks/bench.py                  # the full default run (about 6 minutes on 2 cores)
+    python benchmarks/bench.py                  # the full default run (about 5 minutes on 2 cores)
     python benchmarks/bench.py --quick          # a smoke run with small N (under a minute)
     python benchmarks/bench.py --n 1000 --latency 0.05 --concurrency 16 --json
     python benchmarks/bench.py --skip-sequential --skip-memory --skip-resume  # 1, 3 and 5
