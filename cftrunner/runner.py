@@ -434,7 +434,8 @@ class Runner:
     def _unsent_if_stopped(self, item: Item | None, prepared: Effect | None) -> Iterator[None]:
         """Around a checkpoint before `prepared` is sent: a stop or cancel raised there means the
         request never went out, so its intent is stored as unsent, for a resume to send it
-        without reconciling first."""
+        without reconciling first. This holds because an effect's `send` makes one request: a
+        stop in it is raised by the client's `before_send`, before anything went out."""
         try:
             yield
         except (Interrupted, _Cancelled):
