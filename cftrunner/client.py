@@ -69,13 +69,14 @@ def _error_message(resp: requests.Response) -> str:
 class PremClient:
     """The API's endpoints over one pooled session.
 
+    It pools `connections` connections, by default one per request in flight (at least 10).
     With `in_flight`, at most that many requests are out at once, however many threads ask:
     threads beyond it wait for a slot, so a thread storing what it got leaves its slot to another
     thread's request meanwhile. `before_send` is called once a request has its slot and its turn,
     just before it goes out; whatever it raises, the request was not sent."""
 
     def __init__(self, base_url: str, api_key: str, timeouts: Timeouts | None = None,
-                 connections: int = 10, limiter: RateLimiter | None = None,
+                 connections: int | None = None, limiter: RateLimiter | None = None,
                  in_flight: int | None = None,
                  before_send: Callable[[], object] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -86,8 +87,9 @@ class PremClient:
         self._before_send = before_send
         self.session = requests.Session()
         # urllib3 must never resend on its own: a resent POST is exactly the duplicate to avoid.
-        # One pooled connection per concurrent item keeps connections reused, not reopened.
-        adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=max(10, connections))
+        # A pooled connection per request in flight keeps connections reused, not reopened.
+        pooled = max(10, connections or in_flight or 0)
+        adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=pooled)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["Authorization"] = f"Bearer {api_key}"

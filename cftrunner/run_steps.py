@@ -81,10 +81,9 @@ def _read_traces(r: Runner, run: Run, wanted: set[str], since: datetime) -> dict
     sending again, reads page after page instead (`Reconciler.traces_since`)."""
     found: dict[str, RemoteTrace] = {}
 
-    def page(n: int) -> list[RemoteTrace]:
-        traces, _ = r.retrying("checking additions",
-                               lambda: r.client.traces(run.project_id, run.model_alias, n))
-        return traces
+    def page(n: int) -> tuple[list[RemoteTrace], int | None]:
+        return r.retrying("checking additions",
+                          lambda: r.client.traces(run.project_id, run.model_alias, n))
 
     def collect(traces: list[RemoteTrace]) -> bool:
         """Keep the wanted ones; True while older pages may still hold some."""
@@ -92,8 +91,7 @@ def _read_traces(r: Runner, run: Run, wanted: set[str], since: datetime) -> dict
         oldest = traces[-1].created_at if traces else None
         return bool(traces) and len(found) < len(wanted) and (oldest is None or oldest >= since)
 
-    first, total = r.retrying("checking additions",
-                              lambda: r.client.traces(run.project_id, run.model_alias, 1))
+    first, total = page(1)
     if not collect(first):
         return found
     if total is None:
@@ -102,17 +100,18 @@ def _read_traces(r: Runner, run: Run, wanted: set[str], since: datetime) -> dict
                           lambda: r.reconcile.find_traces(run, wanted, since))
     last = -(-total // len(first))
     lock = threading.Lock()
-    end = [last]  # the page past which no wanted trace can be, once one shows it
+    end = last  # the page past which no wanted trace can be, once one shows it
 
     def read(n: int) -> None:
-        traces = page(n)
+        nonlocal end
+        traces, _ = page(n)
         with lock:
             if not collect(traces):
-                end[0] = min(end[0], n)
+                end = min(end, n)
 
     # A thread takes the next page as soon as it has read one, so that no page waits for a batch
     # to finish. Pages past the end are read only if begun while the page showing it was read.
-    r.for_each(itertools.takewhile(lambda n: n <= end[0], range(2, last + 1)), read,
+    r.for_each(itertools.takewhile(lambda n: n <= end, range(2, last + 1)), read,
                workers=r.settings.concurrency)
     return found
 

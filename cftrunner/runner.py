@@ -83,8 +83,8 @@ class Runner:
         self.client = client or PremClient(
             settings.base_url, settings.api_key,
             Timeouts(settings.connect_timeout, settings.read_timeout),
-            connections=settings.concurrency + 2, limiter=RateLimiter(settings.max_rps),
-            in_flight=settings.concurrency, before_send=self.checkpoint)
+            limiter=RateLimiter(settings.max_rps), in_flight=settings.concurrency,
+            before_send=self.checkpoint)
         self.reconcile = Reconciler(store, self.client, settings)
         self.stop = stop or Stop()
         self.sleep = sleep or self.stop.wait

@@ -21,6 +21,7 @@ class Ledger:
         self._rate_limited = 0
         self._in_flight = 0
         self._most_in_flight = 0
+        self._connections = 0
         self._admitted: list[tuple[float, str]] = []  # kept only while a rate limit is set
 
     def acted(self, what: str, n: int = 1) -> None:
@@ -39,6 +40,11 @@ class Ledger:
     def chatted(self, judge: bool) -> None:
         with self._lock:
             self._chat["judge" if judge else "generate"] += 1
+
+    def connected(self) -> None:
+        """A client opened a connection (it may carry many requests, kept alive)."""
+        with self._lock:
+            self._connections += 1
 
     def received(self, route: str) -> None:
         """An API request came in; it is in flight until `answered`."""
@@ -86,4 +92,5 @@ class Ledger:
                 "faults_fired": dict(self._faults),
                 "rate_limited": self._rate_limited,
                 "most_in_flight": self._most_in_flight,
+                "connections": self._connections,
             }

@@ -78,6 +78,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.track(self.connection, True)
+        self.server.backend.world.ledger.connected()
 
     def finish(self) -> None:
         try:

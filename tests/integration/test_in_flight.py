@@ -126,6 +126,20 @@ def test_a_cycle_never_has_more_than_concurrency_requests_in_flight(
     assert sandbox.counts()["most_in_flight"] == concurrency
 
 
+def test_a_cycle_reuses_one_pooled_connection_per_request_in_flight(
+        make_harness: Callable[..., Harness], make_sandbox: Callable[..., Sandbox]) -> None:
+    """At concurrency 16, past the pool's floor of 10, no connection is opened twice over: with
+    a pool of 10, the connections past it are dropped once answered and opened again (about 20
+    here, against over 200 requests)."""
+    sandbox = make_sandbox(latency=0.02)
+    harness = make_harness(sandbox, concurrency=16)
+    prompts = [f"pooled prompt {i}" for i in range(64)]
+    run = harness.runner.drive(harness.start(prompts))
+    assert run.state is RunState.LAUNCHED
+    assert requests_sent(sandbox) > 4 * len(prompts)
+    assert sandbox.counts()["connections"] <= 16
+
+
 def test_a_stop_leaves_every_intent_not_yet_sent_unsent_and_resume_sends_it_without_reconciling(
         make_harness: Callable[..., Harness], sandbox: Sandbox) -> None:
     """Traces held at the sandbox when the stop comes finish; the additions whose intents their
