@@ -180,3 +180,29 @@ def test_a_stop_leaves_every_intent_not_yet_sent_unsent_and_resume_sends_it_with
     assert run.state is RunState.LAUNCHED
     assert_exactly_once(sandbox, len(prompts))
     assert not [e for e in logs if e["event"] == "reconciled"]
+
+
+def test_a_cancel_noticed_before_a_carried_intent_is_sent_leaves_it_unsent_not_in_doubt(
+        make_harness: Callable[..., Harness], sandbox: Sandbox) -> None:
+    """The trace's outcome stores the addition's intent; a cancel noticed before that addition
+    goes out ends the run with the intent unsent, not in doubt."""
+    harness = make_harness(sandbox, concurrency=1)
+    run_id = harness.start(["cancelled prompt 0", "cancelled prompt 1"])
+    sandbox.add_fault(FaultRule(route="trace_create", kind="hold"))
+    finished: list[object] = []
+    driver = threading.Thread(target=lambda: finished.append(harness.runner.drive(run_id)))
+    driver.start()
+    wait_until(lambda: sandbox.counts()["requests"].get("trace_create", 0) == 1,
+               "the first trace held")
+    assert harness.store.request_cancel(run_id)
+    time.sleep(1.2)  # past the runner's once-a-second look for a cancel
+    sandbox.release_holds()
+    driver.join(30)
+
+    assert len(finished) == 1
+    assert harness.store.run(run_id).state is RunState.CANCELLED
+    effects = harness.store.effects(run_id)
+    assert [(e.kind, e.status) for e in effects] == [
+        ("trace", EffectStatus.DONE), ("add", EffectStatus.UNSENT)]
+    assert effects[1].error == "stopped before sending"
+    assert "add_to_dataset" not in sandbox.counts()["requests"]
