@@ -19,6 +19,7 @@ from cftrunner.exceptions import (
     InputError,
     Interrupted,
     LeaseLost,
+    NeedsDecision,
     RunBusy,
     RunStopped,
 )
@@ -36,6 +37,7 @@ EXIT_FAILED = 1  # the run ended FAILED
 EXIT_USAGE = 2  # bad input or usage; nothing was run
 EXIT_STOPPED = 3  # the run stopped with its state intact; `resume` continues it
 EXIT_CANCELLED = 4  # the run ended CANCELLED
+EXIT_DECIDE = 5  # whether a lost request happened could not be told: `cftrunner settle` it
 EXIT_SOFTWARE = 70  # a bug in cftrunner (EX_SOFTWARE)
 EXIT_BUSY = 75  # another live process drives the run (EX_TEMPFAIL); try again later
 
@@ -344,6 +346,34 @@ def cancel(run_id: str, **options: Any) -> int:
 
 
 @cli.command()
+@click.argument("run_id")
+@click.argument("target", metavar="ITEM_OR_KEY")
+@click.option("--happened", "happened", flag_value=True, default=None,
+              help="The request happened: cftrunner goes on as if it had read so.")
+@click.option("--not-happened", "happened", flag_value=False,
+              help="The request did not happen: cftrunner sends it again.")
+@click.option("--id", "remote_id", metavar="ID",
+              help="With --happened: the id of the trace, snapshot or job it made.")
+@connection_options
+def settle(run_id: str, target: str, happened: bool | None, remote_id: str | None,
+           **options: Any) -> int:
+    """Decide whether a request whose outcome cftrunner could not tell happened.
+
+    cftrunner never sends such a request again on its own; after timeouts.reconcile_give_up it
+    waits for this. ITEM_OR_KEY is an item's position or an effect's key (trace:3, add:3,
+    snapshot, recs, launch), as `cftrunner status RUN_ID` lists them.
+
+    Example: cftrunner settle 20261121-223000-a1b2c3 7 --happened --id 5b0f...
+    """
+    from cftrunner import service
+
+    if happened is None:
+        raise click.UsageError("say --happened or --not-happened")
+    click.echo(service.settle(_settings(options), run_id, target, happened, remote_id))
+    return 0
+
+
+@cli.command()
 @click.argument("run_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (a list without RUN_ID).")
 @connection_options
@@ -458,6 +488,11 @@ def demo(latency: float, show_progress: bool | None) -> int:
               help="Share of judge answers cut off (finish_reason: length).")
 @click.option("--structured-output/--no-structured-output", default=True, show_default=True,
               help="Whether the judge accepts response_format json_schema (else HTTP 400).")
+@click.option("--list-lag", type=click.FloatRange(0), default=0.0, show_default=True,
+              metavar="SECONDS",
+              help="The trace list shows each trace, and its addition, only this late.")
+@click.option("--list-lag-uneven", is_flag=True,
+              help="Each trace late by its own random share of --list-lag.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--require-key", metavar="KEY", help="Accept only this bearer token.")
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
@@ -506,6 +541,8 @@ def _outcome(exc: Exception) -> tuple[str, int]:
         return f"stopped: {exc.message}", EXIT_BUSY
     if isinstance(exc, Interrupted):
         return f"stopped: {exc.message}", 128 + exc.signum
+    if isinstance(exc, NeedsDecision):
+        return f"stopped: {exc.message}", EXIT_DECIDE
     if isinstance(exc, RunStopped):
         return f"stopped: {exc.message}", EXIT_STOPPED
     if isinstance(exc, CftrunnerError):

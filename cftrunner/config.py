@@ -36,7 +36,9 @@ there is one). It is TOML and may hold every setting but the API key::
     poll_interval = 5
     processing = 1800                  # waiting for the platform's corrections, per invocation
     recommendations = 1800             # waiting for recommendations, per invocation
-    reconcile_settle = 15              # >= 0
+    reconcile_settle = 15              # >= 0: the first look at remote state after a lost answer
+    reconcile_wait = "2m"              # >= 0: looking again, per invocation, while it cannot tell
+    reconcile_give_up = "24h"          # >= 0: then the effect waits for `cftrunner settle`
     lease = 60
     shutdown_grace = 30
     training = "0s"                    # following a job, per invocation (0: read it once); >= 0

@@ -17,7 +17,9 @@
     └── RunStopped            the run cannot go on now; its state is intact and `resume` continues it
         ├── LeaseLost         another process took the run over; this one must not touch it (exit 75)
         ├── Interrupted       SIGTERM or SIGINT asked the process to stop (exit 128 + signal)
-        └── StillTraining     the followed job is still training: look again later (exit 0)
+        ├── StillTraining     the followed job is still training: look again later (exit 0)
+        └── OutcomePending    whether a lost request happened cannot be told yet: look again later
+            └── NeedsDecision not told in time: a person decides with `cftrunner settle` (exit 5)
 
 Each ApiError says whether the request may have reached the server (`maybe_happened`); that single
 bit decides between sending again and reconciling against remote state first.
@@ -131,6 +133,16 @@ class AuthError(RejectedError):
 
 class BadResponseError(ApiError):
     """The Prem API answered with a body that cannot be read."""
+
+
+class OutcomePending(RunStopped):
+    """Whether a request whose answer was lost happened cannot be told yet; a later resume
+    looks again, and sends nothing before it can tell."""
+
+
+class NeedsDecision(OutcomePending):
+    """Whether a request whose answer was lost happened could not be told in time; a person
+    decides with `cftrunner settle`."""
 
 
 class StillTraining(RunStopped):

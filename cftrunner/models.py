@@ -17,6 +17,9 @@ class EffectStatus(enum.StrEnum):
     UNSENT = "UNSENT"  # the last attempt surely never reached the server; safe to send again
     DONE = "DONE"  # the outcome is stored
     FAILED = "FAILED"  # the server rejected the request for good
+    # Whether it happened could not be told within timeouts.reconcile_give_up: never sent again
+    # on our own; a person decides with `cftrunner settle` (still looked for meanwhile).
+    UNKNOWN = "UNKNOWN"
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,15 @@ class Effect:
     outcome: dict[str, Any] | None = None
     error: str | None = None
 
+    @property
+    def settled(self) -> dict[str, Any] | None:
+        """The outcome a person gave (`cftrunner settle --happened`) to an effect whose outcome
+        was unknown, not yet applied."""
+        if self.status in (EffectStatus.PREPARED, EffectStatus.UNKNOWN) and self.outcome \
+                and self.outcome.get("settled"):
+            return {k: v for k, v in self.outcome.items() if k != "settled"}
+        return None
+
 
 @dataclass(frozen=True)
 class Event:
@@ -187,6 +199,8 @@ class RunSummary:
     failures: dict[str, int]
     state_seconds: dict[str, float] = field(default_factory=dict)
     workers: list[WorkerInfo] = field(default_factory=list)
+    # Effects whose outcome could not be told in time: they wait for `cftrunner settle`.
+    undecided: list[Effect] = field(default_factory=list)
 
     @property
     def total_items(self) -> int:

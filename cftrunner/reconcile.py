@@ -1,8 +1,17 @@
-"""Reading remote state to learn whether a request whose answer was lost already happened."""
+"""Reading remote state to learn whether a request whose answer was lost already happened.
+
+Finding the request's result proves it happened. Not finding it proves nothing by itself: the
+platform's lists show new records late (the trace list by 20 s and more, and unevenly per trace).
+Absence counts only against a view that demonstrably reflects a moment after the lost request:
+one that already shows what this run wrote after it (a high-water mark). Until then the answer is
+`Unknown`, and the caller looks again later instead of sending anything.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,17 +20,39 @@ from cftrunner.client import PremClient
 from cftrunner.exceptions import RejectedError, RunStopped
 from cftrunner.models import Effect, Run
 from cftrunner.payloads import RemoteTrace
+from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.store import Store
 
 
+@dataclass(frozen=True)
+class Unknown:
+    """Whether the lost request happened cannot be told yet, and why."""
+
+    reason: str
+
+
+Verdict = dict[str, Any] | None | Unknown  # the outcome it had; None: it surely did not happen
+
+# The list shows each trace late by its own delay: the lost request's may be longer than any seen
+# so far, so its absence counts only this many times the longest seen after it went out.
+LAG_MARGIN = 2.0
+
+
 class Reconciler:
-    """Each method answers the outcome the lost request had, or None when it surely did not happen."""
+    """Each method answers the outcome the lost request had, None when it surely did not happen,
+    or Unknown while the remote view has not caught up past it."""
 
     def __init__(self, store: Store, client: PremClient, settings: Settings) -> None:
         self.store = store
         self.client = client
         self.settings = settings
+        # The longest the trace list was seen behind this run's own writes: an absence is not
+        # trusted sooner than LAG_MARGIN times that after the lost request. The marks seen
+        # missing, with when they were done.
+        self._lag_seen = 0.0
+        self._missing: dict[tuple[str, str], datetime] = {}
+        self._lock = threading.Lock()
 
     def since(self, effect: Effect) -> datetime:
         return effect.prepared_at - timedelta(seconds=self.settings.reconcile_skew)
@@ -54,17 +85,66 @@ class Reconciler:
         raise RunStopped(f"run {run.id}: the trace list is longer than {limit} pages; "
                          "cannot confirm a lost request")
 
-    def trace(self, run: Run, effect: Effect) -> dict[str, Any] | None:
+    def trace(self, run: Run, effect: Effect) -> Verdict:
         want = effect.request
         since = self.since(effect)
+        read_at = utcnow()
+        listed: dict[str, RemoteTrace] = {}
         for trace in self.traces_since(run, since):
+            listed[trace.id] = trace
             if (trace.input == want["input"] and trace.output == want["output"]
                     and (trace.created_at is None or trace.created_at >= since)
                     and (trace.score is None or abs(trace.score - want["score"]) < 1e-4)
                     and _same_text(trace.feedback, want["feedback"])
                     and not self.store.trace_claimed(trace.id)):
                 return {"trace_id": trace.id}
+        return self._absent_if_caught_up(run, effect, read_at, listed, whole_run=False)
+
+    def _absent_if_caught_up(self, run: Run, effect: Effect, read_at: datetime,
+                             listed: dict[str, RemoteTrace], whole_run: bool) -> None | Unknown:
+        """None when the trace list, as read at `read_at` (`listed`: back to the run's start,
+        or to the lost request's), reflects a moment after `effect` last possibly went out;
+        else Unknown.
+
+        The marks are the traces and additions this run made since the lost request was first
+        prepared, in the order they were prepared. The list must show them, in that order, up
+        to one prepared after the lost request last possibly went out (a high-water mark); and
+        the lost request must be older than LAG_MARGIN times the longest the list was seen
+        behind a mark. The request last possibly went out at the effect's `updated_at` (see
+        Runner._what_became_of)."""
+        sent_by = effect.updated_at
+        shown = [(mark, _shows(mark, listed, whole_run))
+                 for mark in self.store.done_effects(run.id, ("trace", "add"), effect.prepared_at)
+                 if mark.key != effect.key and mark.updated_at < read_at]
+        lag = self._seen_behind(run.id, read_at, shown)
+        high_water = None
+        for mark, seen in shown:
+            if seen is False:
+                break
+            if seen and mark.prepared_at > sent_by:
+                high_water = mark
+        if high_water is None:
+            return Unknown("the trace list shows nothing this run wrote after it yet")
+        waited = (utcnow() - sent_by).total_seconds()
+        if waited <= LAG_MARGIN * lag:
+            return Unknown(f"the trace list was seen up to {lag:.1f} s behind this run's "
+                           f"writes; the request is {waited:.1f} s old")
         return None
+
+    def _seen_behind(self, run_id: str, read_at: datetime,
+                     shown: list[tuple[Effect, bool | None]]) -> float:
+        """The longest the trace list was seen behind one of the run's writes, this read
+        included: at least as long as a mark it does not show yet has been done, and, for a
+        mark a read before showed missing, at most until the read that first shows it."""
+        with self._lock:
+            for mark, seen in shown:
+                done = mark.updated_at
+                if seen is False:
+                    self._missing.setdefault((run_id, mark.key), done)
+                    self._lag_seen = max(self._lag_seen, (read_at - done).total_seconds())
+                elif seen and (missed := self._missing.pop((run_id, mark.key), None)):
+                    self._lag_seen = max(self._lag_seen, (read_at - missed).total_seconds())
+            return self._lag_seen
 
     def find_traces(self, run: Run, trace_ids: set[str], since: datetime) -> dict[str, RemoteTrace]:
         found: dict[str, RemoteTrace] = {}
@@ -75,16 +155,23 @@ class Reconciler:
                     break
         return found
 
-    def addition(self, run: Run, effect: Effect, trace_since: datetime) -> dict[str, Any] | None:
+    def addition(self, run: Run, effect: Effect, trace_since: datetime) -> Verdict:
         trace_id = effect.request["trace_id"]
-        trace = self.find_traces(run, {trace_id}, trace_since).get(trace_id)
-        if trace is None or not trace.added_to_dataset:
-            return None
-        status = {"processing": "queued", "failed": "failed"}.get(trace.processing_status or "",
-                                                                  "added")
-        return {"status": status, "success": status != "failed", "datapoint_id": None}
+        read_at = utcnow()
+        # Every trace of the run: the marks may be anywhere in the list.
+        listed: dict[str, RemoteTrace] = {}
+        for trace in self.traces_since(run, trace_since):
+            listed[trace.id] = trace
+            if trace.id == trace_id and trace.added_to_dataset:
+                status = {"processing": "queued", "failed": "failed"}.get(
+                    trace.processing_status or "", "added")
+                return {"status": status, "success": status != "failed", "datapoint_id": None}
+        if trace_id not in listed:
+            # The trace exists (its id is stored): the list does not show it yet.
+            return Unknown(f"trace {trace_id} is not in the trace list yet")
+        return self._absent_if_caught_up(run, effect, read_at, listed, whole_run=True)
 
-    def snapshot(self, run: Run, effect: Effect) -> dict[str, Any] | None:
+    def snapshot(self, run: Run, effect: Effect) -> Verdict:
         dataset_id = effect.request["dataset_id"]
         snaps = self.client.dataset_snapshots(dataset_id)
         if snaps is None:
@@ -93,19 +180,28 @@ class Reconciler:
         candidates = [s for s in snaps if (s.created_at is None or s.created_at >= since)
                       and not self.store.snapshot_claimed(s.id)]
         if not candidates:
+            # Nothing the run wrote comes after its snapshot, so the view must at least show
+            # every snapshot of the dataset that this state database knows was made.
+            missing = set(self.store.snapshots_of(dataset_id)) - {s.id for s in snaps}
+            if missing:
+                return Unknown(f"the dataset does not show snapshot {sorted(missing)[0]} yet")
             return None
         # Another snapshot of the same dataset cut in the same minutes by someone else cannot be
         # told apart; the earliest unclaimed one after the intent is the likeliest ours.
         earliest = min(candidates, key=lambda s: (s.created_at is None, s.created_at or since))
         return {"snapshot_id": earliest.id}
 
-    def recommendations(self, run: Run, effect: Effect) -> dict[str, Any] | None:
+    def recommendations(self, run: Run, effect: Effect) -> Verdict:
         return _absent_on_404(lambda: {"status": self.client.recommendations(
             effect.request["snapshot_id"]).status})
 
-    def launch(self, run: Run, effect: Effect) -> dict[str, Any] | None:
-        jobs = payloads.jobs_in_tree(self.client.project(run.project_id),
-                                     effect.request["snapshot_id"])
+    def launch(self, run: Run, effect: Effect) -> Verdict:
+        snapshot_id = effect.request["snapshot_id"]
+        project = self.client.project(run.project_id)
+        if not any(node.get("id") == snapshot_id for node, _ in payloads.walk_tree(project)):
+            # The tree does not show even the snapshot the job was made from.
+            return Unknown(f"the project tree does not show snapshot {snapshot_id} yet")
+        jobs = payloads.jobs_in_tree(project, snapshot_id)
         named = [j for j in jobs if effect.request["name"] in (j.get("label"), j.get("name"))]
         unnamed = [j for j in jobs if not j.get("label") and not j.get("name")]
         # The snapshot was cut by this run, so a job under it with no readable name is ours
@@ -114,6 +210,19 @@ class Reconciler:
         if match is None or not isinstance(match.get("id"), str):
             return None
         return {"job_id": match["id"]}
+
+
+def _shows(mark: Effect, listed: dict[str, RemoteTrace], whole_run: bool) -> bool | None:
+    """Whether the list shows what a mark wrote; None when the part of the list read cannot
+    tell (an addition to a trace older than that part)."""
+    if mark.kind == "trace":
+        return (mark.outcome or {}).get("trace_id") in listed
+    if not (mark.outcome or {}).get("success") or (mark.outcome or {}).get("status") == "failed":
+        return None  # a failed addition need never show
+    trace = listed.get(mark.request["trace_id"])
+    if trace is None:
+        return False if whole_run else None
+    return trace.added_to_dataset
 
 
 def _same_text(stored: str | None, sent: str) -> bool:

@@ -59,10 +59,21 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "training": run.training,
         "promotion": run.promotion,
         "last_error": run.last_error,
+        "undecided": [{"key": e.key, "kind": e.kind, "reason": e.error,
+                       "last_sent_at": e.updated_at.isoformat(),
+                       "settle": settle_command(run.id, e.key)} for e in summary.undecided],
         "created_at": run.created_at.isoformat(),
         "updated_at": run.updated_at.isoformat(),
         "state_changed_at": run.state_changed_at.isoformat(),
     }
+
+
+def settle_command(run_id: str, key: str) -> str:
+    """What a person runs to decide an effect whose outcome is unknown."""
+    kind = key.partition(":")[0]
+    known = " --id ID" if kind in ("trace", "snapshot", "launch") else ""
+    return (f"decide with `cftrunner settle {run_id} {key} --happened{known}` "
+            "or `--not-happened`")
 
 
 def _failed(summary: RunSummary) -> int:
@@ -137,6 +148,9 @@ def detail(summary: RunSummary, now: datetime) -> str:
         verdict = "promoted " + str(run.promotion.get("model_id")) if run.promotion.get(
             "promoted") else "not promoted"
         lines.append(("promotion", f"{verdict}: {run.promotion.get('reason')}"))
+    for effect in summary.undecided:
+        lines.append(("undecided", f"{effect.key}: outcome unknown ({effect.error}); "
+                                   f"{settle_command(run.id, effect.key)}"))
     if run.last_error:
         lines.append(("last error", _one_line(run.last_error, 200)))
     return "\n".join(f"{key:<11}{value}" for key, value in lines)

@@ -54,7 +54,8 @@ def _corrections_settled(r: Runner, run: Run) -> bool:
     settled: list[tuple[Item, str | None]] = []
     for item in pending:
         seen = remote.get(item.trace_id or "")
-        if seen is not None and seen.processing_status != "processing":
+        # Shown, but not yet as added, by a list that lags: what it says of processing is older.
+        if seen is not None and seen.added_to_dataset and seen.processing_status != "processing":
             settled.append((item, seen.processing_status))
     # Many to a transaction: one each made 330 write transactions for 1,000 items, queued
     # behind any other writer.

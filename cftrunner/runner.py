@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -25,6 +26,8 @@ from cftrunner.exceptions import (
     BadResponseError,
     Interrupted,
     LeaseLost,
+    NeedsDecision,
+    OutcomePending,
     RejectedError,
     RunBusy,
     RunStopped,
@@ -34,7 +37,8 @@ from cftrunner.exceptions import (
 from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
 from cftrunner.limiter import RateLimiter
 from cftrunner.models import Effect, EffectStatus, Item, Run
-from cftrunner.reconcile import Reconciler
+from cftrunner.reconcile import Reconciler, Unknown, Verdict
+from cftrunner.render import settle_command
 from cftrunner.retry import next_delay, rate_limited
 from cftrunner.run_config import GateConfig, JudgeConfig, LoopConfig
 from cftrunner.schema import utcnow
@@ -51,6 +55,20 @@ _DONE = object()
 Outcome = dict[str, Any]
 OnDone = Callable[[Tx, Outcome], None]
 OnRejected = Callable[[Tx, ApiError], None]
+
+def describe_effect(effect: Effect, item: Item | None = None) -> str:
+    """An effect as a person reads it: "the trace of item 3", "the snapshot"."""
+    noun = {"trace": "the trace", "add": "the addition to the dataset", "snapshot": "the snapshot",
+            "recs": "the recommendations request", "launch": "the fine-tuning job"}.get(
+                effect.kind, effect.key)
+    position = item.position if item is not None else effect.key.partition(":")[2]
+    return f"{noun} of item {position}" if position != "" else noun
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,14 @@ class Runner:
         self._worker_beat: Heartbeat | None = None
         self._cancel_checked = 0.0
         self.tokens = TokenMeter(store)
+        # Since when this process holds each item it claimed (by id), and the run (None).
+        self._held_since: dict[int | None, datetime] = {}
+        # Since when this process looks for the outcome of each effect it cannot tell yet.
+        self._looking: dict[tuple[str, str], float] = {}
+        # Items set aside in this pass because their effects' outcomes are not known yet, and
+        # whether to wait for those outcomes (see steps.work_items) or set the item aside at once.
+        self.pending: list[tuple[Item, OutcomePending]] = []
+        self.patient = True
         # Set once the API refuses the judge's response_format: ask this process's later
         # judgments without it.
         self.structured_refused = False
@@ -104,6 +130,7 @@ class Runner:
         lease = Lease(run_id, current_owner(), self.settings.lease_seconds)
         self.store.create_run(self.new_run(run_id, spec, cycle), prompts, lease)
         self.lease = lease
+        self.held([None])
         return self.store.run(run_id)
 
     @staticmethod
@@ -127,7 +154,17 @@ class Runner:
         lease = Lease(run_id, me, self.settings.lease_seconds)
         run = self.store.acquire_lease(lease, lambda held: provably_dead(held.owner, me))
         self.lease = lease
+        self.held([None])
         return run
+
+    def held(self, item_ids: Iterable[int | None]) -> None:
+        """Note that this process holds these items (None: the run's lease) from now on."""
+        now = utcnow()
+        for item_id in item_ids:
+            self._held_since.setdefault(item_id, now)
+
+    def held_since(self, item: Item | None) -> datetime:
+        return self._held_since.get(item.id if item is not None else None, utcnow())
 
     def release(self) -> None:
         if self.lease is not None and not self.lease.lost.is_set():
@@ -353,7 +390,7 @@ class Runner:
 
     def effect(self, run: Run, key: str, kind: str, item: Item | None, request: dict[str, Any],
                send: Callable[[dict[str, Any]], Outcome],
-               reconcile: Callable[[Effect], Outcome | None],
+               reconcile: Callable[[Effect], Verdict],
                on_done: OnDone, on_rejected: OnRejected, new: bool = False,
                intent: Effect | None = None, then: str | None = None) -> None:
         """Perform one remote effect at most once: intent, request, outcome; and after an
@@ -377,7 +414,7 @@ class Runner:
 
     def _effect_once(self, run: Run, key: str, kind: str, item: Item | None,
                      request: dict[str, Any], send: Callable[[dict[str, Any]], Outcome],
-                     reconcile: Callable[[Effect], Outcome | None],
+                     reconcile: Callable[[Effect], Verdict],
                      on_done: OnDone, on_rejected: OnRejected, unseen: bool,
                      prepared: Effect | None, then: str | None) -> None:
         with self._unsent_if_stopped(item, prepared):
@@ -386,17 +423,14 @@ class Runner:
             effect = None if unseen else self.store.effect(run.id, key)
             if effect is not None and effect.status in (EffectStatus.DONE, EffectStatus.FAILED):
                 return
-            if effect is not None and effect.status is EffectStatus.PREPARED:
-                waited = (utcnow() - effect.updated_at).total_seconds()
-                if waited < self.settings.reconcile_settle:
-                    self.pause(self.settings.reconcile_settle - waited)
-                found = reconcile(effect)
-                log.info("reconciled", key=key, verdict="happened" if found else "did_not_happen",
-                         attempt=effect.attempts)
+            if effect is not None and effect.status in (EffectStatus.PREPARED,
+                                                        EffectStatus.UNKNOWN):
+                found = self._what_became_of(run, effect, item, reconcile)
                 if found is not None:
                     with (crashpoints.storing_intent(then),
                           self._tx_for(item, then is not None) as tx):
-                        tx.finish_effect(effect, EffectStatus.DONE, found, verdict="reconciled")
+                        tx.finish_effect(effect, EffectStatus.DONE, found,
+                                         verdict="settled" if effect.settled else "reconciled")
                         on_done(tx, found)
                     return
             crashpoints.reach(f"{kind}.before_intent")
@@ -429,6 +463,51 @@ class Runner:
             tx.finish_effect(prepared, EffectStatus.DONE, outcome)
             on_done(tx, outcome)
         crashpoints.reach(f"{kind}.after_outcome")
+
+    def _what_became_of(self, run: Run, effect: Effect, item: Item | None,
+                        reconcile: Callable[[Effect], Verdict]) -> Outcome | None:
+        """The outcome of a request whose answer was lost, or None when it surely did not happen.
+
+        While the remote view has not caught up past it, look again every poll interval, for
+        at most `reconcile_wait` in this invocation (OutcomePending; at once unless `patient`,
+        so that other items go on meanwhile), and not past `reconcile_give_up` after it may
+        last have been sent (NeedsDecision): then a person decides. Nothing is sent meanwhile."""
+        if effect.settled is not None:
+            return effect.settled
+        if effect.status is EffectStatus.PREPARED and effect.updated_at < self.held_since(item):
+            # Stored by a process that held the item (or run) before this one: that process may
+            # have sent it at any moment until this one took over, which is before now.
+            with self._tx_for(item) as tx:
+                effect = tx.note_unknown_outcome(effect, "the process that prepared it stopped")
+        waited = (utcnow() - effect.updated_at).total_seconds()
+        if waited < self.settings.reconcile_settle:
+            self.pause(self.settings.reconcile_settle - waited)
+        looking_since = self._looking.setdefault((run.id, effect.key), time.monotonic())
+        while True:
+            verdict = reconcile(effect)
+            if not isinstance(verdict, Unknown):
+                self._looking.pop((run.id, effect.key), None)
+                log.info("reconciled", key=effect.key, attempt=effect.attempts,
+                         verdict="happened" if verdict is not None else "did_not_happen")
+                return verdict
+            log.info("reconcile_unknown", key=effect.key, reason=verdict.reason)
+            what = describe_effect(effect, item)
+            age = (utcnow() - effect.updated_at).total_seconds()
+            if effect.status is EffectStatus.UNKNOWN or age >= self.settings.reconcile_give_up:
+                if effect.status is EffectStatus.PREPARED:
+                    with self._tx_for(item) as tx:
+                        tx.give_up_effect(effect, verdict.reason)
+                raise NeedsDecision(
+                    f"run {run.id}: whether {what} happened is unknown after "
+                    f"{format_seconds(age)} ({verdict.reason}); nothing was sent again; "
+                    + settle_command(run.id, effect.key))
+            if not self.patient or (
+                    time.monotonic() - looking_since >= self.settings.reconcile_wait):
+                self._looking.pop((run.id, effect.key), None)
+                raise OutcomePending(
+                    f"run {run.id}: whether {what} happened is not known yet ({verdict.reason}); "
+                    f"nothing was sent again; `cftrunner resume {run.id}` looks again")
+            self.pause(self.settings.poll_interval)
 
     @contextmanager
     def _unsent_if_stopped(self, item: Item | None, prepared: Effect | None) -> Iterator[None]:

@@ -21,7 +21,7 @@ from cftrunner.exceptions import (
     RunExistsError,
 )
 from cftrunner.lease import busy, current_owner, keeps_out, provably_dead
-from cftrunner.models import Run
+from cftrunner.models import Effect, EffectStatus, Run
 from cftrunner.prompts import iter_prompts
 from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
@@ -173,6 +173,70 @@ def cancel(settings: Settings, run_id: str) -> str:
         store.close()
 
 
+# What a person's "it happened" stores as each kind of effect's outcome, and the remote id it
+# needs (`--id`): the trace, snapshot or job that the request made.
+_SETTLED_OUTCOMES: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "trace": ("trace_id", {}),
+    # Queued: the corrections check then waits until the platform says it is done.
+    "add": (None, {"status": "queued", "success": True, "datapoint_id": None}),
+    "snapshot": ("snapshot_id", {}),
+    "recs": (None, {}),
+    "launch": ("job_id", {}),
+}
+
+
+def settle(settings: Settings, run_id: str, target: str, happened: bool,
+           remote_id: str | None) -> str:
+    """A person's word on an effect whose outcome cftrunner could not tell: it happened (and
+    made `remote_id`), or it did not (and is sent again). The next resume or tick goes on."""
+    store = Store(settings.db_url)
+    try:
+        run = store.run(run_id)
+        effect = _effect_to_settle(store, run, target)
+        if effect.status not in (EffectStatus.PREPARED, EffectStatus.UNKNOWN):
+            return f"{effect.key} of run {run_id} is already {effect.status.value}: nothing to settle"
+        outcome: dict[str, Any] | None = None
+        if happened:
+            field, outcome = _SETTLED_OUTCOMES[effect.kind]
+            outcome = dict(outcome)
+            if field is not None:
+                if not remote_id or not remote_id.strip():
+                    raise InputError(f"{effect.key} made a {field.removesuffix('_id')}: give its "
+                                     "id with --id")
+                outcome[field] = remote_id.strip()
+            elif remote_id:
+                raise InputError(f"{effect.key} needs no --id")
+            if effect.kind == "trace" and store.trace_claimed(outcome["trace_id"]):
+                raise InputError(f"trace {outcome['trace_id']} already belongs to another item")
+        elif remote_id:
+            raise InputError("--id goes with --happened")
+        runner = Runner(store, settings)
+        runner.take(run_id)
+        try:
+            with runner.tx() as tx:
+                tx.settle_effect(effect, outcome)
+        finally:
+            runner.release()
+        verdict = "happened" if happened else "did not happen; it is sent again"
+        return f"{effect.key} of run {run_id} {verdict}; `cftrunner resume {run_id}` goes on"
+    finally:
+        store.close()
+
+
+def _effect_to_settle(store: Store, run: Run, target: str) -> Effect:
+    """The effect a `settle` TARGET names: its key, or an item's position (its trace or addition
+    whose outcome is unknown)."""
+    keys = [target]
+    if target.isascii() and target.isdigit():
+        keys = [f"trace:{int(target)}", f"add:{int(target)}"]
+    found = [e for key in keys if (e := store.effect(run.id, key)) is not None]
+    waiting = [e for e in found if e.status in (EffectStatus.PREPARED, EffectStatus.UNKNOWN)]
+    if waiting or found:
+        return (waiting or found)[-1]
+    raise InputError(f"run {run.id} has no effect {target!r} (an item's position, or a key "
+                     "such as trace:3, add:3, snapshot, recs, launch)")
+
+
 def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
     store = Store(settings.db_url)
     try:
@@ -228,12 +292,14 @@ def demo(prompts_file: Path, latency: float, on_created: Callable[[str], None],
 def serve_sandbox(*, host: str, port: int, latency: float, error_rate: float, rate_limit: float,
                   retry_after: float, max_rps: float | None, burst: int, drop_rate: float,
                   late_rate: float, late_delay: float, judge_malformed: float,
-                  judge_truncated: float, structured_output: bool, seed: int,
+                  judge_truncated: float, structured_output: bool, list_lag: float,
+                  list_lag_uneven: bool, seed: int,
                   require_key: str | None, verbose: bool, announce: Callable[[str], None]) -> None:
     from cftrunner.sandbox import DEFAULT_PROJECT_ID, FaultRule, Sandbox
 
     sandbox = Sandbox(api_key=require_key, latency=latency, seed=seed, rate_limit_rps=max_rps,
-                      rate_limit_burst=burst, structured_output=structured_output)
+                      rate_limit_burst=burst, structured_output=structured_output,
+                      list_lag=list_lag, list_lag_uneven=list_lag_uneven)
     rules: list[dict[str, Any]] = [
         {"kind": "status", "status": 429, "retry_after": retry_after, "probability": rate_limit},
         {"kind": "status", "status": 503, "probability": error_rate},

@@ -45,6 +45,12 @@ class Settings:
     # before reading its state, so that a slow request is not mistaken for a lost one. Counted
     # from the end of the attempt (or from sending it, after a crash).
     reconcile_settle: float = 15.0
+    # When the remote view has not caught up past a lost request, neither "it happened" nor "it
+    # did not" can be told: look again for at most this long per invocation, then stop intact.
+    reconcile_wait: float = 120.0
+    # After this long with the outcome still unknown, stop looking on our own: the effect waits
+    # for a person's `cftrunner settle`. Counted from the last moment it may have been sent.
+    reconcile_give_up: float = 86400.0
     reconcile_max_pages: int = 500
     # A run's lease lasts this long unless renewed; another host takes over only after it.
     lease_seconds: float = 60.0
@@ -248,6 +254,10 @@ KEYS: tuple[Key, ...] = (
     _setting("timeouts.recommendations", "settings.recs_timeout", POSITIVE, "CFTRUNNER_RECS_TIMEOUT"),
     _setting("timeouts.reconcile_settle", "settings.reconcile_settle", NOT_NEGATIVE,
              "CFTRUNNER_RECONCILE_SETTLE"),
+    _setting("timeouts.reconcile_wait", "settings.reconcile_wait", Rule("duration", 0),
+             "CFTRUNNER_RECONCILE_WAIT"),
+    _setting("timeouts.reconcile_give_up", "settings.reconcile_give_up", Rule("duration", 0),
+             "CFTRUNNER_RECONCILE_GIVE_UP"),
     _setting("timeouts.lease", "settings.lease_seconds", POSITIVE, "CFTRUNNER_LEASE_SECONDS"),
     _setting("timeouts.training", "settings.training_timeout", Rule("duration", 0),
              "CFTRUNNER_TRAINING_TIMEOUT"),

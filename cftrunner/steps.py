@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 
 from cftrunner import claims, crashpoints, payloads
-from cftrunner.exceptions import ApiError, JudgeOutputError, RejectedError
+from cftrunner.exceptions import (
+    ApiError,
+    JudgeOutputError,
+    NeedsDecision,
+    OutcomePending,
+    RejectedError,
+)
 from cftrunner.judge import Conversation, Judgment, trace_feedback
 from cftrunner.models import Effect, Item, Run
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
@@ -254,10 +260,25 @@ def work_items(r: Runner, run: Run) -> None:
             nonlocal claimed
             while batch := claims.claim(r.store, worker, r.settings.concurrency):
                 claimed += len(batch)
+                r.held(item.id for item in batch)
                 yield from batch
 
-        r.for_each(claiming(), lambda item: _finish_item(r, run, item))
-        if claimed:
+        r.pending.clear()
+        r.patient = False  # an item whose effect's outcome is unknown is set aside at once ...
+        try:
+            r.for_each(claiming(), lambda item: _finish_item(r, run, item))
+        finally:
+            r.patient = True
+        if claimed and not r.pending:
+            continue
+        if r.pending:
+            # ... and looked at again once the others are done: what they wrote meanwhile is
+            # what shows that the remote view has caught up.
+            parked = [r.store.item(item.id) for item, _ in r.pending]
+            r.pending.clear()
+            r.for_each(parked, lambda item: _finish_item(r, run, item))
+            if r.pending:
+                raise _all_pending([exc for _, exc in r.pending])
             continue
         if not claims.held_elsewhere(r.store, worker):
             return
@@ -266,12 +287,28 @@ def work_items(r: Runner, run: Run) -> None:
 
 def _finish_item(r: Runner, run: Run, item: Item) -> None:
     entered: Stored | None = None  # the item comes as stored, by this process or an earlier one
-    while item.stage in ITEM_STEPS:
-        if entered is None or entered.intent is None:
-            # Else the effect of that intent checks first thing, and a stop stores it as unsent.
-            r.checkpoint()
-        entered = ITEM_STEPS[item.stage](r, run, item, entered)
-        item = entered.item if entered is not None else r.store.item(item.id)
+    try:
+        while item.stage in ITEM_STEPS:
+            if entered is None or entered.intent is None:
+                # Else the effect of that intent checks first thing, and a stop stores it as
+                # unsent.
+                r.checkpoint()
+            entered = ITEM_STEPS[item.stage](r, run, item, entered)
+            item = entered.item if entered is not None else r.store.item(item.id)
+    except OutcomePending as exc:
+        # The other items go on meanwhile (see work_items).
+        log.info("item_outcome_pending", item=item.position, reason=exc.message)
+        r.pending.append((item, exc))
+
+
+def _all_pending(pending: list[OutcomePending]) -> OutcomePending:
+    """One error for the items whose effects' outcomes are unknown: the first one's, counting
+    the others; a person's decision is needed if any needs one."""
+    first = next((p for p in pending if isinstance(p, NeedsDecision)), pending[0])
+    if len(pending) == 1:
+        return first
+    return type(first)(f"{first.message} (and {len(pending) - 1} more item(s) like it; "
+                       "`cftrunner status RUN_ID` lists them)")
 
 
 def find_dataset(r: Runner, run: Run) -> bool:

@@ -21,6 +21,7 @@ from cftrunner.lease import Lease, busy, keeps_out
 from cftrunner.models import (
     Completion,
     Effect,
+    EffectStatus,
     Event,
     Item,
     LeaseInfo,
@@ -328,6 +329,9 @@ class Store:
             registered = conn.execute(
                 sa.select(workers, held.label("holding")).where(workers.c.run_id == run.id)
                 .order_by(workers.c.joined_at)).all()
+            undecided = conn.execute(sa.select(effects).where(
+                effects.c.run_id == run.id, effects.c.status == EffectStatus.UNKNOWN.value)
+                .order_by(effects.c.prepared_at)).all()
         seconds: dict[str, float] = {}
         entered, state = run.created_at, RunState.CREATED.value
         for at, data in moves:
@@ -341,7 +345,8 @@ class Store:
             failures={f"{stage.lower()}:{kind}": int(n) for stage, kind, n in failures},
             state_seconds={k: round(v, 3) for k, v in seconds.items()},
             workers=[WorkerInfo(Owner(w.host, w.boot_id, w.pid, w.started), w.expires_at,
-                                int(w.holding)) for w in registered])
+                                int(w.holding)) for w in registered],
+            undecided=[effect_from(e) for e in undecided])
 
     def effect(self, run_id: str, key: str) -> Effect | None:
         with self._read() as conn:
@@ -353,6 +358,23 @@ class Store:
             rows = conn.execute(sa.select(effects).where(effects.c.run_id == run_id)
                                 .order_by(effects.c.prepared_at)).all()
         return [effect_from(r) for r in rows]
+
+    def done_effects(self, run_id: str, kinds: tuple[str, ...],
+                     prepared_since: datetime) -> list[Effect]:
+        """The run's effects of those kinds with a stored outcome, first prepared at or after
+        `prepared_since`, in the order they were first prepared."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(effects).where(
+                effects.c.run_id == run_id, effects.c.kind.in_(kinds),
+                effects.c.status == EffectStatus.DONE.value,
+                effects.c.prepared_at >= prepared_since).order_by(effects.c.prepared_at)).all()
+        return [effect_from(r) for r in rows]
+
+    def snapshots_of(self, dataset_id: str) -> list[str]:
+        """The snapshots of the dataset that runs in this database made."""
+        with self._read() as conn:
+            return list(conn.scalars(sa.select(runs.c.snapshot_id).where(
+                runs.c.dataset_id == dataset_id, runs.c.snapshot_id.is_not(None))))
 
     def trace_claimed(self, trace_id: str) -> bool:
         with self._read() as conn:

@@ -210,10 +210,10 @@ class Tx:
             # prepared_at keeps the first attempt's time: any earlier attempt may be the one that
             # landed, so reconciliation must look back that far.
             self._set_effect(previous, now, status=EffectStatus.PREPARED.value, request=request,
-                             attempts=previous.attempts + 1)
+                             attempts=previous.attempts + 1, outcome=None)
             prepared = dataclasses.replace(previous, status=EffectStatus.PREPARED,
                                            request=request, attempts=previous.attempts + 1,
-                                           updated_at=now)
+                                           updated_at=now, outcome=None)
         self.event(run_id, "effect_prepared", item_id, key=key, attempt=prepared.attempts)
         return prepared
 
@@ -227,14 +227,35 @@ class Tx:
                    **({"verdict": verdict} if verdict else {}),
                    **({"error": error} if error else {}))
 
-    def note_unknown_outcome(self, effect: Effect, error: str) -> None:
-        self._set_effect(effect, utcnow(), error=error)
+    def give_up_effect(self, effect: Effect, reason: str) -> None:
+        """Stop sending or deciding on our own: a person settles it. `updated_at` stays the last
+        moment the request may have been sent."""
+        self._set_effect(effect, effect.updated_at, status=EffectStatus.UNKNOWN.value, error=reason)
+        self.event(effect.run_id, "effect_unknown_given_up", effect.item_id, key=effect.key,
+                   error=reason)
+
+    def settle_effect(self, effect: Effect, outcome: dict[str, Any] | None) -> None:
+        """A person's word on an effect whose outcome is unknown: it happened with `outcome`
+        (applied by the next resume, as if reconciled), or, with None, it did not (sent again)."""
+        if outcome is None:
+            self._set_effect(effect, effect.updated_at, status=EffectStatus.UNSENT.value,
+                             error="settled by a person: it did not happen")
+        else:
+            self._set_effect(effect, effect.updated_at, outcome={**outcome, "settled": True})
+        self.event(effect.run_id, "effect_settled", effect.item_id, key=effect.key,
+                   happened=outcome is not None, **(outcome or {}))
+
+    def note_unknown_outcome(self, effect: Effect, error: str) -> Effect:
+        """The request may have been in flight until now: `updated_at` says so."""
+        now = utcnow()
+        self._set_effect(effect, now, error=error)
         self.event(effect.run_id, "effect_unknown", effect.item_id, key=effect.key, error=error)
+        return dataclasses.replace(effect, updated_at=now, error=error)
 
     def _set_effect(self, effect: Effect, now: datetime, **values: Any) -> None:
         result = self.conn.execute(_UPDATE_EFFECT, {
             "effect_run": effect.run_id, "effect_key": effect.key,
             "from_status": effect.status.value, "from_attempts": effect.attempts,
-            "updated_at": now, **values})
+            **values, "updated_at": now})
         if result.rowcount != 1:
             raise StaleStateError(f"effect {effect.key} of run {effect.run_id} changed meanwhile")

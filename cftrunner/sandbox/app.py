@@ -47,6 +47,8 @@ class Sandbox:
         training_outcome: str = "succeeded",
         training_gain: float = 0.15,
         base_quality: float = llm.BASE_QUALITY,
+        list_lag: float = 0.0,
+        list_lag_uneven: bool = False,
     ) -> None:
         settings = WorldSettings(
             judge_models=tuple(judge_models),
@@ -61,6 +63,8 @@ class Sandbox:
             training_outcome=training_outcome,
             training_gain=training_gain,
             base_quality=base_quality,
+            list_lag=list_lag,
+            list_lag_uneven=list_lag_uneven,
         )
         self.world = World(settings)
         self.world.add_project(DEFAULT_PROJECT_ID, "Sandbox project")
@@ -184,6 +188,11 @@ class Sandbox:
     def set_rate_limit(self, rps: float | None, burst: int = 1) -> None:
         """Answer 429 to requests beyond `rps` a second (after `burst` at once); None lifts it."""
         self.rate_limit.configure(rps, burst)
+
+    def set_list_lag(self, seconds: float, uneven: bool = False) -> None:
+        """Make the trace list show traces created from now on `seconds` late (see
+        WorldSettings.list_lag)."""
+        self.world.set_list_lag(seconds, uneven)
 
     def set_structured_output(self, enabled: bool) -> None:
         """Off: chat answers 400 to response_format json_schema, as a model without it does."""

@@ -27,8 +27,14 @@ class WorldSettings:
     training_outcome: str = "succeeded"
     training_gain: float = 0.15
     base_quality: float = llm.BASE_QUALITY
+    # The trace list shows each trace, and what became of it, only this many seconds late, as a
+    # list fed by an ingestion pipeline does; uneven: each trace late by its own share of it.
+    list_lag: float = 0.0
+    list_lag_uneven: bool = False
 
     def __post_init__(self) -> None:
+        if self.list_lag < 0:
+            raise ValueError("list_lag must not be negative")
         if self.recs_outcome not in RECS_OUTCOMES:
             raise ValueError(f"recs_outcome must be one of {', '.join(RECS_OUTCOMES)}")
         if self.page_size < 1:
@@ -109,9 +115,25 @@ class Trace:
     output: str
     score: float
     feedback: str
-    added_to_dataset: bool = False
+    created_clock: float = 0.0  # monotonic, as the world's clock
+    lag: float = 0.0  # how late the trace list shows this trace and its changes
+    added_at: float | None = None  # monotonic: when it was first added to the dataset
     processing_until: float | None = None
     correction_fails: bool = False
+
+    @property
+    def added_to_dataset(self) -> bool:
+        return self.added_at is not None
+
+    def listed(self, now: float) -> dict[str, Any] | None:
+        """The trace as the (lagging) trace list shows it at `now`; None while it shows none."""
+        seen = now - self.lag
+        if seen < self.created_clock:
+            return None
+        shown = self.to_json(seen)
+        if self.added_at is None or self.added_at > seen:
+            shown.update(addedToDataset=False, processingStatus="none")
+        return shown
 
     def to_json(self, now: float) -> dict[str, Any]:
         """The trace as the API shows it at monotonic time `now`."""

@@ -275,6 +275,14 @@ def control(backend: Backend, method: str, path: str, body: bytes) -> Reply:
         except (ValueError, fields.Invalid) as exc:
             return error(400, str(exc))
         return ok(_structured_output(world))
+    if (method, path) == ("PUT", "/_sandbox/list-lag"):
+        try:
+            world.set_list_lag(*_parse_list_lag(fields.decode(body)))
+        except (ValueError, fields.Invalid) as exc:
+            return error(400, str(exc))
+        return ok(_list_lag(world))
+    if (method, path) == ("GET", "/_sandbox/list-lag"):
+        return ok(_list_lag(world))
     if (method, path) == ("GET", "/_sandbox/rate-limit"):
         return ok(backend.limit.to_json())
     if (method, path) == ("PUT", "/_sandbox/rate-limit"):
@@ -309,3 +317,19 @@ def _parse_structured_output(data: object) -> bool:
     if not isinstance(data, dict) or set(data) != {"enabled"} or not isinstance(data["enabled"], bool):
         raise ValueError('structured output is {"enabled": true or false}')
     return data["enabled"]
+
+
+def _list_lag(world: World) -> dict[str, Any]:
+    return {"seconds": world.settings.list_lag, "uneven": world.settings.list_lag_uneven}
+
+
+def _parse_list_lag(data: object) -> tuple[float, bool]:
+    """(seconds, uneven) from {"seconds": 20, "uneven": false}; ValueError otherwise."""
+    if not isinstance(data, dict) or not set(data) <= {"seconds", "uneven"} or "seconds" not in data:
+        raise ValueError('list lag is {"seconds": N, "uneven": true or false}')
+    seconds, uneven = data["seconds"], data.get("uneven", False)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise ValueError("seconds must be a number, at least 0")
+    if not isinstance(uneven, bool):
+        raise ValueError("uneven must be true or false")
+    return float(seconds), uneven

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 import threading
 import time
 import uuid
@@ -67,6 +68,7 @@ class World:
             self.settings.base_quality, (*self.settings.judge_models, *catalog.BASE_MODELS)
         )
         self._seq = 0
+        self._lags = random.Random(0)
         self._last_created = datetime.min.replace(tzinfo=UTC)
         self.ledger = Ledger()
 
@@ -156,28 +158,43 @@ class World:
                 moment = self._now()
                 moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
                 self._last_created = max(self._last_created, moment)
-                trace = Trace(_new_id(), self._seq, self._last_created, **asdict(draft))
+                trace = Trace(_new_id(), self._seq, self._last_created, **asdict(draft),
+                              created_clock=self._clock(), lag=self._list_lag())
                 self._traces[trace.id] = trace
                 self.ledger.acted("traces")
                 created.append(trace.to_json(self._clock()))
             return created
 
+    def _list_lag(self) -> float:
+        lag = self.settings.list_lag
+        return lag * self._lags.random() if self.settings.list_lag_uneven else lag
+
+    def set_list_lag(self, seconds: float, uneven: bool = False) -> None:
+        """How late the trace list shows traces created from now on (and their changes)."""
+        with self._lock:
+            self.settings = dataclasses.replace(
+                self.settings, list_lag=seconds, list_lag_uneven=uneven
+            )
+
     def list_traces(self, query: TraceQuery) -> dict[str, Any]:
         with self._lock:
+            now = self._clock()
             rows = [
-                t
+                (t, shown)
                 for t in self._traces.values()
                 if (query.project_id is None or t.project_id == query.project_id)
                 and (not query.model_ids or t.model_id in query.model_ids)
+                and (shown := t.listed(now)) is not None
             ]
             if query.sort_by == "score":
-                rows.sort(key=lambda t: (t.score, t.seq), reverse=query.sort_order == "desc")
+                rows.sort(key=lambda r: (r[0].score, r[0].seq), reverse=query.sort_order == "desc")
             else:
-                rows.sort(key=lambda t: (t.created_at, t.seq), reverse=query.sort_order == "desc")
+                rows.sort(
+                    key=lambda r: (r[0].created_at, r[0].seq), reverse=query.sort_order == "desc"
+                )
             size = self.settings.page_size
             page = rows[(query.page - 1) * size : query.page * size]
-            now = self._clock()
-            return {"results": [t.to_json(now) for t in page], "total": len(rows)}
+            return {"results": [shown for _, shown in page], "total": len(rows)}
 
     def update_trace(
         self,
@@ -217,7 +234,8 @@ class World:
             self._datapoints[point.id] = point
             dataset.datapoint_ids.append(point.id)
             dataset.updated_at = now
-            trace.added_to_dataset = True
+            if trace.added_at is None:
+                trace.added_at = self._clock()
             if status == "queued":
                 trace.processing_until = self._clock() + self.settings.processing_seconds
                 failing = self.settings.correction_failing

@@ -153,11 +153,14 @@ def test_a_lost_answer_is_reconciled_not_repeated(make_harness: Callable[..., Ha
 @pytest.mark.parametrize("route", EFFECT_ROUTES)
 def test_a_request_refused_before_acting_is_sent_again(make_harness: Callable[..., Harness],
                                                        sandbox: Sandbox, route: str) -> None:
+    """A 503 may come after acting, so it is reconciled; the traces and additions of the items
+    after the refused ones are what shows that the trace list has caught up past them."""
     sandbox.add_fault(FaultRule(route=route, kind="status", status=503, times=2))
-    harness = make_harness(sandbox)
-    run = harness.runner.drive(harness.start())
+    prompts = [f"question {n}" for n in range(12)]
+    harness = make_harness(sandbox, concurrency=2)
+    run = harness.runner.drive(harness.start(prompts))
     assert run.state is RunState.LAUNCHED
-    assert_exactly_once(sandbox, len(PROMPTS))
+    assert_exactly_once(sandbox, len(prompts))
 
 
 def test_retry_after_is_honoured(harness: Harness, sandbox: Sandbox) -> None:
