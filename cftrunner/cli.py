@@ -96,6 +96,11 @@ def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
     given |= {setting: options.pop(option, None) for option, setting in THROUGHPUT_KEYS.items()}
     resolved = config.resolve({**given, **cycle})
     logs.configure(resolved.log_level, secrets=[resolved.settings.api_key])
+    if resolved.notices:
+        import structlog
+
+        for event, fields in resolved.notices:
+            structlog.get_logger("cftrunner").warning(event, **fields)
     return resolved
 
 
