@@ -465,9 +465,10 @@ def _anchored(key: Key, value: Any, base: Path, config: Path | None) -> Any:
 
 
 def _make_folder(folder: Path, config: Path | None) -> None:
-    # The state file's folder is created on first use, so cron in a fresh place needs no set-up.
+    # The state file's folder is created on first use, so cron in a fresh place needs no set-up;
+    # for its owner only, as the state file is.
     try:
-        folder.mkdir(parents=config is not None, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=config is not None, exist_ok=True)
     except OSError as exc:
         where = f" (db in {config})" if config else ""
         raise InputError(f"cannot create {folder} for the state database{where}: {exc.strerror}") from None

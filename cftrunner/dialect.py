@@ -3,6 +3,7 @@ BEGIN IMMEDIATE; PostgreSQL's driver, isolation level, pool and connect timeout.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -43,10 +44,20 @@ def create_engine(url: str) -> sa.Engine:
         raise InputError(f"the state database folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"the state database folder {parent} is not writable")
+    _create_private(Path(database).expanduser())
     engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
                               poolclass=sa.pool.QueuePool, **SQLITE_POOL)
     _fence_sqlite(engine)
     return engine
+
+
+def _create_private(database: Path) -> None:
+    """Create the state file, which holds prompts and answers, readable by its owner only; SQLite
+    gives its -wal, -shm and -journal files the same permissions. A file that exists already,
+    made by whomever, is left as it is."""
+    # Not a umask around SQLite's own creation: the umask is the whole process's, threads included.
+    with contextlib.suppress(OSError):  # it exists, or SQLite fails to create it too and says why
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _postgres_engine(url: URL) -> sa.Engine:

@@ -4,10 +4,14 @@ state file."""
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
+import time
 from pathlib import Path
 
-from cftrunner.sandbox import DEFAULT_API_KEY
+import pytest
+
+from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
 from tests.acceptance.test_cli import one_error_line, stored_runs
 from tests.conftest import Cli
 
@@ -51,3 +55,66 @@ def test_an_empty_key_file_is_one_line_naming_it_exit_2_and_no_run(cli: Cli,
     assert result.returncode == 2
     assert one_error_line(result) == f"cftrunner: error: the API key file {path} is empty"
     assert stored_runs(cli) == []
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def modes(folder: Path) -> dict[str, int]:
+    return {path.name: mode(path) for path in folder.iterdir()}
+
+
+def on_the_default_state_file(cli: Cli, *args: str) -> subprocess.Popen[str]:
+    """A command on state/cftrunner.db in its working directory, under the usual umask, which
+    alone would let everyone read what it creates."""
+    return subprocess.Popen(cli.command(*args), env={**cli.env, "CFTRUNNER_DB": ""},
+                            cwd=cli.tmp_path, umask=0o022, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finished(process: subprocess.Popen[str]) -> None:
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+
+
+@pytest.mark.sqlite_only
+def test_the_state_folder_cftrunner_creates_is_the_owners_alone(cli: Cli) -> None:
+    status = on_the_default_state_file(cli, "status")
+    finished(status)
+    assert mode(cli.tmp_path / "state") == 0o700
+
+
+@pytest.mark.sqlite_only
+def test_every_state_file_is_the_owners_alone_while_a_run_writes(cli: Cli,
+                                                                 sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="trace_create", kind="hold"))
+    run = on_the_default_state_file(cli, *cli.start_args("private"))
+    deadline = time.monotonic() + 60
+    while "trace_create" not in sandbox.counts()["requests"]:
+        assert time.monotonic() < deadline and run.poll() is None, "the run never reached a trace"
+        time.sleep(0.05)
+    during = modes(cli.tmp_path / "state")
+    sandbox.release_holds()
+    finished(run)
+    assert {"cftrunner.db", "cftrunner.db-wal", "cftrunner.db-shm"} <= set(during)
+    assert set(during.values()) == {0o600}
+
+
+@pytest.mark.sqlite_only
+def test_every_state_file_is_the_owners_alone_after_a_run(cli: Cli) -> None:
+    run = on_the_default_state_file(cli, *cli.start_args("private"))
+    finished(run)
+    after = modes(cli.tmp_path / "state")
+    assert "cftrunner.db" in after and set(after.values()) == {0o600}
+
+
+@pytest.mark.sqlite_only
+def test_a_state_file_the_user_made_keeps_its_permissions(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir(mode=0o750)
+    made = tmp_path / "state" / "cftrunner.db"
+    made.touch()
+    made.chmod(0o640)
+    status = on_the_default_state_file(cli, "status")
+    finished(status)
+    assert mode(made) == 0o640 and mode(tmp_path / "state") == 0o750
