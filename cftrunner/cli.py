@@ -21,6 +21,7 @@ from cftrunner.exceptions import (
     LeaseLost,
     RunBusy,
     RunStopped,
+    UnusableDatabaseError,
 )
 from cftrunner.settings import LOG_LEVELS, Settings
 from cftrunner.states import ENDS_UNLESS_LOOPING, RunState
@@ -36,6 +37,7 @@ EXIT_FAILED = 1  # the run ended FAILED
 EXIT_USAGE = 2  # bad input or usage; nothing was run
 EXIT_STOPPED = 3  # the run stopped with its state intact; `resume` continues it
 EXIT_CANCELLED = 4  # the run ended CANCELLED
+EXIT_DATABASE = 65  # the state database cannot be used as it is (EX_DATAERR); a retry won't help
 EXIT_SOFTWARE = 70  # a bug in cftrunner (EX_SOFTWARE)
 EXIT_BUSY = 75  # another live process drives the run (EX_TEMPFAIL); try again later
 
@@ -155,8 +157,8 @@ def _stop(settings: Settings) -> Stop:
 def cli(**_options: Any) -> None:
     """Run continuous fine-tuning cycles on Prem Studio that survive crashes and never repeat
     a remote effect. Exit status: 0 launched (or nothing to do), 1 run failed, 2 bad input,
-    3 stopped (resume it), 4 cancelled, 75 another process drives the run, 130/143 stopped by
-    SIGINT/SIGTERM."""
+    3 stopped (resume it), 4 cancelled, 65 the state database cannot be used, 75 another process
+    drives the run, 130/143 stopped by SIGINT/SIGTERM."""
 
 
 def cycle_options(func: F) -> F:
@@ -505,6 +507,8 @@ def _outcome(exc: Exception) -> tuple[str, int]:
     """The one map from an error to its message and exit status."""
     if isinstance(exc, InputError):
         return exc.message, EXIT_USAGE
+    if isinstance(exc, UnusableDatabaseError):
+        return exc.message, EXIT_DATABASE
     if isinstance(exc, RunBusy):
         return exc.message, EXIT_BUSY
     if isinstance(exc, LeaseLost):
