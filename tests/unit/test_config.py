@@ -427,6 +427,13 @@ def test_an_unreadable_key_file_is_an_error(tmp_path: Path, run: Resolve,
     assert f"cannot read the API key file {tmp_path / 'nope'}" in refusal(run)
 
 
+def test_the_held_out_prompts_are_checked_as_the_prompts_are(tmp_path: Path) -> None:
+    holdout = tmp_path / "holdout.json"
+    holdout.write_text('["fine", "not\\u0000fine"]')
+    with pytest.raises(InputError, match=re.escape(f"{holdout}: prompt 1 holds a NUL character")):
+        config.Cycle(promote=True, holdout_prompts=str(holdout)).loop()
+
+
 @pytest.mark.parametrize("text", ["", " \n\t\n"])
 def test_an_empty_key_file_is_an_error_naming_it(tmp_path: Path, run: Resolve, text: str) -> None:
     (tmp_path / "key").write_text(text)
