@@ -23,6 +23,7 @@ from cftrunner.exceptions import (
     RunStopped,
     UnusableDatabaseError,
 )
+from cftrunner.run_ids import check_run_id
 from cftrunner.settings import LOG_LEVELS, Settings
 from cftrunner.states import ENDS_UNLESS_LOOPING, RunState
 
@@ -104,6 +105,12 @@ def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
         for event, fields in resolved.notices:
             structlog.get_logger("cftrunner").warning(event, **fields)
     return resolved
+
+
+def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A RUN_ID argument or --run-id, checked as it is parsed: before the settings are resolved,
+    which creates the default state folder."""
+    return None if value is None else check_run_id(value)
 
 
 def _settings(options: dict[str, Any]) -> Settings:
@@ -205,7 +212,9 @@ def _display(show_progress: bool | None) -> Display:
 @cli.command()
 @cycle_options
 @CYCLE_OPTION
-@click.option("--run-id", help="Choose the run id (default: time-based and random).")
+@click.option("--run-id", callback=_run_id,
+              help="Choose the run id: 1 to 100 ASCII letters, digits, '-', '_' or '.', not "
+                   "starting with '.' (default: time-based and random).")
 @progress_option
 @throughput_options
 @connection_options
@@ -312,7 +321,7 @@ def show_config(**options: Any) -> int:
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @click.option("--worker", is_flag=True,
               help="Work on the run's items beside other processes, on this host or others, "
                    "sharing one database; the run-level steps are then done by one of them.")
@@ -337,7 +346,7 @@ def resume(run_id: str, worker: bool, show_progress: bool | None, **options: Any
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @connection_options
 def cancel(run_id: str, **options: Any) -> int:
     """Cancel a run: it stops at its next checkpoint, never inside a request, and ends CANCELLED.
@@ -351,7 +360,7 @@ def cancel(run_id: str, **options: Any) -> int:
 
 
 @cli.command()
-@click.argument("run_id", required=False)
+@click.argument("run_id", required=False, callback=_run_id)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (a list without RUN_ID).")
 @connection_options
 def status(run_id: str | None, as_json: bool, **options: Any) -> int:
@@ -366,7 +375,7 @@ def status(run_id: str | None, as_json: bool, **options: Any) -> int:
 
 
 @cli.command()
-@click.argument("run_id", required=False)
+@click.argument("run_id", required=False, callback=_run_id)
 @click.option("--trend", is_flag=True, help="One line per cycle of a project, and an HTML page "
                                             "of charts.")
 @click.option("--project", "project_id", metavar="PROJECT_ID",
@@ -402,7 +411,7 @@ def report(run_id: str | None, trend: bool, project_id: str | None, html_file: s
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @click.argument("item", type=click.IntRange(0))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @connection_options
