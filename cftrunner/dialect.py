@@ -24,10 +24,10 @@ MIGRATION_LOCK_ID = int.from_bytes(b"cftrunnr", "big")  # a PostgreSQL advisory 
 # cheap, so that pool may grow rather than make a worker wait; a PostgreSQL connection is a server
 # process, so that pool is bounded and a worker past it waits (transactions last milliseconds).
 SQLITE_POOL = {"pool_size": 8, "max_overflow": 256}
+POSTGRES_POOL = {"pool_size": 10, "max_overflow": 22, "pool_timeout": 60}
 # SQLite's primary result codes for a file that no retry will make usable: READONLY, CORRUPT,
 # CANTOPEN (a directory, say) and NOTADB. BUSY (locked) and FULL may pass, so they are not here.
 _UNUSABLE_SQLITE = frozenset({8, 11, 14, 26})
-POSTGRES_POOL = {"pool_size": 10, "max_overflow": 22, "pool_timeout": 60}
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -84,7 +84,7 @@ def _postgres_engine(url: URL) -> sa.Engine:
                             connect_args=connect_args, **POSTGRES_POOL)
 
 
-def unusable(error: BaseException, database: Path) -> UnusableDatabaseError | None:
+def _unusable(error: BaseException, database: Path) -> UnusableDatabaseError | None:
     """The error as UnusableDatabaseError, naming the file, when it says the SQLite file cannot be
     used as it is; None for any other error."""
     code = getattr(error, "sqlite_errorcode", None)
@@ -98,7 +98,7 @@ def _fence_sqlite(engine: sa.Engine, database: Path) -> None:
     @sa.event.listens_for(engine, "handle_error")
     def on_error(context: sa.engine.ExceptionContext) -> BaseException | None:
         # Every error of the engine's connections, first connection included, comes through here.
-        return unusable(context.original_exception, database)
+        return _unusable(context.original_exception, database)
 
     @sa.event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -123,7 +123,7 @@ def _fence_sqlite(engine: sa.Engine, database: Path) -> None:
         except sqlite3.Error as exc:
             # Raised in an event hook, it escapes SQLAlchemy's wrapping and the error hook: a
             # database still locked after the busy timeout would pass for a bug.
-            raise unusable(exc, database) or sa.exc.DBAPIError.instance(
+            raise _unusable(exc, database) or sa.exc.DBAPIError.instance(
                 statement, None, exc, sqlite3.Error) from exc
 
 
