@@ -22,7 +22,9 @@ from cftrunner.exceptions import (
     NeedsDecision,
     RunBusy,
     RunStopped,
+    UnusableDatabaseError,
 )
+from cftrunner.run_ids import check_run_id
 from cftrunner.settings import LOG_LEVELS, Settings
 from cftrunner.states import ENDS_UNLESS_LOOPING, RunState
 
@@ -38,6 +40,7 @@ EXIT_USAGE = 2  # bad input or usage; nothing was run
 EXIT_STOPPED = 3  # the run stopped with its state intact; `resume` continues it
 EXIT_CANCELLED = 4  # the run ended CANCELLED
 EXIT_DECIDE = 5  # whether a lost request happened could not be told: `cftrunner settle` it
+EXIT_DATABASE = 65  # the state database cannot be used as it is (EX_DATAERR); a retry won't help
 EXIT_SOFTWARE = 70  # a bug in cftrunner (EX_SOFTWARE)
 EXIT_BUSY = 75  # another live process drives the run (EX_TEMPFAIL); try again later
 
@@ -98,7 +101,18 @@ def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
     given |= {setting: options.pop(option, None) for option, setting in THROUGHPUT_KEYS.items()}
     resolved = config.resolve({**given, **cycle})
     logs.configure(resolved.log_level, secrets=[resolved.settings.api_key])
+    if resolved.notices:
+        import structlog
+
+        for event, fields in resolved.notices:
+            structlog.get_logger("cftrunner").warning(event, **fields)
     return resolved
+
+
+def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A RUN_ID argument or --run-id, checked as it is parsed: before the settings are resolved,
+    which creates the default state folder."""
+    return None if value is None else check_run_id(value)
 
 
 def _settings(options: dict[str, Any]) -> Settings:
@@ -152,8 +166,8 @@ def _stop(settings: Settings) -> Stop:
 def cli(**_options: Any) -> None:
     """Run continuous fine-tuning cycles on Prem Studio that survive crashes and never repeat
     a remote effect. Exit status: 0 launched (or nothing to do), 1 run failed, 2 bad input,
-    3 stopped (resume it), 4 cancelled, 75 another process drives the run, 130/143 stopped by
-    SIGINT/SIGTERM."""
+    3 stopped (resume it), 4 cancelled, 65 the state database cannot be used, 75 another process
+    drives the run, 130/143 stopped by SIGINT/SIGTERM."""
 
 
 def cycle_options(func: F) -> F:
@@ -200,7 +214,9 @@ def _display(show_progress: bool | None) -> Display:
 @cli.command()
 @cycle_options
 @CYCLE_OPTION
-@click.option("--run-id", help="Choose the run id (default: time-based and random).")
+@click.option("--run-id", callback=_run_id,
+              help="Choose the run id: 1 to 100 ASCII letters, digits, '-', '_' or '.', not "
+                   "starting with '.' (default: time-based and random).")
 @progress_option
 @throughput_options
 @connection_options
@@ -307,7 +323,7 @@ def show_config(**options: Any) -> int:
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @click.option("--worker", is_flag=True,
               help="Work on the run's items beside other processes, on this host or others, "
                    "sharing one database; the run-level steps are then done by one of them.")
@@ -332,7 +348,7 @@ def resume(run_id: str, worker: bool, show_progress: bool | None, **options: Any
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @connection_options
 def cancel(run_id: str, **options: Any) -> int:
     """Cancel a run: it stops at its next checkpoint, never inside a request, and ends CANCELLED.
@@ -346,7 +362,7 @@ def cancel(run_id: str, **options: Any) -> int:
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @click.argument("target", metavar="ITEM_OR_KEY")
 @click.option("--happened", "happened", flag_value=True, default=None,
               help="The request happened: cftrunner goes on as if it had read so.")
@@ -374,7 +390,7 @@ def settle(run_id: str, target: str, happened: bool | None, remote_id: str | Non
 
 
 @cli.command()
-@click.argument("run_id", required=False)
+@click.argument("run_id", required=False, callback=_run_id)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (a list without RUN_ID).")
 @connection_options
 def status(run_id: str | None, as_json: bool, **options: Any) -> int:
@@ -389,7 +405,7 @@ def status(run_id: str | None, as_json: bool, **options: Any) -> int:
 
 
 @cli.command()
-@click.argument("run_id", required=False)
+@click.argument("run_id", required=False, callback=_run_id)
 @click.option("--trend", is_flag=True, help="One line per cycle of a project, and an HTML page "
                                             "of charts.")
 @click.option("--project", "project_id", metavar="PROJECT_ID",
@@ -425,7 +441,7 @@ def report(run_id: str | None, trend: bool, project_id: str | None, html_file: s
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @click.argument("item", type=click.IntRange(0))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @connection_options
@@ -535,6 +551,8 @@ def _outcome(exc: Exception) -> tuple[str, int]:
     """The one map from an error to its message and exit status."""
     if isinstance(exc, InputError):
         return exc.message, EXIT_USAGE
+    if isinstance(exc, UnusableDatabaseError):
+        return exc.message, EXIT_DATABASE
     if isinstance(exc, RunBusy):
         return exc.message, EXIT_BUSY
     if isinstance(exc, LeaseLost):

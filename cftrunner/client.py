@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -54,16 +55,29 @@ def _surely_unsent(exc: requests.RequestException) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionRefusedError)
 
 
-def _error_message(resp: requests.Response) -> str:
+REDACTED = "[redacted]"
+# A token after "Bearer", whatever it is: a server may echo a header that holds another key.
+_BEARER = re.compile(r"\b(bearer)\s+[^\s\"',;]+", re.IGNORECASE)
+
+
+def redact(text: str, api_key: str) -> str:
+    """`text` from the server without the key and without any bearer token in it."""
+    if api_key:
+        text = text.replace(api_key, REDACTED)
+    return _BEARER.sub(rf"\1 {REDACTED}", text)
+
+
+def _error_message(resp: requests.Response, api_key: str) -> str:
+    """What the server said of its refusal, redacted before it is cut: a cut key may not match."""
     try:
         body = resp.json()
     except ValueError:
         body = None
+    said = resp.reason or ""
     if isinstance(body, dict):
-        for key in ("error", "message", "detail"):
-            if isinstance(body.get(key), str):
-                return str(body[key])[:300]
-    return (resp.reason or "")[:300]
+        said = next((str(body[key]) for key in ("error", "message", "detail")
+                     if isinstance(body.get(key), str)), said)
+    return redact(said, api_key)[:300]
 
 
 class PremClient:
@@ -80,6 +94,7 @@ class PremClient:
                  in_flight: int | None = None,
                  before_send: Callable[[], object] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
         self.timeouts = timeouts or Timeouts()
         self.limiter = limiter or RateLimiter()
         self._slots: AbstractContextManager[object] = (
@@ -133,7 +148,8 @@ class PremClient:
             except ValueError:
                 raise BadResponseError(f"{method} {path}: the answer is not JSON",
                                        maybe_happened=True, method=method, path=path) from None
-        message = f"{method} {path}: HTTP {status} {_error_message(resp)}".rstrip()
+        # Every error message, stored and printed, is made here: an echoed key goes no further.
+        message = f"{method} {path}: HTTP {status} {_error_message(resp, self._api_key)}".rstrip()
         retry_after = parse_retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
         if status in (401, 403):
             raise AuthError(message, status_code=status, method=method, path=path)

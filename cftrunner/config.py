@@ -78,6 +78,8 @@ holding another key is refused, naming the file, the entry (its number from 1, a
 Precedence: command line > environment > file > default. Integers are accepted where numbers are wanted;
 booleans and strings never are. The key comes from --api-key, --api-key-file, API_KEY or PREMAI_API_KEY,
 or the file named by `api_key_file`, in that order; a config file holding `api_key` anywhere is refused.
+A key file that is empty is refused; one that group or others may read is used, with a warning
+(`Resolved.notices`, logged by the caller once logging is set up).
 Environment variables: CFTRUNNER_CONFIG, CFTRUNNER_DB, CFTRUNNER_BASE_URL, CFTRUNNER_LOG_LEVEL,
 CFTRUNNER_INTERVAL and the variables named in `settings.KEYS`, checked like the file. An unknown key, a
 wrong type or an impossible value is one InputError naming the file (or variable) and the dotted key.
@@ -118,6 +120,7 @@ from cftrunner.settings import (
     Settings,
     apply,
     duration_text,
+    key_file_mode_if_loose,
     number_text,
     read_key_file,
     shown,
@@ -134,6 +137,9 @@ CLI_KEYS = frozenset({key.name for key in KEYS} | {"api_key", "config"})
 CYCLE_KEYS = tuple(key for key in KEYS if key.target.startswith("cycle."))
 NAME = Key("name", "cycle.name", TEXT, None)  # a [[cycles]] entry's own, never inherited
 ENTRY_SOURCE = ", [[cycles]] entry "  # in "file /abs/path, [[cycles]] entry N"
+# Something to warn of once logging is set up, which needs the settings resolved first: an event and
+# its fields.
+Notice = tuple[str, dict[str, str]]
 _SQLITE_FILE = re.compile(r"(sqlite(?:\+\w+)?:///)([^?]*)(\?.*)?", re.DOTALL)
 
 
@@ -214,6 +220,7 @@ class Resolved:
     sources: dict[str, str]
     api_key_file: str | None = None  # an absolute path
     cycle_sources: tuple[dict[str, str], ...] = ()  # per cycle, the sources of its per-cycle keys
+    notices: tuple[Notice, ...] = ()  # warnings for the caller to log
 
     @property
     def cycle(self) -> Cycle:
@@ -253,7 +260,9 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str] = os.environ,
             values[key.name], sources[key.name] = key.default, DEFAULT
     if sources["db"] == DEFAULT:  # sqlite:///state/cftrunner.db, relative to the working directory
         _make_folder(here / "state", None)
-    api_key, sources["api_key"] = _api_key(given, env, values["api_key_file"], sources["api_key_file"])
+    api_key, sources["api_key"], key_file = _api_key(given, env, values["api_key_file"],
+                                                     sources["api_key_file"])
+    notices = [] if key_file is None else _key_file_notices(key_file)
     inherited = {key.name: sources[key.name] for key in CYCLE_KEYS}
     if config and entries:
         cycles = _entries(config, entries, values, inherited)
@@ -263,7 +272,8 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str] = os.environ,
                     cycles=tuple(cycle for cycle, _ in cycles), log_level=values["log_level"],
                     config_path=str(config) if config else None, sources=sources | cycles[0][1],
                     api_key_file=values["api_key_file"],
-                    cycle_sources=tuple(cycle_sources for _, cycle_sources in cycles))
+                    cycle_sources=tuple(cycle_sources for _, cycle_sources in cycles),
+                    notices=tuple(notices))
 
 
 def select(resolved: Resolved, name: str | None) -> tuple[Cycle, ...]:
@@ -457,27 +467,39 @@ def _anchored(key: Key, value: Any, base: Path, config: Path | None) -> Any:
 
 
 def _make_folder(folder: Path, config: Path | None) -> None:
-    # The state file's folder is created on first use, so cron in a fresh place needs no set-up.
+    # The state file's folder is created on first use, so cron in a fresh place needs no set-up;
+    # for its owner only, as the state file is.
     try:
-        folder.mkdir(parents=config is not None, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=config is not None, exist_ok=True)
     except OSError as exc:
         where = f" (db in {config})" if config else ""
         raise InputError(f"cannot create {folder} for the state database{where}: {exc.strerror}") from None
 
 
 def _api_key(given: Mapping[str, Any], env: Mapping[str, str], key_file: str | None,
-             key_file_source: str) -> tuple[str, str]:
-    """The key and where it came from: --api-key, --api-key-file, the environment, api_key_file."""
+             key_file_source: str) -> tuple[str, str, str | None]:
+    """The key, where it came from (--api-key, --api-key-file, the environment, api_key_file),
+    and the key file it was read from, if it was."""
     if "api_key" in given:
-        return str(given["api_key"]).strip(), COMMAND_LINE
+        return str(given["api_key"]).strip(), COMMAND_LINE, None
     if key_file and key_file_source == COMMAND_LINE:
-        return read_key_file(key_file), f"file {key_file}"
+        return read_key_file(key_file), f"file {key_file}", key_file
     for variable in KEY_VARIABLES:
         if env.get(variable, "").strip():
-            return env[variable].strip(), f"environment {variable}"
+            return env[variable].strip(), f"environment {variable}", None
     if key_file:
-        return read_key_file(key_file), f"file {key_file}"
-    return "", DEFAULT
+        return read_key_file(key_file), f"file {key_file}", key_file
+    return "", DEFAULT, None
+
+
+def _key_file_notices(key_file: str) -> list[Notice]:
+    """A warning when others than its owner may read the key file; the key is used all the same."""
+    mode = key_file_mode_if_loose(key_file)
+    if mode is None:
+        return []
+    return [("api_key_file_permissions",
+             {"path": key_file, "mode": f"{mode:04o}",
+              "reason": f"group or others may read the API key file; chmod 600 {key_file}"})]
 
 
 def _value(resolved: Resolved, key: Key) -> Any:

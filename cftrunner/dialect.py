@@ -1,17 +1,20 @@
 """Engine creation, with every database quirk fenced in here: SQLite's WAL, busy timeout and
-BEGIN IMMEDIATE; PostgreSQL's driver, isolation level, pool and connect timeout."""
+BEGIN IMMEDIATE, and which of its errors mean the file cannot be used; PostgreSQL's driver,
+isolation level, pool and connect timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
-from cftrunner.exceptions import InputError
+from cftrunner.exceptions import InputError, UnusableDatabaseError
 
 BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 10
@@ -22,6 +25,9 @@ MIGRATION_LOCK_ID = int.from_bytes(b"cftrunnr", "big")  # a PostgreSQL advisory 
 # process, so that pool is bounded and a worker past it waits (transactions last milliseconds).
 SQLITE_POOL = {"pool_size": 8, "max_overflow": 256}
 POSTGRES_POOL = {"pool_size": 10, "max_overflow": 22, "pool_timeout": 60}
+# SQLite's primary result codes for a file that no retry will make usable: READONLY, CORRUPT,
+# CANTOPEN (a directory, say) and NOTADB. BUSY (locked) and FULL may pass, so they are not here.
+_UNUSABLE_SQLITE = frozenset({8, 11, 14, 26})
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -43,10 +49,21 @@ def create_engine(url: str) -> sa.Engine:
         raise InputError(f"the state database folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"the state database folder {parent} is not writable")
+    path = Path(os.path.abspath(Path(database).expanduser()))
+    _create_private(path)
     engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
                               poolclass=sa.pool.QueuePool, **SQLITE_POOL)
-    _fence_sqlite(engine)
+    _fence_sqlite(engine, path)
     return engine
+
+
+def _create_private(database: Path) -> None:
+    """Create the state file, which holds prompts and answers, readable by its owner only; SQLite
+    gives its -wal, -shm and -journal files the same permissions. A file that exists already,
+    made by whomever, is left as it is."""
+    # Not a umask around SQLite's own creation: the umask is the whole process's, threads included.
+    with contextlib.suppress(OSError):  # it exists, or SQLite fails to create it too and says why
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _postgres_engine(url: URL) -> sa.Engine:
@@ -67,7 +84,22 @@ def _postgres_engine(url: URL) -> sa.Engine:
                             connect_args=connect_args, **POSTGRES_POOL)
 
 
-def _fence_sqlite(engine: sa.Engine) -> None:
+def _unusable(error: BaseException, database: Path) -> UnusableDatabaseError | None:
+    """The error as UnusableDatabaseError, naming the file, when it says the SQLite file cannot be
+    used as it is; None for any other error."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if not isinstance(code, int) or code & 0xFF not in _UNUSABLE_SQLITE:
+        return None
+    reason = "it is a directory" if database.is_dir() else str(error)
+    return UnusableDatabaseError(f"the state database {database} cannot be used: {reason}")
+
+
+def _fence_sqlite(engine: sa.Engine, database: Path) -> None:
+    @sa.event.listens_for(engine, "handle_error")
+    def on_error(context: sa.engine.ExceptionContext) -> BaseException | None:
+        # Every error of the engine's connections, first connection included, comes through here.
+        return _unusable(context.original_exception, database)
+
     @sa.event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from pysqlite so that writes can BEGIN IMMEDIATE: two writers
@@ -85,8 +117,14 @@ def _fence_sqlite(engine: sa.Engine) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         # On the driver's connection: through SQLAlchemy's execution machinery, each BEGIN
         # cost as much CPU as a statement, for every write transaction.
-        connection.connection.driver_connection.execute(  # type: ignore[union-attr]
-            "BEGIN" if read_only else "BEGIN IMMEDIATE")
+        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        try:
+            connection.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            # Raised in an event hook, it escapes SQLAlchemy's wrapping and the error hook: a
+            # database still locked after the busy timeout would pass for a bug.
+            raise _unusable(exc, database) or sa.exc.DBAPIError.instance(
+                statement, None, exc, sqlite3.Error) from exc
 
 
 def lock_for_migration(conn: sa.Connection) -> None:

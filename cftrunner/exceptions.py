@@ -7,6 +7,8 @@
     │   ├── RunNotFoundError  no run with that id
     │   └── ItemNotFoundError no item at that position in the run
     ├── StaleStateError       a compare-and-set found another state than the one it moves from
+    ├── UnusableDatabaseError the state database cannot be used as it is, and retrying would not
+    │                         help: a directory, not a database, corrupt, read-only (CLI exit 65)
     ├── ApiError              the HTTP boundary (mapped from requests in exactly one place)
     │   ├── TransientError    worth trying again later: connection trouble, timeouts, 408, 429, 5xx
     │   ├── RejectedError     a 4xx: the server refused the request, so it surely did not happen
@@ -20,6 +22,9 @@
         ├── StillTraining     the followed job is still training: look again later (exit 0)
         └── OutcomePending    whether a lost request happened cannot be told yet: look again later
             └── NeedsDecision not told in time: a person decides with `cftrunner settle` (exit 5)
+
+The driver's errors become UnusableDatabaseError in one place, the engine's error hook (dialect.py);
+every other database error stays SQLAlchemy's own, which the CLI takes as worth a retry (exit 3).
 
 Each ApiError says whether the request may have reached the server (`maybe_happened`); that single
 bit decides between sending again and reconciling against remote state first.
@@ -61,6 +66,12 @@ class ItemNotFoundError(InputError):
 
 class StaleStateError(CftrunnerError):
     """The run or item is no longer in the state this change moves it from."""
+
+
+class UnusableDatabaseError(CftrunnerError):
+    """The state database cannot be used as it is: retrying will not help, repairing it or
+    pointing at another one will. (A database that is locked, full, or whose server is down is
+    not this: a later retry may succeed.)"""
 
 
 class JudgeOutputError(CftrunnerError):

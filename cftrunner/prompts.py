@@ -31,7 +31,8 @@ def iter_prompts(path: str | os.PathLike[str]) -> Iterator[str]:
     a "prompt" field, blank lines skipped. JSONL is chosen by the `.jsonl` suffix, or when the first
     line is a JSON string, or an object with a "prompt" field or with more lines after it.
 
-    Every prompt must be a non-blank string, and no prompt may repeat another: two identical
+    Every prompt must be a non-blank string of Unicode text without a NUL character (no lone
+    surrogate from a JSON escape such as "\\ud800"), and no prompt may repeat another: two identical
     prompts would give two identical traces that reconciling a lost answer could not tell apart,
     and a duplicated training example is rarely intended. A file that cannot be read, or is empty,
     raises PromptsError at once; a bad prompt raises it when iteration reaches it, naming the file,
@@ -204,7 +205,7 @@ def _checked(file: Path, entries: Iterator[_Entry], jsonl: bool) -> Iterator[str
             raise PromptsError(f"{where} is {_json_type(value)}, not a string")
         if not value.strip():
             raise PromptsError(f"{where} is empty or only whitespace")
-        digest = _digest(value)
+        digest = _digest(_text_bytes(value, where))
         if digest in seen:
             first = _first_copy(file, value, index, jsonl)
             if first is not None:  # else two different prompts share a digest: not a duplicate
@@ -213,9 +214,23 @@ def _checked(file: Path, entries: Iterator[_Entry], jsonl: bool) -> Iterator[str
         yield value
 
 
-def _digest(prompt: str) -> bytes:
-    # surrogatepass: a JSON "\ud800" escape decodes to a lone surrogate, which UTF-8 cannot encode.
-    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def _text_bytes(prompt: str, where: str) -> bytes:
+    """The prompt as UTF-8, once it is text that both databases store as it is."""
+    # PostgreSQL refuses a NUL in text, where SQLite would keep it: refused here for both alike.
+    nul = prompt.find("\x00")
+    if nul >= 0:
+        raise PromptsError(f"{where} holds a NUL character (\\u0000 at character {nul}), which the "
+                           "state database cannot store")
+    try:
+        return prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # A JSON escape such as "\ud800" alone decodes to half a character, which no text holds.
+        raise PromptsError(f"{where} holds a lone surrogate (\\u{ord(prompt[error.start]):04x} at "
+                           f"character {error.start}), which is not Unicode text") from None
+
+
+def _digest(prompt: bytes) -> bytes:
+    return hashlib.blake2b(prompt, digest_size=16).digest()
 
 
 def _first_copy(file: Path, prompt: str, before: int, jsonl: bool) -> str | None:

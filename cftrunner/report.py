@@ -14,6 +14,7 @@ from typing import Any
 from cftrunner.exceptions import InputError
 from cftrunner.models import Run, RunSummary
 from cftrunner.render import duration
+from cftrunner.run_ids import check_run_id
 from cftrunner.settings import Settings
 from cftrunner.states import ITEM_FAILED, ItemStage, RunState
 from cftrunner.store import Store
@@ -290,6 +291,7 @@ def trend_table(rows: Sequence[TrendRow]) -> str:
 
 def report_text(settings: Settings, run_id: str, as_json: bool) -> str:
     """What `cftrunner report RUN_ID` prints."""
+    check_run_id(run_id)
     store = Store(settings.db_url)
     try:
         summary = store.summary(store.run(run_id))

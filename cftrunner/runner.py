@@ -216,14 +216,16 @@ class Runner:
                               f"stopped by {name}; the run is intact, resume it")
         held = self.lease or self.worker
         if held is not None:
-            # After a pause (SIGSTOP, a frozen VM) the lost flag may not be set yet: check the
-            # lease against the clock, and against the database once the clock says it lapsed.
-            self._ensure_lease()
             now = time.monotonic()
             if now - self._cancel_checked >= 1.0:
                 self._cancel_checked = now
                 if self.store.cancel_requested(held.run_id):
                     raise _Cancelled()
+            # Last, as the client calls this just before a send: no database read stands between
+            # the check and the request. After a pause (SIGSTOP, a frozen VM) the lost flag may
+            # not be set yet: check the lease against the clock, and against the database once
+            # the clock says it lapsed.
+            self._ensure_lease()
 
     def pause(self, seconds: float) -> None:
         self.sleep(seconds)

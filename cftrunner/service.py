@@ -23,6 +23,7 @@ from cftrunner.exceptions import (
 from cftrunner.lease import busy, current_owner, keeps_out, provably_dead
 from cftrunner.models import Effect, EffectStatus, Run
 from cftrunner.prompts import iter_prompts
+from cftrunner.run_ids import check_run_id
 from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
@@ -35,17 +36,12 @@ from cftrunner.tick import tick as run_tick
 MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
 
 
-def _check_run_id(run_id: str) -> None:
-    if not run_id or len(run_id) > 100 or not all(c.isalnum() or c in "-_." for c in run_id):
-        raise InputError(f"run id {run_id!r} must be 1-100 letters, digits, '-', '_' or '.'")
-
-
 def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
           stop: Stop | None = None, display: Display = no_display, cycle: str | None = None) -> Run:
     """Check everything, store the run with its items, announce its id, then drive it (with
     `display` showing its progress). `cycle`: the configured cycle's own name, if it has one."""
     if spec.run_id is not None:
-        _check_run_id(spec.run_id)
+        check_run_id(spec.run_id)
     if not settings.api_key:
         raise InputError(MISSING_KEY)
     for name, value in (("project id", spec.project_id), ("model alias", spec.model_alias),
@@ -90,6 +86,7 @@ def resume(settings: Settings, run_id: str, stop: Stop | None = None,
            display: Display = no_display, worker: bool = False) -> Run:
     """Drive the run alone (another live driver makes it busy), or, as a `worker`, work on its
     items beside others, then drive it unless another process does."""
+    check_run_id(run_id)
     store = Store(settings.db_url)
     try:
         run = store.run(run_id)
@@ -151,6 +148,7 @@ def tick_each(resolved: Resolved, cycles: Iterable[Cycle], stop: Stop | None = N
 
 def cancel(settings: Settings, run_id: str) -> str:
     """Cancel a run: at once when nobody drives it, else at the driver's next checkpoint."""
+    check_run_id(run_id)
     store = Store(settings.db_url)
     try:
         if store.run(run_id).finished or not store.request_cancel(run_id):
@@ -238,6 +236,8 @@ def _effect_to_settle(store: Store, run: Run, target: str) -> Effect:
 
 
 def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
+    if run_id is not None:
+        check_run_id(run_id)
     store = Store(settings.db_url)
     try:
         now = utcnow()
@@ -255,6 +255,7 @@ def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
 
 
 def show_text(settings: Settings, run_id: str, position: int, as_json: bool) -> str:
+    check_run_id(run_id)
     store = Store(settings.db_url)
     try:
         run = store.run(run_id)

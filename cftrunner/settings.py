@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -302,7 +304,21 @@ def apply(settings: Settings, values: Mapping[str, Any]) -> Settings:
 
 def read_key_file(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
+        key = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise InputError(f"cannot read the API key file {path}: {reason}") from None
+    if not key:
+        # Named, so it is not taken for a key missing from the environment.
+        raise InputError(f"the API key file {path} is empty")
+    return key
+
+
+def key_file_mode_if_loose(path: str) -> int | None:
+    """The key file's permission bits when its group or others may read it (as ssh refuses for
+    a private key); None when only its owner may, or when it cannot be told."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None

@@ -13,6 +13,7 @@ import pytest
 from cftrunner.client import PremClient, Timeouts
 from cftrunner.exceptions import AuthError, BadResponseError, RejectedError, TransientError
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
+from tests.servers import EchoingServer
 
 
 @pytest.fixture
@@ -99,6 +100,39 @@ def test_error_messages_never_carry_the_key(sandbox: Sandbox) -> None:
     with pytest.raises(AuthError) as caught:
         client.project(DEFAULT_PROJECT_ID)
     assert "s3cret" not in str(caught.value) and "s3cret" not in repr(caught.value.__dict__)
+
+
+SECRET = "sk-live-0123456789abcdef"
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 500])
+def test_an_error_body_echoing_the_key_carries_it_redacted(status: int) -> None:
+    with EchoingServer(status) as server:
+        client = PremClient(server.url, SECRET)
+        with pytest.raises((RejectedError, TransientError)) as caught:
+            client.create_snapshot("d", 80)
+        client.close()
+    assert SECRET not in caught.value.message
+    assert caught.value.message.endswith("got Authorization: Bearer [redacted]")
+
+
+def test_any_bearer_token_in_an_error_body_is_redacted() -> None:
+    with EchoingServer(400, lambda _auth: "your header was 'bearer other-token-9f8e'") as server:
+        client = PremClient(server.url, SECRET)
+        with pytest.raises(RejectedError) as caught:
+            client.project("p")
+        client.close()
+    assert "other-token" not in caught.value.message
+    assert caught.value.message.endswith("your header was 'bearer [redacted]'")
+
+
+def test_a_key_that_a_long_error_body_would_cut_is_redacted_whole() -> None:
+    with EchoingServer(400, lambda _auth: "x" * 280 + f" key={SECRET}") as server:
+        client = PremClient(server.url, SECRET)
+        with pytest.raises(RejectedError) as caught:
+            client.project("p")
+        client.close()
+    assert SECRET[:8] not in caught.value.message
 
 
 JUDGE = "claude-4.5-sonnet"

@@ -5,17 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
 
 from cftrunner.exceptions import LeaseLost, RunBusy
 from cftrunner.lease import Lease, current_owner, process_start, provably_dead
+from cftrunner.limiter import RateLimiter
 from cftrunner.models import LeaseInfo, Owner
+from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.states import ItemStage, RunState
 from cftrunner.store import Store
-from tests.conftest import make_run
+from tests.conftest import Harness, make_run, requests_sent
 
 
 @pytest.fixture
@@ -136,3 +138,47 @@ def test_a_fenced_transition_by_the_holder_succeeds(store: Store) -> None:
     with store.tx(fence=lease) as tx:
         tx.transition_run("r1", RunState.CREATED, RunState.CANCELLED, failure_reason="x")
     assert store.run("r1").state is RunState.CANCELLED
+
+
+# The check just before a send: a lease that lapses before it, and is taken over, sends nothing.
+SHORT_LEASE = 0.5  # seconds; valid locally for 0.4 of them
+
+
+def taken_over(harness: Harness, run_id: str) -> None:
+    """Another process takes the run, once its lease has lapsed."""
+    time.sleep(SHORT_LEASE + 0.1)
+    harness.store.acquire_lease(Lease(run_id, Owner("other-host", "b", 2, "2"), 30), never)
+
+
+def test_a_lease_lost_while_a_request_waits_for_its_turn_stops_it_unsent(
+        make_harness: Callable[..., Harness], sandbox: Sandbox) -> None:
+    harness = make_harness(sandbox, lease_seconds=SHORT_LEASE)
+    run_id = harness.start()
+
+    def paused(_seconds: float) -> None:  # the rate limiter's pause, long enough to lose the run
+        taken_over(harness, run_id)
+
+    harness.runner.client.limiter = RateLimiter(sleep=paused)
+    harness.runner.client.limiter.pushed_back(0.01)
+    with pytest.raises(LeaseLost):
+        harness.runner.client.project(DEFAULT_PROJECT_ID)
+    assert requests_sent(sandbox) == 0
+
+
+def test_a_lease_lost_while_the_cancel_check_reads_stops_the_request_unsent(
+        make_harness: Callable[..., Harness], sandbox: Sandbox,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel check reads the database just before a send; however long that read takes,
+    the lease is checked after it."""
+    harness = make_harness(sandbox, lease_seconds=SHORT_LEASE)
+    run_id = harness.start()
+    read = harness.store.cancel_requested
+
+    def slow_read(of: str) -> bool:  # a read that waits, as for a pooled connection
+        taken_over(harness, run_id)
+        return read(of)
+
+    monkeypatch.setattr(harness.store, "cancel_requested", slow_read)
+    with pytest.raises(LeaseLost):
+        harness.runner.client.project(DEFAULT_PROJECT_ID)
+    assert requests_sent(sandbox) == 0

@@ -427,6 +427,35 @@ def test_an_unreadable_key_file_is_an_error(tmp_path: Path, run: Resolve,
     assert f"cannot read the API key file {tmp_path / 'nope'}" in refusal(run)
 
 
+def test_the_held_out_prompts_are_checked_as_the_prompts_are(tmp_path: Path) -> None:
+    holdout = tmp_path / "holdout.json"
+    holdout.write_text('["fine", "not\\u0000fine"]')
+    with pytest.raises(InputError, match=re.escape(f"{holdout}: prompt 1 holds a NUL character")):
+        config.Cycle(promote=True, holdout_prompts=str(holdout)).loop()
+
+
+@pytest.mark.parametrize("text", ["", " \n\t\n"])
+def test_an_empty_key_file_is_an_error_naming_it(tmp_path: Path, run: Resolve, text: str) -> None:
+    (tmp_path / "key").write_text(text)
+    assert refusal(run, {"api_key_file": "key"}) == f"the API key file {tmp_path / 'key'} is empty"
+
+
+def test_a_key_file_others_may_read_is_used_with_a_warning(tmp_path: Path, run: Resolve) -> None:
+    (tmp_path / "key").write_text(KEY)
+    (tmp_path / "key").chmod(0o644)
+    resolved = run({"api_key_file": "key"})
+    assert resolved.settings.api_key == KEY
+    [(event, fields)] = resolved.notices
+    assert event == "api_key_file_permissions"
+    assert fields["path"] == str(tmp_path / "key") and fields["mode"] == "0644"
+
+
+def test_a_key_file_only_its_owner_may_read_gives_no_warning(tmp_path: Path, run: Resolve) -> None:
+    (tmp_path / "key").write_text(KEY)
+    (tmp_path / "key").chmod(0o600)
+    assert run({"api_key_file": "key"}).notices == ()
+
+
 def test_no_key_anywhere_is_empty_not_an_error(run: Resolve) -> None:
     resolved = run()
     assert (resolved.settings.api_key, resolved.sources["api_key"]) == ("", "default")

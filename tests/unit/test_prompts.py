@@ -181,6 +181,24 @@ def test_prompts_differing_only_in_whitespace_are_not_duplicates(write_json: Wri
     assert load_prompts(write_json(["a", "a "])) == ["a", "a "]
 
 
+def test_a_nul_character_names_its_index(write_json: WriteFile) -> None:
+    message = failure(write_json(["a", "b\u0000c"]))
+    assert message.endswith("prompt 1 holds a NUL character (\\u0000 at character 1), which the "
+                            "state database cannot store")
+
+
+def test_a_lone_surrogate_names_its_index(write_json: WriteFile) -> None:
+    message = failure(write_json(["a", "b", "c\ud800"]))
+    assert message.endswith("prompt 2 holds a lone surrogate (\\ud800 at character 1), which is "
+                            "not Unicode text")
+
+
+def test_a_surrogate_pair_escape_is_one_character(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.json"
+    path.write_text('["smile \\ud83d\\ude00"]', encoding="ascii")
+    assert load_prompts(path) == ["smile \U0001f600"]
+
+
 # JSONL: one prompt a line
 
 
@@ -229,6 +247,16 @@ def test_a_jsonl_prompt_field_that_is_not_a_string(write_lines: WriteLines) -> N
 def test_a_jsonl_line_neither_string_nor_object(write_lines: WriteLines) -> None:
     message = failure(write_lines('"a"', '["b"]'))
     assert 'line 2: prompt 1 is an array, not a string or an object with a "prompt" field' in message
+
+
+def test_a_jsonl_nul_character_names_its_line_and_index(write_lines: WriteLines) -> None:
+    message = failure(write_lines('"a"', "", '{"prompt": "\\u0000"}'))
+    assert "line 3: prompt 1 holds a NUL character" in message
+
+
+def test_a_jsonl_lone_surrogate_names_its_line_and_index(write_lines: WriteLines) -> None:
+    message = failure(write_lines('"a"', '"\\udfff b"'))
+    assert "line 2: prompt 1 holds a lone surrogate (\\udfff at character 0)" in message
 
 
 def test_a_blank_jsonl_prompt_names_its_line_and_index(write_lines: WriteLines) -> None:
