@@ -219,6 +219,9 @@ class PremClient:
     def create_trace(self, body: Any) -> str:
         return payloads.parse_trace_created(self.request("POST", "/api/v1/traces", body))
 
+    def delete_trace(self, trace_id: str) -> None:
+        self.request("DELETE", f"/api/v1/traces/{trace_id}")
+
     def add_to_dataset(self, trace_id: str) -> AddResult:
         return payloads.parse_add(self.request("POST", f"/api/v1/traces/{trace_id}/addToDataset"))
 

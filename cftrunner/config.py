@@ -60,6 +60,7 @@ there is one). It is TOML and may hold every setting but the API key::
 
     [api]
     trace_shape = "tutorial"           # "tutorial" | "batch"
+    marker_traces = true               # see "Exactly once" in the README
 
     [[cycles]]                         # optional, any number: one cycle each, in this order
     name = "support"                   # default "project_id/model_alias"; unique in the file

@@ -135,6 +135,24 @@ def parse_chat(body: Any) -> ChatResult:
                       usage if isinstance(usage, dict) else {})
 
 
+MARKER_INPUT = "cftrunner marker"  # then the run id and the marker's key
+
+
+def marker_request(shape: str, project_id: str, model_id: str, run_id: str,
+                   key: str) -> dict[str, Any]:
+    """A marker trace: written only to show how far the trace list has caught up; never added to
+    the dataset, and deleted once the run no longer needs it."""
+    return {"shape": shape, "project_id": project_id, "model_id": model_id,
+            "input": f"{MARKER_INPUT} {run_id} {key}",
+            "output": "Written by cftrunner to see how far the trace list has caught up; "
+                      "it is deleted once seen, and never added to a dataset.",
+            "score": 1.0, "feedback": ""}
+
+
+def is_marker_of(trace_input: str, run_id: str) -> bool:
+    return trace_input.startswith(f"{MARKER_INPUT} {run_id} ")
+
+
 def trace_body(shape: str, project_id: str, model_id: str, input: str, output: str,
                score: float, feedback: str) -> Any:
     if shape == "tutorial":

@@ -27,9 +27,11 @@ from cftrunner.store import Store
 
 @dataclass(frozen=True)
 class Unknown:
-    """Whether the lost request happened cannot be told yet, and why."""
+    """Whether the lost request happened cannot be told yet, and why; `unmarked`: the list
+    shows nothing the run wrote after it, so a marker trace would help."""
 
     reason: str
+    unmarked: bool = False
 
 
 Verdict = dict[str, Any] | None | Unknown  # the outcome it had; None: it surely did not happen
@@ -52,6 +54,8 @@ class Reconciler:
         # missing, with when they were done.
         self._lag_seen = 0.0
         self._missing: dict[tuple[str, str], datetime] = {}
+        # Marker traces of a run seen in the list, by run: deleted with the others once done.
+        self.markers_seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def since(self, effect: Effect) -> datetime:
@@ -90,7 +94,7 @@ class Reconciler:
         since = self.since(effect)
         read_at = utcnow()
         listed: dict[str, RemoteTrace] = {}
-        for trace in self.traces_since(run, since):
+        for trace in self._listing(run, since):
             listed[trace.id] = trace
             if (trace.input == want["input"] and trace.output == want["output"]
                     and (trace.created_at is None or trace.created_at >= since)
@@ -114,7 +118,7 @@ class Reconciler:
         Runner._what_became_of)."""
         sent_by = effect.updated_at
         shown = [(mark, _shows(mark, listed, whole_run))
-                 for mark in self.store.done_effects(run.id, ("trace", "add"), effect.prepared_at)
+                 for mark in self.store.done_effects(run.id, MARK_KINDS, effect.prepared_at)
                  if mark.key != effect.key and mark.updated_at < read_at]
         lag = self._seen_behind(run.id, read_at, shown)
         high_water = None
@@ -124,7 +128,8 @@ class Reconciler:
             if seen and mark.prepared_at > sent_by:
                 high_water = mark
         if high_water is None:
-            return Unknown("the trace list shows nothing this run wrote after it yet")
+            return Unknown("the trace list shows nothing this run wrote after it yet",
+                           unmarked=True)
         waited = (utcnow() - sent_by).total_seconds()
         if waited <= LAG_MARGIN * lag:
             return Unknown(f"the trace list was seen up to {lag:.1f} s behind this run's "
@@ -146,6 +151,14 @@ class Reconciler:
                     self._lag_seen = max(self._lag_seen, (read_at - missed).total_seconds())
             return self._lag_seen
 
+    def _listing(self, run: Run, since: datetime) -> Iterator[RemoteTrace]:
+        """`traces_since`, noting the run's marker traces it shows."""
+        for trace in self.traces_since(run, since):
+            if trace.input is not None and payloads.is_marker_of(trace.input, run.id):
+                with self._lock:
+                    self.markers_seen.setdefault(run.id, set()).add(trace.id)
+            yield trace
+
     def find_traces(self, run: Run, trace_ids: set[str], since: datetime) -> dict[str, RemoteTrace]:
         found: dict[str, RemoteTrace] = {}
         for trace in self.traces_since(run, since):
@@ -160,7 +173,7 @@ class Reconciler:
         read_at = utcnow()
         # Every trace of the run: the marks may be anywhere in the list.
         listed: dict[str, RemoteTrace] = {}
-        for trace in self.traces_since(run, trace_since):
+        for trace in self._listing(run, trace_since):
             listed[trace.id] = trace
             if trace.id == trace_id and trace.added_to_dataset:
                 status = {"processing": "queued", "failed": "failed"}.get(
@@ -212,10 +225,15 @@ class Reconciler:
         return {"job_id": match["id"]}
 
 
+MARK_KINDS = ("trace", "add", "marker")
+
+
 def _shows(mark: Effect, listed: dict[str, RemoteTrace], whole_run: bool) -> bool | None:
     """Whether the list shows what a mark wrote; None when the part of the list read cannot
-    tell (an addition to a trace older than that part)."""
-    if mark.kind == "trace":
+    tell (an addition to a trace older than that part), or for a marker already deleted."""
+    if mark.kind == "marker" and (mark.outcome or {}).get("deleted"):
+        return None
+    if mark.kind in ("trace", "marker"):
         return (mark.outcome or {}).get("trace_id") in listed
     if not (mark.outcome or {}).get("success") or (mark.outcome or {}).get("status") == "failed":
         return None  # a failed addition need never show

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cftrunner import crashpoints, gate, payloads
+from cftrunner import crashpoints, gate, markers, payloads
 from cftrunner.exceptions import ApiError, RunStopped
 from cftrunner.models import Item, Run
 from cftrunner.payloads import RemoteTrace
@@ -137,6 +137,7 @@ def _gate_passes(r: Runner, run: Run) -> bool:
 
 
 def snapshot(r: Runner, run: Run) -> None:
+    markers.clean(r, run)
     _wait(r, "waiting for the platform's corrections", r.settings.processing_timeout,
           lambda: _corrections_settled(r, run))
     if not _gate_passes(r, run):

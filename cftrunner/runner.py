@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from cftrunner import claims, crashpoints, loop, run_steps, steps
+from cftrunner import claims, crashpoints, loop, markers, run_steps, steps
 from cftrunner.client import PremClient, Timeouts
 from cftrunner.exceptions import (
     ApiError,
@@ -476,9 +476,11 @@ class Runner:
         last have been sent (NeedsDecision): then a person decides. Nothing is sent meanwhile."""
         if effect.settled is not None:
             return effect.settled
-        if effect.status is EffectStatus.PREPARED and effect.updated_at < self.held_since(item):
-            # Stored by a process that held the item (or run) before this one: that process may
-            # have sent it at any moment until this one took over, which is before now.
+        if (effect.status is EffectStatus.PREPARED and effect.error is None
+                and effect.updated_at < self.held_since(item)):
+            # An intent a process that held the item (or run) before this one stored, and no
+            # attempt of it known to have ended: that process may have sent it at any moment
+            # until this one took over, which is before now.
             with self._tx_for(item) as tx:
                 effect = tx.note_unknown_outcome(effect, "the process that prepared it stopped")
         waited = (utcnow() - effect.updated_at).total_seconds()
@@ -509,6 +511,8 @@ class Runner:
                 raise OutcomePending(
                     f"run {run.id}: whether {what} happened is not known yet ({verdict.reason}); "
                     f"nothing was sent again; `cftrunner resume {run.id}` looks again")
+            if verdict.unmarked and self.settings.marker_traces:
+                markers.mark_after(self, run, effect.updated_at)
             self.pause(self.settings.poll_interval)
 
     @contextmanager

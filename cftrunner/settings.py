@@ -60,6 +60,9 @@ class Settings:
     shutdown_grace: float = 30.0
     # Requests in flight at once, at most (see item_workers).
     concurrency: int = 8
+    # When nothing the run writes later can show that the trace list caught up past a lost
+    # request, write a marker trace that can (never added to the dataset; deleted once done).
+    marker_traces: bool = True
     # A ceiling on requests per second across the run; None for none.
     max_rps: float | None = None
     # How long one invocation follows a training job (0: read it once), and how often.
@@ -286,6 +289,8 @@ KEYS: tuple[Key, ...] = (
     _setting("api.concurrency", "settings.concurrency", Rule("integer", 1, 256),
              "CFTRUNNER_CONCURRENCY"),
     _setting("api.max_rps", "settings.max_rps", POSITIVE, "CFTRUNNER_MAX_RPS"),
+    _setting("api.marker_traces", "settings.marker_traces", Rule("boolean"),
+             "CFTRUNNER_MARKER_TRACES"),
 )
 KEY_BY_NAME = {key.name: key for key in KEYS}
 

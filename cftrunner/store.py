@@ -370,6 +370,14 @@ class Store:
                 effects.c.prepared_at >= prepared_since).order_by(effects.c.prepared_at)).all()
         return [effect_from(r) for r in rows]
 
+    def latest_effect(self, run_id: str, kind: str) -> Effect | None:
+        """The run's effect of `kind` prepared last."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(effects).where(
+                effects.c.run_id == run_id, effects.c.kind == kind)
+                .order_by(effects.c.prepared_at.desc()).limit(1)).first()
+        return None if row is None else effect_from(row)
+
     def snapshots_of(self, dataset_id: str) -> list[str]:
         """The snapshots of the dataset that runs in this database made."""
         with self._read() as conn:

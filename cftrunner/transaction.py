@@ -210,10 +210,10 @@ class Tx:
             # prepared_at keeps the first attempt's time: any earlier attempt may be the one that
             # landed, so reconciliation must look back that far.
             self._set_effect(previous, now, status=EffectStatus.PREPARED.value, request=request,
-                             attempts=previous.attempts + 1, outcome=None)
+                             attempts=previous.attempts + 1, outcome=None, error=None)
             prepared = dataclasses.replace(previous, status=EffectStatus.PREPARED,
                                            request=request, attempts=previous.attempts + 1,
-                                           updated_at=now, outcome=None)
+                                           updated_at=now, outcome=None, error=None)
         self.event(run_id, "effect_prepared", item_id, key=key, attempt=prepared.attempts)
         return prepared
 

@@ -116,7 +116,7 @@ class Trace:
     score: float
     feedback: str
     created_clock: float = 0.0  # monotonic, as the world's clock
-    lag: float = 0.0  # how late the trace list shows this trace and its changes
+    lag_share: float = 1.0  # its share of the list's lag, when that is uneven
     added_at: float | None = None  # monotonic: when it was first added to the dataset
     processing_until: float | None = None
     correction_fails: bool = False
@@ -125,9 +125,10 @@ class Trace:
     def added_to_dataset(self) -> bool:
         return self.added_at is not None
 
-    def listed(self, now: float) -> dict[str, Any] | None:
-        """The trace as the (lagging) trace list shows it at `now`; None while it shows none."""
-        seen = now - self.lag
+    def listed(self, now: float, lag: float) -> dict[str, Any] | None:
+        """The trace as the trace list, `lag` seconds behind for it, shows it at `now`; None
+        while it shows none."""
+        seen = now - lag
         if seen < self.created_clock:
             return None
         shown = self.to_json(seen)

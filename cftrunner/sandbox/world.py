@@ -64,6 +64,7 @@ class World:
         self._recs: dict[str, Recommendations] = {}
         self._jobs: dict[str, Job] = {}
         self._experiments: dict[str, tuple[Job, Experiment]] = {}
+        self.deleted: list[dict[str, Any]] = []  # the traces deleted, as they were
         self.models = ModelBook(
             self.settings.base_quality, (*self.settings.judge_models, *catalog.BASE_MODELS)
         )
@@ -159,18 +160,15 @@ class World:
                 moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
                 self._last_created = max(self._last_created, moment)
                 trace = Trace(_new_id(), self._seq, self._last_created, **asdict(draft),
-                              created_clock=self._clock(), lag=self._list_lag())
+                              created_clock=self._clock(), lag_share=self._lags.random())
                 self._traces[trace.id] = trace
                 self.ledger.acted("traces")
                 created.append(trace.to_json(self._clock()))
             return created
 
-    def _list_lag(self) -> float:
-        lag = self.settings.list_lag
-        return lag * self._lags.random() if self.settings.list_lag_uneven else lag
-
     def set_list_lag(self, seconds: float, uneven: bool = False) -> None:
-        """How late the trace list shows traces created from now on (and their changes)."""
+        """How late the trace list shows each trace and its changes, from now on; `uneven`:
+        each trace late by its own share of it."""
         with self._lock:
             self.settings = dataclasses.replace(
                 self.settings, list_lag=seconds, list_lag_uneven=uneven
@@ -179,12 +177,13 @@ class World:
     def list_traces(self, query: TraceQuery) -> dict[str, Any]:
         with self._lock:
             now = self._clock()
+            lag, uneven = self.settings.list_lag, self.settings.list_lag_uneven
             rows = [
                 (t, shown)
                 for t in self._traces.values()
                 if (query.project_id is None or t.project_id == query.project_id)
                 and (not query.model_ids or t.model_id in query.model_ids)
-                and (shown := t.listed(now)) is not None
+                and (shown := t.listed(now, lag * t.lag_share if uneven else lag)) is not None
             ]
             if query.sort_by == "score":
                 rows.sort(key=lambda r: (r[0].score, r[0].seq), reverse=query.sort_order == "desc")
@@ -217,7 +216,7 @@ class World:
 
     def delete_trace(self, trace_id: str) -> None:
         with self._lock:
-            _get(self._traces, trace_id, "trace")
+            self.deleted.append(_get(self._traces, trace_id, "trace").to_json(self._clock()))
             del self._traces[trace_id]
             self.ledger.acted("traces_deleted")
 

@@ -67,7 +67,8 @@ def test_random_kills_and_lost_answers_against_a_lagging_list_never_duplicate(
         assert ended.returncode in (KILLED, EXIT_STOPPED), tail(ended.stderr)
         endings.append(ended.returncode)
     else:
-        pytest.fail(f"not launched after {MAX_LIVES} processes: {endings}")
+        pytest.fail(f"not launched after {MAX_LIVES} processes: {endings}; the last one's "
+                    f"stderr ends: {tail(ended.stderr)}")
 
     assert KILLED in endings
     assert_launched_once(cli, sandbox, len(PROMPTS))
@@ -80,7 +81,7 @@ def test_an_outcome_never_told_is_exit_5_until_a_person_settles_it(
     write_prompts(cli.prompts, PROMPTS[:1])
     sandbox.add_fault(FaultRule(route="trace_create", kind="drop", times=1))
     sandbox.set_list_lag(3600)
-    give_up = {"CFTRUNNER_RECONCILE_GIVE_UP": "0"}
+    give_up = {"CFTRUNNER_RECONCILE_GIVE_UP": "0", "CFTRUNNER_MARKER_TRACES": "false"}
 
     first = cli.run(*cli.start_args(RUN_ID), env=give_up)
     again = cli.run("resume", RUN_ID, env=give_up)
@@ -93,6 +94,7 @@ def test_an_outcome_never_told_is_exit_5_until_a_person_settles_it(
     assert sandbox.counts()["requests"]["trace_create"] == 1
 
     [made] = sandbox.world.traces()
+    sandbox.set_list_lag(0)
     settled = cli.run("settle", RUN_ID, "0", "--happened", "--id", made["id"])
     repeated = cli.run("settle", RUN_ID, "0", "--happened", "--id", made["id"])
     resumed = cli.run("resume", RUN_ID)
@@ -117,7 +119,8 @@ def test_a_settle_that_cannot_be_taken_is_one_line_exit_2_and_changes_nothing(
     write_prompts(cli.prompts, PROMPTS[:1])
     sandbox.add_fault(FaultRule(route="trace_create", kind="drop", times=1))
     sandbox.set_list_lag(3600)
-    stopped = cli.run(*cli.start_args(RUN_ID), env={"CFTRUNNER_RECONCILE_GIVE_UP": "0"})
+    stopped = cli.run(*cli.start_args(RUN_ID), env={"CFTRUNNER_RECONCILE_GIVE_UP": "0",
+                                                  "CFTRUNNER_MARKER_TRACES": "false"})
     assert stopped.returncode == EXIT_DECIDE, tail(stopped.stderr)
 
     refused = cli.run(*args)
