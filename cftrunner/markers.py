@@ -55,7 +55,7 @@ def mark_after(r: Runner, run: Run, after: datetime) -> None:
 def clean(r: Runner, run: Run) -> None:
     """Delete the run's marker traces: those whose ids are stored, and, if an answer was lost,
     any the trace list shows under the run's marker input. Never fails the run."""
-    markers = [e for e in r.store.effects(run.id) if e.kind == "marker"]
+    markers = r.store.effects(run.id, "marker")
     if not markers:
         return
     doomed: dict[str, str | None] = {e.key: (e.outcome or {}).get("trace_id") for e in markers

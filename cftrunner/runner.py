@@ -112,8 +112,9 @@ class Runner:
         self._worker_beat: Heartbeat | None = None
         self._cancel_checked = 0.0
         self.tokens = TokenMeter(store)
-        # Since when this process holds each item it claimed (by id), and the run (None).
-        self._held_since: dict[int | None, datetime] = {}
+        # Since when this process holds each run (by id) and each item it claimed (by run id and
+        # item id).
+        self._held_since: dict[tuple[str, int | None], datetime] = {}
         # Since when this process looks for the outcome of each effect it cannot tell yet.
         self._looking: dict[tuple[str, str], float] = {}
         # Items set aside in this pass because their effects' outcomes are not known yet, and
@@ -130,7 +131,7 @@ class Runner:
         lease = Lease(run_id, current_owner(), self.settings.lease_seconds)
         self.store.create_run(self.new_run(run_id, spec, cycle), prompts, lease)
         self.lease = lease
-        self.held([None])
+        self.held(run_id, [None])
         return self.store.run(run_id)
 
     @staticmethod
@@ -154,17 +155,18 @@ class Runner:
         lease = Lease(run_id, me, self.settings.lease_seconds)
         run = self.store.acquire_lease(lease, lambda held: provably_dead(held.owner, me))
         self.lease = lease
-        self.held([None])
+        self.held(run_id, [None])
         return run
 
-    def held(self, item_ids: Iterable[int | None]) -> None:
-        """Note that this process holds these items (None: the run's lease) from now on."""
+    def held(self, run_id: str, item_ids: Iterable[int | None]) -> None:
+        """Note that this process holds these items of the run (None: the run's lease) from now
+        on."""
         now = utcnow()
         for item_id in item_ids:
-            self._held_since.setdefault(item_id, now)
+            self._held_since.setdefault((run_id, item_id), now)
 
-    def held_since(self, item: Item | None) -> datetime:
-        return self._held_since.get(item.id if item is not None else None, utcnow())
+    def held_since(self, run_id: str, item: Item | None) -> datetime:
+        return self._held_since.get((run_id, item.id if item is not None else None), utcnow())
 
     def release(self) -> None:
         if self.lease is not None and not self.lease.lost.is_set():
@@ -477,7 +479,7 @@ class Runner:
         if effect.settled is not None:
             return effect.settled
         if (effect.status is EffectStatus.PREPARED and effect.error is None
-                and effect.updated_at < self.held_since(item)):
+                and effect.updated_at < self.held_since(run.id, item)):
             # An intent a process that held the item (or run) before this one stored, and no
             # attempt of it known to have ended: that process may have sent it at any moment
             # until this one took over, which is before now.

@@ -286,11 +286,11 @@ KEYS: tuple[Key, ...] = (
         "CFTRUNNER_TOKEN_BUDGET"),
     _setting("api.trace_shape", "settings.trace_shape", Rule("choice", choices=TRACE_SHAPES),
              "CFTRUNNER_TRACE_SHAPE"),
+    _setting("api.marker_traces", "settings.marker_traces", Rule("boolean"),
+             "CFTRUNNER_MARKER_TRACES"),
     _setting("api.concurrency", "settings.concurrency", Rule("integer", 1, 256),
              "CFTRUNNER_CONCURRENCY"),
     _setting("api.max_rps", "settings.max_rps", POSITIVE, "CFTRUNNER_MAX_RPS"),
-    _setting("api.marker_traces", "settings.marker_traces", Rule("boolean"),
-             "CFTRUNNER_MARKER_TRACES"),
 )
 KEY_BY_NAME = {key.name: key for key in KEYS}
 

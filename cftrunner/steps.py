@@ -260,7 +260,7 @@ def work_items(r: Runner, run: Run) -> None:
             nonlocal claimed
             while batch := claims.claim(r.store, worker, r.settings.concurrency):
                 claimed += len(batch)
-                r.held(item.id for item in batch)
+                r.held(run.id, (item.id for item in batch))
                 yield from batch
 
         r.pending.clear()

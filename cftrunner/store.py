@@ -353,10 +353,12 @@ class Store:
             row = conn.execute(_EFFECT, {"run_id": run_id, "key": key}).first()
         return None if row is None else effect_from(row)
 
-    def effects(self, run_id: str) -> list[Effect]:
+    def effects(self, run_id: str, kind: str | None = None) -> list[Effect]:
+        query = sa.select(effects).where(effects.c.run_id == run_id)
+        if kind is not None:
+            query = query.where(effects.c.kind == kind)
         with self._read() as conn:
-            rows = conn.execute(sa.select(effects).where(effects.c.run_id == run_id)
-                                .order_by(effects.c.prepared_at)).all()
+            rows = conn.execute(query.order_by(effects.c.prepared_at)).all()
         return [effect_from(r) for r in rows]
 
     def done_effects(self, run_id: str, kinds: tuple[str, ...],

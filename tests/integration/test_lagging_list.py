@@ -186,7 +186,9 @@ def test_corrections_are_not_taken_as_done_before_the_list_shows_the_addition(
     nothing of its correction, so the snapshot waits until the list shows it done."""
     processing = 1.0
     sandbox = make_sandbox(list_lag=LAG, processing_seconds=processing, add_threshold=1.1)
-    harness = make_harness(sandbox, concurrency=2)
+    # The additions come after the list shows the traces (and before the 2 s read timeout).
+    sandbox.add_fault(FaultRule(route="add_to_dataset", kind="latency", delay=LAG + 0.3))
+    harness = make_harness(sandbox, concurrency=3)
     run = harness.runner.drive(harness.start(PROMPTS[:3]))
 
     assert run.state is RunState.LAUNCHED

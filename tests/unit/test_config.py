@@ -588,7 +588,7 @@ def test_describe_lists_every_key_in_the_file_order_with_its_source(
     assert keys[:4] == ["project_id", "model_alias", "prompts", "judge_model"]
     assert keys.index("api_key_file") + 1 == keys.index("api_key")
     assert keys.index("retry.max_attempts") < keys.index("timeouts.connect") < keys.index("judge.attempts")
-    assert keys[-3:] == ["api.trace_shape", "api.concurrency", "api.max_rps"]
+    assert keys[-4:] == ["api.trace_shape", "api.marker_traces", "api.concurrency", "api.max_rps"]
     table = {key: (value, source) for key, value, source in rows}
     assert table["project_id"] == ("p", "command line")
     assert table["model_alias"] == ("m", f"file {path}")
