@@ -13,6 +13,7 @@ import structlog
 from cftrunner import payloads
 from cftrunner.exceptions import ApiError, RejectedError
 from cftrunner.models import EffectStatus, Run
+from cftrunner.schema import utcnow
 
 if TYPE_CHECKING:
     from cftrunner.runner import Runner
@@ -23,17 +24,16 @@ _writing = threading.Lock()  # one marker at a time in a process, for every item
 
 
 def mark_after(r: Runner, run: Run, after: datetime) -> None:
-    """Make sure a marker trace prepared after `after` exists or is being written: one that the
-    trace list, once it shows it, proves has caught up past `after`.
+    """Write a marker trace: one that the trace list, once it shows it, proves has caught up past
+    `after` (unless another item's look wrote one just now).
 
     A marker is a remote effect with its intent stored like any other, but it is never
     reconciled: one whose answer is lost is left for `clean` to find, and another is written."""
     with _writing:
         latest = r.store.latest_effect(run.id, "marker")
-        if (latest is not None and latest.prepared_at > after
-                and latest.status in (EffectStatus.PREPARED, EffectStatus.DONE)
-                and not (latest.outcome or {}).get("deleted")):
-            return
+        if latest is not None and latest.prepared_at > max(
+                after, utcnow() - timedelta(seconds=r.settings.poll_interval)):
+            return  # another item's look just wrote one
         key = f"marker:{secrets.token_hex(4)}"
         request = payloads.marker_request(r.settings.trace_shape, run.project_id,
                                           run.model_alias, run.id, key)

@@ -28,7 +28,7 @@ from cftrunner.store import Store
 @dataclass(frozen=True)
 class Unknown:
     """Whether the lost request happened cannot be told yet, and why; `unmarked`: the list
-    shows nothing the run wrote after it, so a marker trace would help."""
+    shows too little that the run wrote after it, and a marker trace would help."""
 
     reason: str
     unmarked: bool = False
@@ -36,9 +36,11 @@ class Unknown:
 
 Verdict = dict[str, Any] | None | Unknown  # the outcome it had; None: it surely did not happen
 
-# The list shows each trace late by its own delay: the lost request's may be longer than any seen
-# so far, so its absence counts only this many times the longest seen after it went out.
-LAG_MARGIN = 2.0
+# The list shows each trace late by its own delay, and the lost request's may be longer than any
+# seen: its absence counts only once the list shows this many of the run's writes made after it,
+# the delays of this many were measured, and this many times the longest delay seen has passed.
+MARKS_AFTER = 3
+LAG_MARGIN = 3.0
 
 
 class Reconciler:
@@ -49,11 +51,11 @@ class Reconciler:
         self.store = store
         self.client = client
         self.settings = settings
-        # The longest the trace list was seen behind this run's own writes: an absence is not
-        # trusted sooner than LAG_MARGIN times that after the lost request. The marks seen
-        # missing, with when they were done.
+        # How late the trace list showed this run's own writes: an absence is not trusted sooner
+        # than LAG_MARGIN times the longest after the lost request.
         self._lag_seen = 0.0
-        self._missing: dict[tuple[str, str], datetime] = {}
+        self._delays: dict[tuple[str, str], float] = {}  # (run, mark): at most this late
+        self._reading_since: dict[str, datetime] = {}  # by run: this process's first read
         # Marker traces of a run seen in the list, by run: deleted with the others once done.
         self.markers_seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
@@ -110,46 +112,54 @@ class Reconciler:
         or to the lost request's), reflects a moment after `effect` last possibly went out;
         else Unknown.
 
-        The marks are the traces and additions this run made since the lost request was first
-        prepared, in the order they were prepared. The list must show them, in that order, up
-        to one prepared after the lost request last possibly went out (a high-water mark); and
-        the lost request must be older than LAG_MARGIN times the longest the list was seen
-        behind a mark. The request last possibly went out at the effect's `updated_at` (see
-        Runner._what_became_of)."""
+        The marks are the traces, additions and markers this run made since the lost request
+        was first prepared, in the order they were prepared. The list must show them, in that
+        order, up to at least MARKS_AFTER prepared after the lost request last possibly went out
+        (its `updated_at`, see Runner._what_became_of). The delays of at least MARKS_AFTER marks
+        must have been measured, and the lost request must be older than LAG_MARGIN times the
+        longest (see `_seen_behind`)."""
         sent_by = effect.updated_at
         shown = [(mark, _shows(mark, listed, whole_run))
                  for mark in self.store.done_effects(run.id, MARK_KINDS, effect.prepared_at)
                  if mark.key != effect.key and mark.updated_at < read_at]
-        lag = self._seen_behind(run.id, read_at, shown)
-        high_water = None
+        lag, measured = self._seen_behind(run.id, read_at, shown)
+        after = 0  # marks after the lost request, in the part of the list that shows them all
         for mark, seen in shown:
             if seen is False:
                 break
-            if seen and mark.prepared_at > sent_by:
-                high_water = mark
-        if high_water is None:
-            return Unknown("the trace list shows nothing this run wrote after it yet",
-                           unmarked=True)
+            after += bool(seen and mark.prepared_at > sent_by)
         waited = (utcnow() - sent_by).total_seconds()
-        if waited <= LAG_MARGIN * lag:
-            return Unknown(f"the trace list was seen up to {lag:.1f} s behind this run's "
-                           f"writes; the request is {waited:.1f} s old")
-        return None
+        if after >= MARKS_AFTER and measured >= MARKS_AFTER and waited > LAG_MARGIN * lag:
+            return None
+        # A marker trace helps, unless one written for it is still on its way to the list.
+        coming = any(seen is False and mark.kind == "marker" and mark.prepared_at > sent_by
+                     for mark, seen in shown)
+        if after < MARKS_AFTER or measured < MARKS_AFTER:
+            return Unknown(f"the trace list shows {after} of the {MARKS_AFTER} writes of this run "
+                           f"after it that it takes, and {measured} of the {MARKS_AFTER} delays "
+                           "measured", unmarked=not coming)
+        return Unknown(f"the trace list was up to {lag:.1f} s behind this run's writes; the "
+                       f"request is {waited:.1f} s old", unmarked=not coming)
 
     def _seen_behind(self, run_id: str, read_at: datetime,
-                     shown: list[tuple[Effect, bool | None]]) -> float:
-        """The longest the trace list was seen behind one of the run's writes, this read
-        included: at least as long as a mark it does not show yet has been done, and, for a
-        mark a read before showed missing, at most until the read that first shows it."""
+                     shown: list[tuple[Effect, bool | None]]) -> tuple[float, int]:
+        """The longest the trace list was seen behind one of the run's writes, and on how many
+        writes a delay was measured. A mark it does not show yet has been behind since it was
+        done; a mark done while this process was reading the list was behind until the read
+        that first showed it. (A mark done before that, or found by reconciling, says nothing of
+        the delay: when it was written is not known.)"""
         with self._lock:
+            reading_since = self._reading_since.setdefault(run_id, read_at)
             for mark, seen in shown:
-                done = mark.updated_at
+                key = (run_id, mark.key)
                 if seen is False:
-                    self._missing.setdefault((run_id, mark.key), done)
-                    self._lag_seen = max(self._lag_seen, (read_at - done).total_seconds())
-                elif seen and (missed := self._missing.pop((run_id, mark.key), None)):
-                    self._lag_seen = max(self._lag_seen, (read_at - missed).total_seconds())
-            return self._lag_seen
+                    self._lag_seen = max(self._lag_seen,
+                                         (read_at - mark.updated_at).total_seconds())
+                elif (seen and key not in self._delays and mark.updated_at >= reading_since
+                      and not (mark.outcome or {}).get("found")):
+                    self._delays[key] = (read_at - mark.updated_at).total_seconds()
+            delays = [d for (run, _), d in self._delays.items() if run == run_id]
+            return max([self._lag_seen, *delays]), len(delays)
 
     def _listing(self, run: Run, since: datetime) -> Iterator[RemoteTrace]:
         """`traces_since`, noting the run's marker traces it shows."""

@@ -433,7 +433,8 @@ class Runner:
                 if found is not None:
                     with (crashpoints.storing_intent(then),
                           self._tx_for(item, then is not None) as tx):
-                        tx.finish_effect(effect, EffectStatus.DONE, found,
+                        # Marked found, not done here: when it was written is not known.
+                        tx.finish_effect(effect, EffectStatus.DONE, {**found, "found": True},
                                          verdict="settled" if effect.settled else "reconciled")
                         on_done(tx, found)
                     return

@@ -20,6 +20,8 @@ PROMPTS = [f"Is message {n} safe? 'the chain slipped off my bike again'" for n i
 EXIT_STOPPED = 3
 EXIT_DECIDE = 5
 MAX_LIVES = 30
+# Long enough for one process to measure the list's delays and wait LAG_MARGIN times them.
+PATIENT = {"CFTRUNNER_RECONCILE_WAIT": "10"}
 
 
 def lagging(make_sandbox: Callable[..., Sandbox], uneven: bool) -> Sandbox:
@@ -38,7 +40,7 @@ def test_lost_answers_against_a_lagging_list_are_never_sent_twice(
     cli = Cli(sandbox, db_url, tmp_path)
     write_prompts(cli.prompts, PROMPTS)
 
-    ended = cli.run(*cli.start_args(RUN_ID), env={"CFTRUNNER_RECONCILE_WAIT": "10"})
+    ended = cli.run(*cli.start_args(RUN_ID), env=PATIENT)
 
     assert ended.returncode == 0, tail(ended.stderr)
     assert sandbox.counts()["faults_fired"]["drop"] >= 3
@@ -61,7 +63,7 @@ def test_random_kills_and_lost_answers_against_a_lagging_list_never_duplicate(
         args = cli.start_args(RUN_ID) if stored_state(db_url) is None else ["resume", RUN_ID]
         killing = len([e for e in endings if e == KILLED]) < 3
         ended = run_until(cli, args, after_requests(sandbox, rand.randint(3, 40)) if killing
-                          else (lambda: False))
+                          else (lambda: False), env=PATIENT)
         if ended.returncode == 0:
             break
         assert ended.returncode in (KILLED, EXIT_STOPPED), tail(ended.stderr)

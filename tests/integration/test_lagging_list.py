@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from cftrunner.exceptions import NeedsDecision, OutcomePending
 from cftrunner.models import EffectStatus, Run
-from cftrunner.reconcile import Unknown
+from cftrunner.reconcile import MARKS_AFTER, Unknown
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.service import settle
 from cftrunner.states import ItemStage, RunState
@@ -129,8 +129,9 @@ def test_a_person_who_says_it_happened_gives_the_trace_and_nothing_is_sent_again
 def test_a_marker_trace_shows_the_list_caught_up_past_the_last_lost_request(
         make_harness: Callable[..., Harness], make_sandbox: Callable[..., Sandbox],
         route: str) -> None:
-    """Nothing the run writes comes after its last request: it writes a marker trace, which,
-    once the list shows it, proves the list has caught up; then deletes it."""
+    """Nothing the run writes comes after its last request: it writes marker traces, one after
+    another as the list shows each, until the list shows enough to prove it has caught up;
+    then deletes them."""
     sandbox = make_sandbox(list_lag=LAG)
     sandbox.add_fault(FaultRule(route=route, kind="status", status=503, times=1))
     harness = make_harness(sandbox, concurrency=1, reconcile_wait=10.0)
@@ -139,10 +140,11 @@ def test_a_marker_trace_shows_the_list_caught_up_past_the_last_lost_request(
         run = harness.runner.drive(harness.start(PROMPTS[:1]))
 
     assert run.state is RunState.LAUNCHED
-    marks = [e for e in harness.store.effects(run.id) if e.kind == "marker"]
-    assert len(marks) == 1 and (marks[0].outcome or {}).get("deleted")
-    # The refused request, then the one sent again; and the marker, a trace too.
-    assert sandbox.counts()["requests"][route] == 2 + (route == "trace_create")
+    marks = harness.store.effects(run.id, "marker")
+    assert len(marks) == MARKS_AFTER
+    assert all((mark.outcome or {}).get("deleted") for mark in marks)
+    # The refused request, then the one sent again; and the markers, traces too.
+    assert sandbox.counts()["requests"][route] == 2 + MARKS_AFTER * (route == "trace_create")
     assert_exactly_once(sandbox, 1)
     events = [e["event"] for e in logs]
     assert "marker_written" in events and "marker_deleted" in events
