@@ -330,16 +330,20 @@ def requests_sent(sandbox: Sandbox) -> int:
     return sum(sandbox.counts()["requests"].values())
 
 
-def assert_exactly_once(sandbox: Sandbox, prompts: int) -> None:
-    """The sandbox holds one trace per prompt, one addition per trace, one snapshot, one job."""
-    counts = sandbox.counts()
-    # Marker traces (cftrunner.markers) come and go besides the prompts' own; only they may be
-    # deleted, and none is ever added to the dataset.
+def traces_made(sandbox: Sandbox) -> int:
+    """The traces the sandbox made for prompts: besides marker traces (cftrunner.markers), which
+    come and go, and which alone may be deleted or never be added to the dataset."""
     traces = [*sandbox.world.traces(), *sandbox.world.deleted]
     markers = {t["id"] for t in traces if t["input"].startswith(MARKER_INPUT)}
     assert {t["id"] for t in sandbox.world.deleted} <= markers
-    assert counts["traces"] - len(markers) == prompts
-    assert not markers & set(counts["additions"])
+    assert not markers & set(sandbox.counts()["additions"])
+    return int(sandbox.counts()["traces"]) - len(markers)
+
+
+def assert_exactly_once(sandbox: Sandbox, prompts: int) -> None:
+    """The sandbox holds one trace per prompt, one addition per trace, one snapshot, one job."""
+    counts = sandbox.counts()
+    assert traces_made(sandbox) == prompts
     assert sorted(counts["additions"].values()) == [1] * prompts
     assert counts["snapshots"] == 1
     assert counts["jobs"] == 1
