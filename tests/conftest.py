@@ -224,7 +224,7 @@ def make_run(run_id: str = "r1") -> Run:
 def quick_settings(base_url: str, db_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         base_url=base_url, db_url=db_url, api_key=DEFAULT_API_KEY, poll_interval=0.05,
-        read_timeout=2.0, reconcile_settle=0.05, reconcile_wait=1.0,
+        read_timeout=2.0, reconcile_settle=0.05, reconcile_wait=10.0,
         retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05))
     values.update(overrides)
     return Settings(**values)
@@ -295,7 +295,7 @@ class Cli:
             "CFTRUNNER_POLL_INTERVAL": "0.05",
             "CFTRUNNER_READ_TIMEOUT": "2",
             "CFTRUNNER_RECONCILE_SETTLE": "0.05",
-            "CFTRUNNER_RECONCILE_WAIT": "1",
+            "CFTRUNNER_RECONCILE_WAIT": "10",
             "CFTRUNNER_RETRY_BASE_DELAY": "0.02",
             "CFTRUNNER_RETRY_MAX_DELAY": "0.1",
         }
