@@ -491,7 +491,10 @@ class Runner:
             self.pause(self.settings.reconcile_settle - waited)
         looking_since = self._looking.setdefault((run.id, effect.key), time.monotonic())
         while True:
-            verdict = reconcile(effect)
+            # Each look has its own retries: looking again many times must not use up the
+            # effect's own.
+            verdict = self.retrying(f"reconciling {effect.key} of run {run.id}",
+                                    functools.partial(reconcile, effect))
             if not isinstance(verdict, Unknown):
                 self._looking.pop((run.id, effect.key), None)
                 log.info("reconciled", key=effect.key, attempt=effect.attempts,
