@@ -85,6 +85,7 @@ def test_an_unusable_state_file_is_left_as_it_was(cli: Cli, sandbox: Sandbox, tm
 
 
 def test_a_postgresql_server_that_cannot_be_reached_is_worth_a_retry(cli: Cli) -> None:
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
