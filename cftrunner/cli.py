@@ -244,17 +244,23 @@ def start(cycle: str | None, run_id: str | None, show_progress: bool | None,
 @cli.command()
 @cycle_options
 @CYCLE_OPTION
+@click.option("--dry-run", is_flag=True,
+              help="Say what tick would do and which prompts a new run would take; store and "
+                   "send nothing.")
 @progress_option
 @throughput_options
 @connection_options
-def tick(cycle: str | None, show_progress: bool | None, **options: Any) -> int:
+def tick(cycle: str | None, dry_run: bool, show_progress: bool | None, **options: Any) -> int:
     """For cron: resume this cycle's unfinished run, or start one when the interval has passed,
-    or say there is nothing to do (exit 0). A run another process drives exits 75.
+    or say there is nothing to do (exit 0). A run another process drives exits 75. A new run
+    takes the prompts of the cycle's source that no earlier run of it used; with fewer than
+    min_new_prompts of them the cycle is SKIPPED (one line, exit 0).
 
     With several [[cycles]] in the config file, each one (or only --cycle NAME) in the file's
     order, each in isolation: one line "cycle NAME: ..." as each ends (started RUN_ID: STATE,
-    resumed RUN_ID: STATE, nothing to do: REASON, or error: MESSAGE, the error on stderr too).
-    The exit status is then 0 if every cycle's own is 0, else the first one that is not.
+    resumed RUN_ID: STATE, skipped RUN_ID: REASON, nothing to do: REASON, or error: MESSAGE, the
+    error on stderr too). The exit status is then 0 if every cycle's own is 0, else the first one
+    that is not.
 
     Example: cftrunner tick --config /etc/cftrunner/cftrunner.toml
     """
@@ -262,6 +268,11 @@ def tick(cycle: str | None, show_progress: bool | None, **options: Any) -> int:
 
     resolved = _resolve(options, **{key: options.pop(key) for key in CYCLE_KEYS})
     chosen = config.select(resolved, cycle)
+    if dry_run:
+        for one in chosen:
+            prefix = f"cycle {one.title}: " if len(resolved.cycles) > 1 else ""
+            click.echo(prefix + service.preview_text(resolved.settings, one))
+        return EXIT_LAUNCHED
     stop = _stop(resolved.settings)
     if len(resolved.cycles) > 1:
         outcomes = [_ticked(ticked) for ticked in service.tick_each(
@@ -284,6 +295,8 @@ def _ticked(ticked: service.Ticked) -> int:
     elif ticked.run is None:
         assert ticked.decision is not None
         line, code = f"nothing to do: {ticked.decision.reason}", EXIT_LAUNCHED
+    elif ticked.decision is not None and ticked.decision.action == "skip":
+        line, code = f"skipped {ticked.run.id}: {ticked.decision.reason}", EXIT_LAUNCHED
     else:
         run = ticked.run
         verb = "started" if ticked.decision and ticked.decision.action == "start" else "resumed"

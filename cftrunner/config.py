@@ -6,7 +6,8 @@ there is one). It is TOML and may hold every setting but the API key::
     # the cycle
     project_id = "..."
     model_alias = "my-model-v3"
-    prompts = "prompts.json"           # relative paths are relative to the config file's folder
+    prompts = "prompts.json"           # a file, a folder or a glob ("incoming/*.jsonl"); relative
+                                       # paths are relative to the config file's folder
     judge_model = "claude-4.5-sonnet"
     judge_prompt = "judge.txt"         # the judge prompt template, with {prompt} and {answer}
                                        # placeholders (default: the built-in one)
@@ -14,10 +15,16 @@ there is one). It is TOML and may hold every setting but the API key::
     interval = "24h"                   # how often tick starts a new cycle: "90s", "30m", "24h", "7d"
                                        # or a number of seconds; > 0
     failed_retry_interval = "1h"       # after a FAILED cycle, tick waits this long before another; >= 0
+    prompts_per_cycle = 500            # int >= 1: prompts a tick's run takes at most (default: all new)
+    min_new_prompts = 1                # int >= 1: fewer unused prompts than this, and the cycle is SKIPPED
+    reuse_after = "90d"                # a prompt a cycle used may be taken again after this (default: never)
+    prioritise = "oldest"              # "oldest" (files oldest first) | "weak" (weakest tags first)
     follow = false                     # after the launch, follow the job to TRAINED / TRAIN_FAILED
     promote = false                    # then compare the new models on holdout_prompts (implies follow)
     holdout_prompts = "holdout.json"   # prompts never added to the dataset; needed by promote
     promote_margin = 0.0               # 0..1: a new model may score this much lower and still win
+    regression = false                 # after a promotion, ask the cycle's earlier weak prompts
+                                       # again and report each fixed or still weak (needs promote)
     # where
     db = "sqlite:///state/cftrunner.db"  # a relative sqlite path is relative to the config file's folder
     base_url = "https://studio.premai.io"
@@ -71,8 +78,9 @@ there is one). It is TOML and may hold every setting but the API key::
     min_traces = 1000
 
 Without [[cycles]] the file describes one cycle, by its top-level keys. With them, each entry is a
-cycle and holds only per-cycle keys (the first eight above, judge.temperature, judge.max_tokens,
-judge.structured_output and every gate key) and `name`; those the entry does not set it inherits from
+cycle and holds only per-cycle keys (the first twelve above, follow, promote, holdout_prompts,
+promote_margin, regression, judge.temperature, judge.max_tokens, judge.structured_output and every
+gate key) and `name`; those the entry does not set it inherits from
 the top level of the file, the environment or the command line, resolved as for one cycle. An entry
 holding another key is refused, naming the file, the entry (its number from 1, and its name) and the key.
 
@@ -99,6 +107,7 @@ from typing import Any
 
 from cftrunner.exceptions import InputError
 from cftrunner.judge import DEFAULT_JUDGE_MODEL, read_template
+from cftrunner.prompt_source import Rules
 from cftrunner.prompts import iter_prompts
 from cftrunner.run_config import (
     DEFAULT_MAX_TOKENS,
@@ -161,6 +170,11 @@ class Cycle:
     split_percentage: int = DEFAULT_SPLIT_PERCENTAGE
     interval: float = DEFAULT_INTERVAL  # seconds between the starts of two cycles
     failed_retry_interval: float = DEFAULT_FAILED_RETRY_INTERVAL  # seconds of rest after a FAILED one
+    # How tick takes prompts from the source (prompt_source.py).
+    prompts_per_cycle: int | None = None
+    min_new_prompts: int = 1
+    reuse_after: float | None = None  # seconds; None: never
+    prioritise: str = "oldest"
     judge_prompt: str | None = None  # an absolute path; None for the built-in template
     judge_temperature: float = DEFAULT_TEMPERATURE
     judge_max_tokens: int = DEFAULT_MAX_TOKENS
@@ -174,6 +188,7 @@ class Cycle:
     promote: bool = False
     holdout_prompts: str | None = None  # an absolute path
     promote_margin: float = 0.0
+    regression: bool = False  # after a promotion, ask the earlier weak prompts again
     # Where a [[cycles]] entry's cycle was described ("FILE: [[cycles]] entry N (NAME)"), for messages.
     origin: str | None = field(default=None, compare=False)
 
@@ -192,14 +207,23 @@ class Cycle:
 
     def loop(self) -> LoopConfig:
         """What the cycle's runs do after the launch; the held-out prompts are read here."""
+        where = f"{self.origin}: " if self.origin else ""
         if self.promote and not self.holdout_prompts:
-            raise InputError(f"{self.origin + ': ' if self.origin else ''}promote = true needs "
-                             "holdout_prompts, the prompts file the models are compared on")
+            raise InputError(f"{where}promote = true needs holdout_prompts, the prompts file the "
+                             "models are compared on")
+        if self.regression and not self.promote:
+            raise InputError(f"{where}regression = true needs promote = true: the weak prompts "
+                             "are asked again of the promoted model")
         holdout = tuple(iter_prompts(self.holdout_prompts)) if self.promote and \
             self.holdout_prompts else ()
         return LoopConfig(follow=self.follow or self.promote, promote=self.promote,
                           holdout=holdout, holdout_source=self.holdout_prompts,
-                          margin=self.promote_margin)
+                          margin=self.promote_margin, regression=self.regression)
+
+    def rules(self) -> Rules:
+        """How tick takes this cycle's prompts from its source."""
+        return Rules(per_cycle=self.prompts_per_cycle, reuse_after=self.reuse_after,
+                     prioritise=self.prioritise, neutral_score=self.score_threshold)
 
     def gate(self) -> GateConfig:
         return GateConfig(min_traces=self.gate_min_traces,

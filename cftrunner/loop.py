@@ -86,11 +86,63 @@ def promote(r: Runner, run: Run) -> None:
     results = r.store.evaluations(run.id)
     summaries = {m: _summary([e for e in results if e["model_id"] == m]) for m in models}
     decision = decide(run.model_alias, new, summaries, config.margin)
+    if decision["promoted"] and config.regression:
+        decision["regression"] = recheck(r, run, str(decision["model_id"]))
     target = RunState.PROMOTED if decision["promoted"] else RunState.NOT_PROMOTED
     with r.tx() as tx:
         tx.transition_run(run.id, RunState.TRAINED, target, promotion=decision)
     log.info("promotion", promoted=decision["promoted"], model=decision.get("model_id"),
              reason=decision["reason"])
+
+
+def recheck(r: Runner, run: Run, model: str) -> dict[str, int]:
+    """Ask the promoted `model` the cycle's weak prompts again (the regression set, chosen once
+    and kept, each result kept as it comes); how many are now fixed, still weak, or unjudged.
+    Nothing of it is traced or added to the dataset."""
+    threshold = run.gate.score_threshold
+    if not r.store.rechecks(run.id):
+        with r.tx() as tx:
+            tx.choose_rechecks(run, model, threshold)
+    todo = [c for c in r.store.rechecks(run.id) if c["at"] is None]
+    r.for_each(todo, lambda check: _recheck(r, run, check))
+    return regression_counts(r.store.rechecks(run.id), threshold)
+
+
+def regression_counts(checks: list[dict[str, Any]], threshold: float) -> dict[str, int]:
+    verdicts = [verdict(c, threshold) for c in checks]
+    return {"prompts": len(checks), "fixed": verdicts.count("fixed"),
+            "still_weak": verdicts.count("still weak"), "unjudged": verdicts.count("unjudged")}
+
+
+def verdict(check: dict[str, Any], threshold: float) -> str:
+    """A regression check's outcome: "fixed", "still weak", or "unjudged" (no valid score)."""
+    if check.get("score") is None:
+        return "unjudged"
+    return "fixed" if check["score"] >= threshold else "still weak"
+
+
+def _recheck(r: Runner, run: Run, check: dict[str, Any]) -> None:
+    r.checkpoint()
+    position, prompt, model = check["position"], check["prompt"], check["model_id"]
+    answer: str | None = None
+    score: float | None = None
+    raw: str | None = None
+    error: str | None = None
+    tokens = 0
+    try:
+        generated = r.retrying(f"regression answer {position} of {model}", lambda: r.client.chat(
+            run.project_id, model, [{"role": "user", "content": prompt}]))
+        answer, tokens = generated.content, generated.tokens or 0
+        score, raw, error, used = _judge(r, run, prompt, answer)
+        tokens += used
+    except RejectedError as exc:
+        if exc.status_code in (401, 403):
+            raise
+        error = exc.message
+    with r.tx() as tx:
+        tx.record_recheck(run.id, position, answer=answer, score=score, judge_raw=raw,
+                          error=error, tokens=tokens)
+    crashpoints.reach("promote.after_recheck")
 
 
 def _evaluate(r: Runner, run: Run, config: LoopConfig, model: str, position: int) -> None:

@@ -73,6 +73,7 @@ class Run:
     loop_config: dict[str, Any] | None = None  # run_config.LoopConfig as stored; None: neither
     training: dict[str, Any] | None = None  # the job and its experiments as last read
     promotion: dict[str, Any] | None = None  # the promotion decision, its scores and reason
+    prompt_source: dict[str, Any] | None = None  # where a cycle's run took its prompts from
 
     # The stored configs, read once per record: a run's items are worked on with one record.
     @functools.cached_property
@@ -201,6 +202,8 @@ class RunSummary:
     workers: list[WorkerInfo] = field(default_factory=list)
     # Effects whose outcome could not be told in time: they wait for `cftrunner settle`.
     undecided: list[Effect] = field(default_factory=list)
+    # After a promotion with `regression`: the cycle's weak prompts asked again of the new model.
+    rechecks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_items(self) -> int:

@@ -1,4 +1,4 @@
-"""Reading and checking the prompts file that a run sends to the model, as a stream."""
+"""Reading and checking a prompts file that a run sends to the model, as a stream."""
 
 from __future__ import annotations
 
@@ -8,28 +8,49 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cftrunner.exceptions import PromptsError
 
 PROMPTS_KEY = "test_prompts"
 PROMPT_FIELD = "prompt"
+TAG_FIELDS = ("tag", "category")  # a JSONL object's label, for `prioritise = "weak"`
 _SHAPE = f'an object with a "{PROMPTS_KEY}" list, or a list of strings'
 _BOM = b"\xef\xbb\xbf"
 _NOT_BLANK = re.compile(rb"[^ \t\r\n]")
 
-# One raw entry: its 0-based index, its line (JSONL only) and the decoded value.
-_Entry = tuple[int, int | None, object]
+# One raw entry: its 0-based index, its line (JSONL only), the decoded value and its tag.
+_Entry = tuple[int, int | None, object, str | None]
 _UNREAD = object()  # a JSON document not parsed yet
 
 
+class Prompt(NamedTuple):
+    """A prompt as a file holds it: its text, and its tag or category when a JSONL object has one."""
+
+    text: str
+    tag: str | None = None
+
+
+def prompt_digest(text: str) -> str:
+    """The prompt's digest as the state database keeps it (32 hex digits), to know it again."""
+    return _digest(text.encode("utf-8", "surrogatepass")).hex()
+
+
 def iter_prompts(path: str | os.PathLike[str]) -> Iterator[str]:
-    """The prompts in the file at `path`, unchanged and in file order, read as a stream.
+    """The prompts in the file at `path`, unchanged and in file order, read as a stream (see
+    `iter_tagged`)."""
+    return (prompt.text for prompt in iter_tagged(path))
+
+
+def iter_tagged(path: str | os.PathLike[str]) -> Iterator[Prompt]:
+    """The prompts in the file at `path`, with their tags, unchanged and in file order, read as
+    a stream.
 
     Three formats: the tutorial's JSON object `{"test_prompts": ["...", ...]}` (other keys are
     ignored), a JSON list of strings, or JSONL: one prompt a line, a JSON string or an object with
     a "prompt" field, blank lines skipped. JSONL is chosen by the `.jsonl` suffix, or when the first
-    line is a JSON string, or an object with a "prompt" field or with more lines after it.
+    line is a JSON string, or an object with a "prompt" field or with more lines after it. A JSONL
+    object may label its prompt with a "tag" (or "category") string.
 
     Every prompt must be a non-blank string of Unicode text without a NUL character (no lone
     surrogate from a JSON escape such as "\\ud800"), and no prompt may repeat another: two identical
@@ -141,16 +162,30 @@ def _jsonl_entries(file: Path) -> Iterator[_Entry]:
                 detail = (f"{error.msg} at column {error.colno}"
                           if isinstance(error, json.JSONDecodeError) else str(error))
                 raise PromptsError(f"{file}: {where}not valid JSON ({detail})") from None
+            tag = None
             if isinstance(value, dict):
                 if PROMPT_FIELD not in value:
                     raise PromptsError(
                         f'{file}: {where}an object without a "{PROMPT_FIELD}" field')
+                tag = _tag(file, where, value)
                 value = value[PROMPT_FIELD]
             elif not isinstance(value, str):
                 raise PromptsError(f'{file}: {where}{_json_type(value)}, not a string or an '
                                    f'object with a "{PROMPT_FIELD}" field')
-            yield index, number, value
+            yield index, number, value, tag
             index += 1
+
+
+def _tag(file: Path, where: str, value: dict[str, object]) -> str | None:
+    """A JSONL object's "tag" (else "category"), a non-blank string if given."""
+    for name in TAG_FIELDS:
+        tag = value.get(name)
+        if tag is None:
+            continue
+        if not isinstance(tag, str) or not tag.strip():
+            raise PromptsError(f'{file}: {where}an object whose "{name}" is not a non-blank string')
+        return tag.strip()
+    return None
 
 
 def _json_entries(file: Path, document: object = _UNREAD) -> Iterator[_Entry]:
@@ -175,7 +210,7 @@ def _json_entries(file: Path, document: object = _UNREAD) -> Iterator[_Entry]:
     if not parsed:
         raise PromptsError(f"{file}: the list of prompts is empty")
     for index, value in enumerate(parsed):
-        yield index, None, value
+        yield index, None, value, None
 
 
 def _parsed(file: Path) -> object:
@@ -195,11 +230,11 @@ def _parsed(file: Path) -> object:
         raise PromptsError(f"{file}: not valid JSON: {error}") from None
 
 
-def _checked(file: Path, entries: Iterator[_Entry], jsonl: bool) -> Iterator[str]:
+def _checked(file: Path, entries: Iterator[_Entry], jsonl: bool) -> Iterator[Prompt]:
     """The entries' prompts, each checked; duplicates are found by digest, not by keeping every
     prompt, and only once one is found is the file read again for the first copy's index."""
     seen: set[bytes] = set()
-    for index, line, value in entries:
+    for index, line, value, tag in entries:
         where = f"{file}: {'' if line is None else f'line {line}: '}prompt {index}"
         if not isinstance(value, str):
             raise PromptsError(f"{where} is {_json_type(value)}, not a string")
@@ -211,7 +246,7 @@ def _checked(file: Path, entries: Iterator[_Entry], jsonl: bool) -> Iterator[str
             if first is not None:  # else two different prompts share a digest: not a duplicate
                 raise PromptsError(f"{where} is a duplicate of {first}")
         seen.add(digest)
-        yield value
+        yield Prompt(value, tag)
 
 
 def _text_bytes(prompt: str, where: str) -> bytes:
@@ -235,7 +270,7 @@ def _digest(prompt: bytes) -> bytes:
 
 def _first_copy(file: Path, prompt: str, before: int, jsonl: bool) -> str | None:
     """Where `prompt` first occurs in the file before prompt `before`, as a message names it."""
-    for index, line, value in _jsonl_entries(file) if jsonl else _json_entries(file):
+    for index, line, value, _tag in _jsonl_entries(file) if jsonl else _json_entries(file):
         if index >= before:
             break
         if value == prompt:

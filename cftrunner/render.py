@@ -6,7 +6,9 @@ import json
 from datetime import datetime
 from typing import Any
 
+from cftrunner.loop import verdict
 from cftrunner.models import Completion, Item, RunSummary
+from cftrunner.prompt_source import describe as describe_source
 from cftrunner.states import ITEM_FAILED, ItemStage
 
 
@@ -37,6 +39,7 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "judge_model": run.judge_model,
         "split_percentage": run.split_percentage,
         "prompts": run.prompts_source,
+        "prompt_source": run.prompt_source,
         "dataset_id": run.dataset_id,
         "snapshot_id": run.snapshot_id,
         "job_id": run.job_id,
@@ -58,6 +61,7 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "promote": run.loop.promote,
         "training": run.training,
         "promotion": run.promotion,
+        "regression": [regression_to_json(c, run.gate.score_threshold) for c in summary.rechecks],
         "last_error": run.last_error,
         "undecided": [{"key": e.key, "kind": e.kind, "reason": e.error,
                        "last_sent_at": e.updated_at.isoformat(),
@@ -66,6 +70,13 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "updated_at": run.updated_at.isoformat(),
         "state_changed_at": run.state_changed_at.isoformat(),
     }
+
+
+def regression_to_json(check: dict[str, Any], threshold: float) -> dict[str, Any]:
+    return {"prompt": check["prompt"], "earlier_run_id": check["earlier_run_id"],
+            "earlier_score": check["earlier_score"], "model_id": check["model_id"],
+            "score": check["score"], "error": check["error"],
+            "verdict": verdict(check, threshold) if check["at"] is not None else "not asked yet"}
 
 
 def settle_command(run_id: str, key: str) -> str:
@@ -119,7 +130,7 @@ def detail(summary: RunSummary, now: datetime) -> str:
         ("project", run.project_id),
         ("model", run.model_alias),
         ("judge", run.judge_model),
-        ("prompts", run.prompts_source),
+        ("prompts", describe_source(run.prompt_source) or run.prompts_source),
         ("items", f"{summary.total_items} ({counts or 'none'})"),
         ("failures", ", ".join(f"{k} {v}" for k, v in sorted(summary.failures.items())) or "none"),
         ("dataset", run.dataset_id or "-"),
@@ -148,12 +159,29 @@ def detail(summary: RunSummary, now: datetime) -> str:
         verdict = "promoted " + str(run.promotion.get("model_id")) if run.promotion.get(
             "promoted") else "not promoted"
         lines.append(("promotion", f"{verdict}: {run.promotion.get('reason')}"))
+    lines += regression_lines(summary)
     for effect in summary.undecided:
         lines.append(("undecided", f"{effect.key}: outcome unknown ({effect.error}); "
                                    f"{settle_command(run.id, effect.key)}"))
     if run.last_error:
         lines.append(("last error", _one_line(run.last_error, 200)))
     return "\n".join(f"{key:<11}{value}" for key, value in lines)
+
+
+def regression_lines(summary: RunSummary) -> list[tuple[str, str]]:
+    """The regression check after a promotion: its counts, then one line per prompt."""
+    counts = (summary.run.promotion or {}).get("regression")
+    if not counts or not summary.rechecks:
+        return []
+    threshold = summary.run.gate.score_threshold
+    lines = [("regression", f"{counts['fixed']} fixed, {counts['still_weak']} still weak, "
+                            f"{counts['unjudged']} unjudged of {counts['prompts']} prompts that "
+                            f"scored below {threshold:g} (asked again of {summary.rechecks[0]['model_id']})")]
+    for check in summary.rechecks:
+        now = "-" if check["score"] is None else f"{check['score']:.2f}"
+        lines.append(("", f"{verdict(check, threshold):<10} {check['earlier_score']:.2f} -> {now}  "
+                          f"{_one_line(check['prompt'], 70)}"))
+    return lines
 
 
 def item_to_json(item: Item, completions: list[Completion]) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from typing import Any
 
 from cftrunner.exceptions import InputError
 from cftrunner.models import Run, RunSummary
-from cftrunner.render import duration
+from cftrunner.prompt_source import describe as describe_source
+from cftrunner.render import duration, regression_lines, regression_to_json
 from cftrunner.run_ids import check_run_id
 from cftrunner.settings import Settings
 from cftrunner.states import ITEM_FAILED, ItemStage, RunState
@@ -131,6 +132,9 @@ class RunReport:
             "state_seconds": self.summary.state_seconds,
             "gate": run.gate_result, "skip_reason": run.skip_reason,
             "failure_reason": run.failure_reason,
+            "prompt_source": run.prompt_source,
+            "regression": [regression_to_json(c, run.gate.score_threshold)
+                           for c in self.summary.rechecks],
         }
 
 
@@ -174,6 +178,7 @@ def render_run(report: RunReport) -> str:
                        for st in ItemStage if summary.stage_counts.get(st.value))
     lines = [("run", f"{run.id} ({run.state.value}, job {run.job_id or '-'})"),
              ("project", f"{run.project_id}, model {run.model_alias}, judge {run.judge_model}"),
+             ("prompts", describe_source(run.prompt_source) or run.prompts_source),
              ("items", f"{summary.total_items} ({stages or 'none'})"),
              ("failures", ", ".join(f"{k} {v}" for k, v in sorted(summary.failures.items()))
               or "none")]
@@ -196,6 +201,7 @@ def render_run(report: RunReport) -> str:
     for key, reason in (("skipped", run.skip_reason), ("failed", run.failure_reason)):
         if reason:
             lines.append((key, reason))
+    lines += regression_lines(summary)
     return "\n".join(f"{key:<10}{value}".rstrip() for key, value in lines)
 
 

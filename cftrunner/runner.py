@@ -37,6 +37,7 @@ from cftrunner.exceptions import (
 from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
 from cftrunner.limiter import RateLimiter
 from cftrunner.models import Effect, EffectStatus, Item, Run
+from cftrunner.prompts import Prompt
 from cftrunner.reconcile import Reconciler, Unknown, Verdict
 from cftrunner.render import settle_command
 from cftrunner.retry import next_delay, rate_limited
@@ -125,7 +126,8 @@ class Runner:
         # judgments without it.
         self.structured_refused = False
 
-    def create(self, spec: RunSpec, prompts: Iterable[str], cycle: str | None = None) -> Run:
+    def create(self, spec: RunSpec, prompts: Iterable[str | Prompt],
+               cycle: str | None = None) -> Run:
         """Store a new run with its items, holding its lease from the first moment."""
         run_id = spec.run_id or new_run_id()
         lease = Lease(run_id, current_owner(), self.settings.lease_seconds)

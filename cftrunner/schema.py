@@ -80,6 +80,22 @@ runs = sa.Table(
     sa.Column("loop_config", sa.JSON),
     sa.Column("training", sa.JSON),
     sa.Column("promotion", sa.JSON),
+    # Where a cycle's run took its prompts from (prompt_source.Choice.summary): files, new and
+    # reused counts, and how many unused prompts remained.
+    sa.Column("prompt_source", sa.JSON),
+)
+
+# Every prompt a cycle's runs took, by digest, so the next run of the cycle takes only new ones.
+# No foreign key: it outlives the runs that used the prompts, should they be deleted.
+prompt_uses = sa.Table(
+    "prompt_uses",
+    metadata,
+    sa.Column("cycle", varchar(300), primary_key=True),
+    sa.Column("digest", varchar(32), primary_key=True),
+    sa.Column("run_id", varchar(200), nullable=False),  # the last run that took it, and where
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("tag", sa.Text),
+    sa.Column("used_at", UTCDateTime, nullable=False),
 )
 
 # One row per configuration cycle, locked while tick decides whether to start a run for it.
@@ -168,6 +184,28 @@ evaluations = sa.Table(
     sa.Column("tokens", sa.Integer),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("run_id", "model_id", "position"),
+)
+
+# After a promotion: the cycle's earlier weak prompts asked again of the promoted model, chosen
+# once (answer and `at` empty until asked), each kept as it is judged; never traced nor added.
+rechecks = sa.Table(
+    "rechecks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("digest", varchar(32), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("earlier_run_id", varchar(200), nullable=False),
+    sa.Column("earlier_score", sa.Float, nullable=False),
+    sa.Column("model_id", varchar(500), nullable=False),
+    sa.Column("answer", sa.Text),
+    sa.Column("score", sa.Float),
+    sa.Column("judge_raw", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("tokens", sa.Integer),
+    sa.Column("at", UTCDateTime),
+    sa.UniqueConstraint("run_id", "position"),
 )
 
 effects = sa.Table(

@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from cftrunner import render
 from cftrunner.config import Cycle, Resolved, cycle_name
 from cftrunner.display import Display, no_display
@@ -22,7 +24,7 @@ from cftrunner.exceptions import (
 )
 from cftrunner.lease import busy, current_owner, keeps_out, provably_dead
 from cftrunner.models import Effect, EffectStatus, Run
-from cftrunner.prompts import iter_prompts
+from cftrunner.prompt_source import every_prompt, holdout_places
 from cftrunner.run_ids import check_run_id
 from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
@@ -49,8 +51,9 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
         if not value.strip():
             raise InputError(f"the {name} is empty")
     # An unreadable or empty file is refused here; each prompt is checked as it is stored, and a
-    # bad one rolls the whole run back, before any request.
-    prompts = iter_prompts(spec.prompts_source)
+    # bad one (or one of the held-out prompts) rolls the whole run back, before any request.
+    prompts = every_prompt(spec.prompts_source,
+                           holdout_places(spec.loop.holdout, spec.loop.holdout_source))
     store = Store(settings.db_url)
     try:
         runner = Runner(store, settings, stop=stop)
@@ -113,6 +116,35 @@ def tick(resolved: Resolved, on_created: Callable[[str], None], stop: Stop | Non
                         on_created, display)
     finally:
         store.close()
+
+
+def preview_text(settings: Settings, cycle: Cycle) -> str:
+    """What `tick` would do for the cycle, in one line; reads, never writes, and creates no state
+    database where there is none."""
+    from cftrunner.prompt_source import describe
+    from cftrunner.tick import preview
+
+    store = Store(settings.db_url) if _database_exists(settings.db_url) else None
+    try:
+        decision = preview(store, cycle)
+    finally:
+        if store is not None:
+            store.close()
+    if decision.action == "start":
+        return f"would start a run of {describe(decision.prompts)}"
+    if decision.action == "skip":
+        return f"would skip: {decision.reason}"
+    if decision.action == "resume":
+        return f"would resume {decision.run_id}: {decision.reason}"
+    return f"nothing to do: {decision.reason}"
+
+
+def _database_exists(url: str) -> bool:
+    """False only for an SQLite file that is not there yet."""
+    parsed = sa.engine.make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return True
+    return Path(parsed.database).exists()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ DEFAULT_DB = "sqlite:///state/cftrunner.db"
 KEY_VARIABLES = ("API_KEY", "PREMAI_API_KEY")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TRACE_SHAPES = ("tutorial", "batch")
+PRIORITIES = ("oldest", "weak")  # prompt_source.ORDERS
 DEFAULT_SPLIT_PERCENTAGE = 80
 DEFAULT_INTERVAL = 86400.0
 DEFAULT_FAILED_RETRY_INTERVAL = 3600.0
@@ -240,6 +241,10 @@ KEYS: tuple[Key, ...] = (
         "CFTRUNNER_INTERVAL"),
     Key("failed_retry_interval", "cycle.failed_retry_interval", Rule("duration", 0),
         DEFAULT_FAILED_RETRY_INTERVAL),
+    Key("prompts_per_cycle", "cycle.prompts_per_cycle", Rule("integer", 1), None),
+    Key("min_new_prompts", "cycle.min_new_prompts", Rule("integer", 1), 1),
+    Key("reuse_after", "cycle.reuse_after", Rule("duration", 0), None),
+    Key("prioritise", "cycle.prioritise", Rule("choice", choices=PRIORITIES), "oldest"),
     _setting("db", "settings.db_url", Rule("db"), "CFTRUNNER_DB"),
     _setting("base_url", "settings.base_url", Rule("url"), "CFTRUNNER_BASE_URL"),
     Key("api_key_file", "api_key_file", PATH, None),
@@ -273,6 +278,7 @@ KEYS: tuple[Key, ...] = (
     Key("promote", "cycle.promote", Rule("boolean"), False),
     Key("holdout_prompts", "cycle.holdout_prompts", PATH, None),
     Key("promote_margin", "cycle.promote_margin", Rule("number", 0, 1), 0.0),
+    Key("regression", "cycle.regression", Rule("boolean"), False),
     Key("judge.temperature", "cycle.judge_temperature", Rule("number", 0, 2), DEFAULT_TEMPERATURE),
     Key("judge.max_tokens", "cycle.judge_max_tokens", Rule("integer", 1), DEFAULT_MAX_TOKENS,
         "CFTRUNNER_JUDGE_MAX_TOKENS"),

@@ -30,12 +30,15 @@ from cftrunner.models import (
     RunSummary,
     WorkerInfo,
 )
+from cftrunner.prompts import Prompt, prompt_digest
 from cftrunner.schema import (
     completions,
     effects,
     evaluations,
     events,
     items,
+    prompt_uses,
+    rechecks,
     runs,
     utcnow,
     workers,
@@ -124,6 +127,12 @@ class Store:
             if logs.enabled(level):
                 log.log(level, kind, **fields)
 
+    @contextmanager
+    def reading(self) -> Iterator[Tx]:
+        """A read-only transaction, for the reads a Tx offers; it writes nothing."""
+        with self._read() as conn:
+            yield Tx(conn)
+
     def acquire_lease(self, lease: Lease, may_take_over: Callable[[LeaseInfo], bool]) -> Run:
         """Take the run's lease if it is free, expired, or `may_take_over` proves its owner dead."""
         with self.tx() as tx:
@@ -190,7 +199,8 @@ class Store:
             with conn.begin():
                 yield conn
 
-    def create_run(self, run: Run, prompts: Iterable[str], lease: Lease | None = None) -> None:
+    def create_run(self, run: Run, prompts: Iterable[str | Prompt],
+                   lease: Lease | None = None) -> None:
         """Store a run and its items together, or nothing; with `lease`, already held by it.
 
         `prompts` may be a stream (see `prompts.iter_prompts`): an error it raises part way rolls
@@ -199,10 +209,11 @@ class Store:
             # Timed once the write lock is held, so the stored lease expiry is not early.
             self.insert_run(tx, run, prompts, lease, utcnow())
 
-    def insert_run(self, tx: Tx, run: Run, prompts: Iterable[str], lease: Lease | None,
+    def insert_run(self, tx: Tx, run: Run, prompts: Iterable[str | Prompt], lease: Lease | None,
                    now: datetime) -> None:
         """Insert a run and its items inside `tx`, the items `ITEM_BATCH` rows at a time, so a
-        large stream of prompts is never held as rows all at once."""
+        large stream of prompts is never held as rows all at once. A run of a cycle notes each
+        prompt as used by the cycle (`prompt_uses`), so that its next run takes new ones."""
         # Not a look, then an insert: on PostgreSQL two creators of one id would both look first.
         created = dialect.insert_ignoring_duplicates(
             tx.conn, runs,
@@ -212,20 +223,33 @@ class Store:
             state=run.state.value, created_at=now, updated_at=now, state_changed_at=now,
             cycle=run.cycle, cancel_requested=False, judge_config=run.judge_config,
             gate_config=run.gate_config, loop_config=run.loop_config,
+            prompt_source=run.prompt_source, skip_reason=run.skip_reason,
             **(lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {}))
         if not created:
             raise RunExistsError(
                 f"run {run.id} already exists: use `cftrunner resume {run.id}` to continue it")
         if lease is not None:
             lease.renewed(time.monotonic())
-        numbered = enumerate(prompts)
+        numbered = enumerate(Prompt(p) if isinstance(p, str) else p for p in prompts)
         count = 0
-        while batch := [{"run_id": run.id, "position": i, "prompt": p,
-                         "stage": ItemStage.PENDING.value, "judge_attempts": 0, "updated_at": now}
-                        for i, p in itertools.islice(numbered, ITEM_BATCH)]:
-            tx.conn.execute(items.insert(), batch)
-            count += len(batch)
+        while chunk := list(itertools.islice(numbered, ITEM_BATCH)):
+            tx.conn.execute(items.insert(), [
+                {"run_id": run.id, "position": i, "prompt": p.text,
+                 "stage": ItemStage.PENDING.value, "judge_attempts": 0, "updated_at": now}
+                for i, p in chunk])
+            if run.cycle is not None:
+                self._note_uses(tx, run, chunk, now)
+            count += len(chunk)
         tx.event(run.id, "run_created", items=count)
+
+    @staticmethod
+    def _note_uses(tx: Tx, run: Run, chunk: list[tuple[int, Prompt]], now: datetime) -> None:
+        uses = {prompt_digest(p.text): {"cycle": run.cycle, "run_id": run.id, "position": i,
+                                        "tag": p.tag, "used_at": now} for i, p in chunk}
+        # A prompt used again replaces its earlier use; a run holds no prompt twice.
+        tx.conn.execute(prompt_uses.delete().where(prompt_uses.c.cycle == run.cycle,
+                                                   prompt_uses.c.digest.in_(list(uses))))
+        tx.conn.execute(prompt_uses.insert(), [{"digest": d, **use} for d, use in uses.items()])
 
 
     def run(self, run_id: str) -> Run:
@@ -269,6 +293,13 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(sa.select(evaluations).where(evaluations.c.run_id == run_id)
                                 .order_by(evaluations.c.model_id, evaluations.c.position)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def rechecks(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's regression set, in order, each with its answer and score once asked."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(rechecks).where(rechecks.c.run_id == run_id)
+                                .order_by(rechecks.c.position)).all()
         return [dict(r._mapping) for r in rows]
 
     def tokens_used(self, run_id: str) -> int:
@@ -346,7 +377,8 @@ class Store:
             state_seconds={k: round(v, 3) for k, v in seconds.items()},
             workers=[WorkerInfo(Owner(w.host, w.boot_id, w.pid, w.started), w.expires_at,
                                 int(w.holding)) for w in registered],
-            undecided=[effect_from(e) for e in undecided])
+            undecided=[effect_from(e) for e in undecided],
+            rechecks=self.rechecks(run.id) if run.loop.regression else [])
 
     def effect(self, run_id: str, key: str) -> Effect | None:
         with self._read() as conn:

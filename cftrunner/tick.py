@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
+from cftrunner import crashpoints, prompt_source
 from cftrunner.config import Cycle, cycle_name
 from cftrunner.display import Display, no_display
 from cftrunner.exceptions import InputError
 from cftrunner.lease import Lease, current_owner
 from cftrunner.models import Run
-from cftrunner.prompts import check_prompts, iter_prompts
+from cftrunner.prompt_source import Choice, Scan, holdout_places, scan
 from cftrunner.render import duration
+from cftrunner.run_config import LoopConfig
 from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
 from cftrunner.states import RUN_ORDER, RunState
 from cftrunner.store import Store
+from cftrunner.transaction import Tx
 
 log = structlog.get_logger("cftrunner")
 
@@ -61,58 +64,121 @@ def promoted(last: Run | None, spec: RunSpec) -> RunSpec:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "resume" | "start" | "wait"
+    action: str  # "resume" | "start" | "skip" (too few new prompts) | "wait"
     run_id: str | None
     reason: str
+    prompts: dict[str, Any] | None = None  # for "start" and "skip": where its prompts came from
 
 
-def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec,
-                     prompts: Iterable[str]) -> Decision:
+def _due(tx: Tx, cycle: Cycle, name: str, now: datetime) -> Decision | None:
+    """Resume the cycle's unfinished run, or wait, or None when a new cycle is due."""
+    latest = tx.latest_run(name)
+    if latest is not None and not latest.finished:
+        return Decision("resume", latest.id, f"run {latest.id} is unfinished")
+    if latest is not None and latest.state is RunState.FAILED:
+        due = latest.state_changed_at + timedelta(seconds=cycle.failed_retry_interval)
+        if now < due:
+            return Decision("wait", latest.id, f"the last cycle {latest.id} FAILED "
+                            f"{duration((now - latest.state_changed_at).total_seconds())} ago; "
+                            f"next try in {duration((due - now).total_seconds())}")
+    # Every end but FAILED makes the cycle done for the interval: a SKIPPED one too (the gate
+    # said no, or there were too few new prompts), and one whose job trained, or failed to, or
+    # whose model was compared.
+    done = tx.latest_run(name, tuple(CYCLE_DONE))
+    if done is not None:
+        due = done.created_at + timedelta(seconds=cycle.interval)
+        if now < due:
+            return Decision("wait", done.id, f"the last cycle {done.id} {done.state.value} "
+                            f"{duration((now - done.created_at).total_seconds())} ago; "
+                            f"next in {duration((due - now).total_seconds())}")
+    return None
+
+
+def choose(tx: Tx, cycle: Cycle, name: str, scanned: Scan, loop: LoopConfig,
+           now: datetime) -> Choice:
+    """The prompts the cycle's next run takes, against what its runs used (read in `tx`)."""
+    rules = cycle.rules()
+    return prompt_source.choose(
+        scanned, tx.used_prompts(name), now, rules,
+        tag_means=tx.tag_means(name) if rules.prioritise == "weak" else None,
+        holdout=holdout_places(loop.holdout, loop.holdout_source))
+
+
+def too_few(cycle: Cycle, choice: Choice) -> str | None:
+    """Why the cycle is skipped for want of new prompts, or None."""
+    if choice.unused >= cycle.min_new_prompts:
+        return None
+    counted = f"{len(choice.scan.files)} file(s), {len(choice.scan.prompts)} prompt(s)"
+    found = "no unused prompt" if not choice.unused else f"only {choice.unused} unused prompt(s)"
+    return (f"{found} in {choice.scan.source} ({counted}); min_new_prompts is "
+            f"{cycle.min_new_prompts}")
+
+
+def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan) -> Decision:
     """In one transaction under the cycle's lock: pick what to do, and when a new cycle is due,
-    create its run (of `spec`, under a new id) already leased to this process, so a concurrent
-    tick finds it owned."""
-    spec = replace(spec, run_id=new_run_id())
+    choose its prompts and create its run (of `spec`, under a new id) already leased to this
+    process, so a concurrent tick finds it owned. With too few new prompts, the run is created
+    SKIPPED, without items; the prompts are then left unused."""
+    run_id = new_run_id()
+    spec = replace(spec, run_id=run_id)
     name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
     store: Store = runner.store
     with store.tx() as tx:
         tx.lock_cycle(name)
         now = utcnow()  # once the cycle is locked, so the new lease's expiry is not early
-        latest = tx.latest_run(name)
-        if latest is not None and not latest.finished:
-            return Decision("resume", latest.id, f"run {latest.id} is unfinished")
-        if latest is not None and latest.state is RunState.FAILED:
-            due = latest.state_changed_at + timedelta(seconds=cycle.failed_retry_interval)
-            if now < due:
-                return Decision("wait", latest.id, f"the last cycle {latest.id} FAILED "
-                                f"{duration((now - latest.state_changed_at).total_seconds())} ago; "
-                                f"next try in {duration((due - now).total_seconds())}")
-        # Every end but FAILED makes the cycle done for the interval: a SKIPPED one too (the
-        # gate said no), and one whose job trained, or failed to, or whose model was compared.
-        done = tx.latest_run(name, tuple(CYCLE_DONE))
-        if done is not None:
-            due = done.created_at + timedelta(seconds=cycle.interval)
-            if now < due:
-                return Decision("wait", done.id, f"the last cycle {done.id} {done.state.value} "
-                                f"{duration((now - done.created_at).total_seconds())} ago; "
-                                f"next in {duration((due - now).total_seconds())}")
-        spec = promoted(latest, spec)
-        assert spec.run_id is not None
-        lease = Lease(spec.run_id, current_owner(), runner.settings.lease_seconds)
-        store.insert_run(tx, Runner.new_run(spec.run_id, spec, name), prompts, lease, now)
+        decided = _due(tx, cycle, name, now)
+        if decided is not None:
+            return decided
+        spec = promoted(tx.latest_run(name), spec)
+        choice = choose(tx, cycle, name, scanned, spec.loop, now)
+        crashpoints.reach("tick.after_choosing")
+        run = replace(Runner.new_run(run_id, spec, name), prompt_source=choice.summary())
+        skipped = too_few(cycle, choice)
+        if skipped is not None:
+            store.insert_run(tx, replace(run, state=RunState.SKIPPED, skip_reason=skipped), (),
+                             None, now)
+            return Decision("skip", run_id, skipped, run.prompt_source)
+        lease = Lease(run_id, current_owner(), runner.settings.lease_seconds)
+        store.insert_run(tx, run, choice.stream(), lease, now)
+    crashpoints.reach("tick.after_create")
     runner.lease = lease
-    return Decision("start", spec.run_id, "a new cycle is due")
+    return Decision("start", run_id, "a new cycle is due", run.prompt_source)
+
+
+def preview(store: Store | None, cycle: Cycle) -> Decision:
+    """What tick would do for the cycle now, with the prompts a new run would take; nothing is
+    stored. Without a state database (`store` None) the cycle has no history yet."""
+    spec = spec_from(cycle, None, "tick")
+    scanned = scan(spec.prompts_source)
+    name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
+    now = utcnow()
+    if store is None:
+        choice = prompt_source.choose(scanned, {}, now, cycle.rules(), holdout=holdout_places(
+            spec.loop.holdout, spec.loop.holdout_source))
+    else:
+        with store.reading() as tx:
+            decided = _due(tx, cycle, name, now)
+            if decided is not None:
+                return decided
+            choice = choose(tx, cycle, name, scanned, spec.loop, now)
+    skipped = too_few(cycle, choice)
+    if skipped is not None:
+        return Decision("skip", None, skipped, choice.summary())
+    return Decision("start", None, "a new cycle is due", choice.summary())
 
 
 def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None],
          display: Display = no_display) -> tuple[Decision, Run | None]:
     spec = spec_from(cycle, None, "tick")
-    # Checked in full before anything else, even when the run to drive already exists; then read
-    # again as the new run's items are stored, so the prompts are never all held at once.
-    check_prompts(Path(spec.prompts_source))
-    decision = decide_and_claim(runner, cycle, spec, iter_prompts(Path(spec.prompts_source)))
+    # Every prompt of the source is checked before anything else, even when the run to drive
+    # already exists; the chosen ones are read again as the new run's items are stored, so the
+    # prompts are never all held at once.
+    decision = decide_and_claim(runner, cycle, spec, scan(spec.prompts_source))
     log.info("tick", action=decision.action, run_id=decision.run_id, reason=decision.reason)
     if decision.action == "wait" or decision.run_id is None:
         return decision, None
+    if decision.action == "skip":
+        return decision, runner.store.run(decision.run_id)
     if decision.action == "start":
         on_created(decision.run_id)
     with display(runner.store, decision.run_id):

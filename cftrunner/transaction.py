@@ -13,6 +13,7 @@ from cftrunner.exceptions import LeaseLost, StaleStateError
 from cftrunner.lease import Lease
 from cftrunner.models import Effect, EffectStatus, Item, LeaseInfo, Owner, Run
 from cftrunner.payloads import ChatResult
+from cftrunner.prompts import prompt_digest
 from cftrunner.schema import (
     completions,
     cycles,
@@ -20,6 +21,8 @@ from cftrunner.schema import (
     evaluations,
     events,
     items,
+    prompt_uses,
+    rechecks,
     runs,
     utcnow,
 )
@@ -140,6 +143,22 @@ class Tx:
         dialect.insert_ignoring_duplicates(self.conn, cycles, name=name, created_at=utcnow())
         self.conn.execute(sa.select(cycles.c.name).where(cycles.c.name == name).with_for_update())
 
+    def used_prompts(self, cycle: str) -> dict[str, datetime]:
+        """When the cycle's runs last took each prompt, by digest."""
+        query = sa.select(prompt_uses.c.digest, prompt_uses.c.used_at).where(
+            prompt_uses.c.cycle == cycle)
+        return {digest: used_at for digest, used_at in self.conn.execute(query)}
+
+    def tag_means(self, cycle: str) -> dict[str, float]:
+        """The mean score of the cycle's judged prompts by tag, as far as their items are kept."""
+        query = (sa.select(prompt_uses.c.tag, sa.func.avg(items.c.score))
+                 .join(items, sa.and_(items.c.run_id == prompt_uses.c.run_id,
+                                      items.c.position == prompt_uses.c.position))
+                 .where(prompt_uses.c.cycle == cycle, prompt_uses.c.tag.is_not(None),
+                        items.c.score.is_not(None))
+                 .group_by(prompt_uses.c.tag))
+        return {tag: float(mean) for tag, mean in self.conn.execute(query)}
+
     def latest_run(self, cycle: str, states: tuple[RunState, ...] = ()) -> Run | None:
         query = sa.select(runs).where(runs.c.cycle == cycle)
         if states:
@@ -193,6 +212,41 @@ class Tx:
                                            ("run_id", "model_id", "position"), run_id=run_id,
                                            model_id=model_id, position=position, at=utcnow(),
                                            **fields)
+
+    def choose_rechecks(self, run: Run, model_id: str, threshold: float) -> int:
+        """Store the run's regression set, once: each prompt of the cycle's runs so far (this
+        one included) that last scored below `threshold`, unless a regression check found it
+        fixed since; how many."""
+        weak: dict[str, tuple[str, str, float, datetime]] = {}
+        query = (sa.select(items.c.prompt, items.c.score, runs.c.id, runs.c.created_at)
+                 .join(runs, runs.c.id == items.c.run_id)
+                 .where(runs.c.cycle == run.cycle, runs.c.created_at <= run.created_at,
+                        items.c.score.is_not(None))
+                 .order_by(runs.c.created_at, items.c.position))
+        for prompt, score, run_id, created_at in self.conn.execute(query):
+            digest = prompt_digest(prompt)
+            if score < threshold:
+                weak[digest] = (prompt, run_id, score, created_at)
+            else:
+                weak.pop(digest, None)  # scored well later
+        fixed = (sa.select(rechecks.c.digest, rechecks.c.at)
+                 .join(runs, runs.c.id == rechecks.c.run_id)
+                 .where(runs.c.cycle == run.cycle, rechecks.c.score >= threshold))
+        for digest, at in self.conn.execute(fixed):
+            if digest in weak and at > weak[digest][3]:
+                del weak[digest]
+        rows = [{"run_id": run.id, "position": n, "digest": digest, "prompt": prompt,
+                 "earlier_run_id": earlier, "earlier_score": score, "model_id": model_id}
+                for n, (digest, (prompt, earlier, score, _)) in enumerate(weak.items())]
+        if rows:
+            self.conn.execute(rechecks.insert(), rows)
+        return len(rows)
+
+    def record_recheck(self, run_id: str, position: int, **fields: Any) -> None:
+        """Keep one regression check's answer and score."""
+        self.conn.execute(rechecks.update().where(rechecks.c.run_id == run_id,
+                                                  rechecks.c.position == position)
+                          .values(at=utcnow(), **fields))
 
     def prepare_effect(self, run_id: str, key: str, kind: str, item_id: int | None,
                        request: dict[str, Any], previous: Effect | None) -> Effect:

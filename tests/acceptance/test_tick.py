@@ -66,7 +66,9 @@ class Cron:
         return shown
 
 
-CONFIG_KEYS = {"interval": '"4s"', "failed_retry_interval": '"1h"'}
+# Each cycle takes the same prompts file again: what these tests count is runs and effects per
+# interval (test_prompt_source.py has cycles over new prompts).
+CONFIG_KEYS = {"interval": '"4s"', "failed_retry_interval": '"1h"', "reuse_after": '"0s"'}
 
 
 def write_config(folder: Path, sandbox: Sandbox, keys: dict[str, str], tail: str = "",

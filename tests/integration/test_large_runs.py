@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from cftrunner import service
 from cftrunner.config import Cycle
 from cftrunner.exceptions import PromptsError
+from cftrunner.prompt_source import scan
 from cftrunner.prompts import iter_prompts
 from cftrunner.runner import Runner, RunSpec
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
@@ -129,7 +130,7 @@ def test_tick_refuses_a_bad_prompts_file_before_resuming_the_unfinished_run(
     runner = Runner(store, quick_settings(sandbox.url, db_url))
     try:
         unfinished = decide_and_claim(runner, cycle, spec_from(cycle, None, "tick"),
-                                      iter_prompts(tmp_path / "p.jsonl"))
+                                      scan(str(tmp_path / "p.jsonl")))
         runner.release()
         write_jsonl(tmp_path / "p.jsonl", 3, last="3")
         with pytest.raises(PromptsError, match="line 3: prompt 2 is a number"):
