@@ -17,7 +17,7 @@ there is one). It is TOML and may hold every setting but the API key::
     failed_retry_interval = "1h"       # after a FAILED cycle, tick waits this long before another; >= 0
     prompts_per_cycle = 500            # int >= 1: prompts a tick's run takes at most (default: all new)
     min_new_prompts = 1                # int >= 1: fewer unused prompts than this, and the cycle is SKIPPED
-    reuse_after = "90d"                # a prompt a cycle used may be taken again after this (default: never)
+    reuse_after = "never"              # a prompt a cycle used may be taken again after this, e.g. "90d"
     prioritise = "oldest"              # "oldest" (files oldest first) | "weak" (weakest tags first)
     follow = false                     # after the launch, follow the job to TRAINED / TRAIN_FAILED
     promote = false                    # then compare the new models on holdout_prompts (implies follow)
@@ -536,7 +536,7 @@ def _value(resolved: Resolved, key: Key) -> Any:
 
 def _text(key: Key, value: Any) -> str:
     if value is None:
-        return NOT_SET
+        return "never" if key.rule.never else NOT_SET
     if key.rule.kind == "duration":
         return duration_text(value)
     if key.rule.kind == "boolean":

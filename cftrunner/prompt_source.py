@@ -93,7 +93,9 @@ class Scan:
     repeated: int  # prompts left out as found in an earlier file
 
 
-def scan(source: str) -> Scan:
+def scan(source: str, holdout: Mapping[str, str] | None = None) -> Scan:
+    """Every prompt of the source, checked; one also among the `holdout` (places by digest) is
+    refused, both places named."""
     files = files_of(source)
     prompts: list[Seen] = []
     seen: set[str] = set()
@@ -101,6 +103,8 @@ def scan(source: str) -> Scan:
     for number, file in enumerate(files):
         for index, prompt in enumerate(iter_tagged(file)):
             digest = prompt_digest(prompt.text)
+            if holdout and digest in holdout:
+                raise _held_out(f"{file}: prompt {index}", holdout[digest])
             if digest in seen:
                 repeated += 1
                 continue
@@ -210,12 +214,9 @@ def _changed(file: Path) -> PromptsError:
 
 
 def choose(scanned: Scan, used: Mapping[str, datetime], now: datetime, rules: Rules,
-           tag_means: Mapping[str, float] | None = None,
-           holdout: Mapping[str, str] | None = None) -> Choice:
-    """The prompts a new run takes from `scanned`, given when each digest was last `used`.
-
-    `tag_means`: the mean score of the cycle's earlier prompts by tag, for "weak". `holdout`: the
-    held-out prompts' places by digest; an unused prompt among them is refused, both places named."""
+           tag_means: Mapping[str, float] | None = None) -> Choice:
+    """The prompts a new run takes from `scanned`, given when each digest was last `used`;
+    `tag_means`, the mean score of the cycle's earlier prompts by tag, for "weak"."""
     reuse = None if rules.reuse_after is None else now - timedelta(seconds=rules.reuse_after)
     usable: list[Seen] = []
     reused: set[str] = set()
@@ -223,8 +224,6 @@ def choose(scanned: Scan, used: Mapping[str, datetime], now: datetime, rules: Ru
         when = used.get(seen.digest)
         if when is not None and (reuse is None or when > reuse):
             continue
-        if holdout and seen.digest in holdout:
-            raise _held_out(place(scanned, seen), holdout[seen.digest])
         usable.append(seen)
         if when is not None:
             reused.add(seen.digest)
@@ -242,10 +241,6 @@ def choose(scanned: Scan, used: Mapping[str, datetime], now: datetime, rules: Ru
     taken_reused = frozenset(seen.digest for seen in taken if seen.digest in reused)
     return Choice(scanned, tuple(taken), taken_reused, unused=len(usable),
                   used=len(scanned.prompts) - len(usable), prioritise=rules.prioritise)
-
-
-def place(scanned: Scan, seen: Seen) -> str:
-    return f"{scanned.files[seen.file]}: prompt {seen.index}"
 
 
 def holdout_places(prompts: tuple[str, ...], source: str | None) -> dict[str, str]:

@@ -32,7 +32,7 @@ from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
 from cftrunner.states import RunState
 from cftrunner.store import Store
-from cftrunner.tick import Decision
+from cftrunner.tick import Decision, source_of, spec_from
 from cftrunner.tick import tick as run_tick
 
 MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
@@ -110,10 +110,12 @@ def tick(resolved: Resolved, on_created: Callable[[str], None], stop: Stop | Non
     or decide to wait."""
     if not resolved.settings.api_key:
         raise InputError(MISSING_KEY)
+    cycle = cycle or resolved.cycle
+    scanned = source_of(spec_from(cycle, None, "tick"))  # bad input stores nothing
     store = Store(resolved.settings.db_url)
     try:
-        return run_tick(Runner(store, resolved.settings, stop=stop), cycle or resolved.cycle,
-                        on_created, display)
+        return run_tick(Runner(store, resolved.settings, stop=stop), cycle, on_created, display,
+                        scanned)
     finally:
         store.close()
 

@@ -95,6 +95,7 @@ class Rule:
     high: float | None = None
     above: bool = False  # `low` itself is refused
     choices: tuple[str, ...] = ()
+    never: bool = False  # a duration that may be "never" (None)
 
     @property
     def requirement(self) -> str:
@@ -106,6 +107,8 @@ class Rule:
             else:
                 bound = f" {'>' if self.above else '>='} {number_text(self.low or 0)}"
             forms = ' ("90s", "30m", "24h", "7d" or a number of seconds)' if self.kind == "duration" else ""
+            if self.never:
+                forms = forms.replace(" or a number", ", a number").replace(")", ' or "never")')
             return noun + bound + forms
         if self.kind == "boolean":
             return "true or false"
@@ -131,6 +134,8 @@ class Rule:
                 raise ValueError(value)
             return value
         if self.kind == "duration":
+            if self.never and isinstance(value, str) and value.strip().lower() == "never":
+                return None
             if isinstance(value, str):
                 value = parse_duration(value)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -243,7 +248,7 @@ KEYS: tuple[Key, ...] = (
         DEFAULT_FAILED_RETRY_INTERVAL),
     Key("prompts_per_cycle", "cycle.prompts_per_cycle", Rule("integer", 1), None),
     Key("min_new_prompts", "cycle.min_new_prompts", Rule("integer", 1), 1),
-    Key("reuse_after", "cycle.reuse_after", Rule("duration", 0), None),
+    Key("reuse_after", "cycle.reuse_after", Rule("duration", 0, never=True), None),
     Key("prioritise", "cycle.prioritise", Rule("choice", choices=PRIORITIES), "oldest"),
     _setting("db", "settings.db_url", Rule("db"), "CFTRUNNER_DB"),
     _setting("base_url", "settings.base_url", Rule("url"), "CFTRUNNER_BASE_URL"),

@@ -17,7 +17,6 @@ from cftrunner.lease import Lease, current_owner
 from cftrunner.models import Run
 from cftrunner.prompt_source import Choice, Scan, holdout_places, scan
 from cftrunner.render import duration
-from cftrunner.run_config import LoopConfig
 from cftrunner.runner import Runner, RunSpec, new_run_id
 from cftrunner.schema import utcnow
 from cftrunner.states import RUN_ORDER, RunState
@@ -94,14 +93,17 @@ def _due(tx: Tx, cycle: Cycle, name: str, now: datetime) -> Decision | None:
     return None
 
 
-def choose(tx: Tx, cycle: Cycle, name: str, scanned: Scan, loop: LoopConfig,
-           now: datetime) -> Choice:
+def source_of(spec: RunSpec) -> Scan:
+    """Every prompt of the cycle's source, checked, none of them held out (see `prompt_source`)."""
+    return scan(spec.prompts_source, holdout_places(spec.loop.holdout, spec.loop.holdout_source))
+
+
+def choose(tx: Tx, cycle: Cycle, name: str, scanned: Scan, now: datetime) -> Choice:
     """The prompts the cycle's next run takes, against what its runs used (read in `tx`)."""
     rules = cycle.rules()
     return prompt_source.choose(
         scanned, tx.used_prompts(name), now, rules,
-        tag_means=tx.tag_means(name) if rules.prioritise == "weak" else None,
-        holdout=holdout_places(loop.holdout, loop.holdout_source))
+        tag_means=tx.tag_means(name) if rules.prioritise == "weak" else None)
 
 
 def too_few(cycle: Cycle, choice: Choice) -> str | None:
@@ -130,7 +132,7 @@ def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan)
         if decided is not None:
             return decided
         spec = promoted(tx.latest_run(name), spec)
-        choice = choose(tx, cycle, name, scanned, spec.loop, now)
+        choice = choose(tx, cycle, name, scanned, now)
         crashpoints.reach("tick.after_choosing")
         run = replace(Runner.new_run(run_id, spec, name), prompt_source=choice.summary())
         skipped = too_few(cycle, choice)
@@ -149,18 +151,17 @@ def preview(store: Store | None, cycle: Cycle) -> Decision:
     """What tick would do for the cycle now, with the prompts a new run would take; nothing is
     stored. Without a state database (`store` None) the cycle has no history yet."""
     spec = spec_from(cycle, None, "tick")
-    scanned = scan(spec.prompts_source)
+    scanned = source_of(spec)
     name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
     now = utcnow()
     if store is None:
-        choice = prompt_source.choose(scanned, {}, now, cycle.rules(), holdout=holdout_places(
-            spec.loop.holdout, spec.loop.holdout_source))
+        choice = prompt_source.choose(scanned, {}, now, cycle.rules())
     else:
         with store.reading() as tx:
             decided = _due(tx, cycle, name, now)
             if decided is not None:
                 return decided
-            choice = choose(tx, cycle, name, scanned, spec.loop, now)
+            choice = choose(tx, cycle, name, scanned, now)
     skipped = too_few(cycle, choice)
     if skipped is not None:
         return Decision("skip", None, skipped, choice.summary())
@@ -168,12 +169,14 @@ def preview(store: Store | None, cycle: Cycle) -> Decision:
 
 
 def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None],
-         display: Display = no_display) -> tuple[Decision, Run | None]:
+         display: Display = no_display, scanned: Scan | None = None) -> tuple[Decision, Run | None]:
+    """Resume the cycle's unfinished run, start one when due, or decide to wait. `scanned`: the
+    cycle's source already read (`source_of`), as the caller does before opening the database."""
     spec = spec_from(cycle, None, "tick")
     # Every prompt of the source is checked before anything else, even when the run to drive
     # already exists; the chosen ones are read again as the new run's items are stored, so the
     # prompts are never all held at once.
-    decision = decide_and_claim(runner, cycle, spec, scan(spec.prompts_source))
+    decision = decide_and_claim(runner, cycle, spec, scanned or source_of(spec))
     log.info("tick", action=decision.action, run_id=decision.run_id, reason=decision.reason)
     if decision.action == "wait" or decision.run_id is None:
         return decision, None

@@ -75,11 +75,12 @@ def write_config(folder: Path, sandbox: Sandbox, keys: dict[str, str], tail: str
                  db: str = "sqlite:///state/cron.db") -> Path:
     """A config file holding the whole cycle and where to find the API and the state database
     (a file relative to the config file's folder by default); `keys` are TOML values by key,
-    `tail` is appended (sections)."""
+    in place of the defaults, `tail` is appended (sections)."""
     write_prompts(folder / "prompts.json", FEW_PROMPTS)
-    lines = [f'project_id = "{DEFAULT_PROJECT_ID}"', f'model_alias = "{MODEL}"',
-             'prompts = "prompts.json"', f'base_url = "{sandbox.url}"', f'db = "{db}"',
-             *(f"{key} = {value}" for key, value in keys.items())]
+    values = {"project_id": f'"{DEFAULT_PROJECT_ID}"', "model_alias": f'"{MODEL}"',
+              "prompts": '"prompts.json"', "base_url": f'"{sandbox.url}"', "db": f'"{db}"',
+              **keys}
+    lines = [f"{key} = {value}" for key, value in values.items()]
     config = folder / "cftrunner.toml"
     config.write_text("\n".join(lines) + "\n" + tail)
     return config
