@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from structlog.testing import capture_logs
 
 from cftrunner import dialect, migrations
 from cftrunner.exceptions import InputError
+from cftrunner.prompts import prompt_digest
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.schema import metadata, utcnow
 from cftrunner.states import RunState
@@ -162,3 +164,48 @@ def test_values_longer_than_the_declared_lengths_are_kept_on_either_database(sto
     store.create_run(replace(make_run(LONG[:300]), model_alias=LONG, project_id=LONG), [LONG])
     stored = store.run(LONG[:300])
     assert (stored.model_alias, stored.project_id) == (LONG, LONG)
+
+
+def test_upgrading_to_0005_notes_every_prompt_the_cycles_runs_used(db_url: str) -> None:
+    """A database of runs made before prompt sources: their prompts count as used by their cycle,
+    each pointing at the latest run that took it, so the next tick does not take them again."""
+    with connected(db_url) as conn:
+        command.upgrade(migrations.alembic_config(conn), "0004")
+    earlier = utcnow()
+    later = earlier + timedelta(seconds=5)
+    runs = sa.table("runs", *(sa.column(c) for c in (
+        "id", "project_id", "model_alias", "judge_model", "split_percentage", "prompts_source",
+        "job_name", "state", "created_at", "updated_at", "state_changed_at", "cycle",
+        "cancel_requested")))
+    items = sa.table("items", *(sa.column(c) for c in (
+        "run_id", "position", "prompt", "stage", "judge_attempts", "updated_at")))
+    with connected(db_url) as conn:
+        for run_id, cycle, created, prompts in (("r1", "c", earlier, PROMPTS[:3]),
+                                                ("r2", "c", later, PROMPTS[2:4]),
+                                                ("r3", None, later, PROMPTS[4:5])):
+            conn.execute(runs.insert().values(
+                id=run_id, project_id=DEFAULT_PROJECT_ID, model_alias=MODEL, judge_model=JUDGE,
+                split_percentage=80, prompts_source="p.json", job_name=f"job-{run_id}",
+                state="LAUNCHED", created_at=created.replace(tzinfo=None),
+                updated_at=created.replace(tzinfo=None),
+                state_changed_at=created.replace(tzinfo=None), cycle=cycle,
+                cancel_requested=False))
+            conn.execute(items.insert(), [
+                {"run_id": run_id, "position": i, "prompt": p, "stage": "ADDED",
+                 "judge_attempts": 1, "updated_at": created.replace(tzinfo=None)}
+                for i, p in enumerate(prompts)])
+    store = Store(db_url)
+    try:
+        with store.reading() as tx:
+            used = tx.used_prompts("c")
+        with connected(db_url) as conn:
+            rows = conn.execute(sa.text(
+                "SELECT digest, run_id, position FROM prompt_uses ORDER BY run_id, position"))
+            where = {digest: (run_id, position) for digest, run_id, position in rows}
+    finally:
+        store.close()
+    assert revision(db_url) == migrations.HEAD
+    assert set(used) == {prompt_digest(p) for p in PROMPTS[:4]}
+    assert where == {prompt_digest(PROMPTS[0]): ("r1", 0), prompt_digest(PROMPTS[1]): ("r1", 1),
+                     prompt_digest(PROMPTS[2]): ("r2", 0), prompt_digest(PROMPTS[3]): ("r2", 1)}
+    assert abs((used[prompt_digest(PROMPTS[3])] - later).total_seconds()) < 1

@@ -16,6 +16,7 @@ from cftrunner import config, logs
 from cftrunner.config import Resolved, describe, resolve
 from cftrunner.exceptions import InputError
 from cftrunner.judge import DEFAULT_JUDGE_MODEL
+from cftrunner.prompt_source import Rules
 from cftrunner.retry import RetryPolicy
 from cftrunner.run_config import DEFAULT_TEMPLATE, GateConfig
 from cftrunner.settings import (
@@ -886,3 +887,54 @@ def test_an_api_key_in_an_entry_is_refused(run: Resolve, write_config: WriteConf
     path = write_config('[[cycles]]\napi_key = "sk-secret"\n')
     message = refusal(run)
     assert message.startswith(f"{path}: cycles.api_key is not allowed") and "sk-secret" not in message
+
+
+# the prompt source
+
+
+def test_an_entry_sets_its_own_prompt_source_keys(run: Resolve, write_config: WriteConfig,
+                                                  tmp_path: Path) -> None:
+    write_config('project_id = "p"\nmodel_alias = "m"\nprompts_per_cycle = 50\n'
+                 'reuse_after = "30d"\n'
+                 '[[cycles]]\nname = "a"\nprompts = "incoming/*.jsonl"\n'
+                 '[[cycles]]\nname = "b"\nprompts = "drop/"\nmin_new_prompts = 10\n'
+                 'reuse_after = "never"\nprioritise = "weak"\n')
+    a, b = run().cycles
+    assert (a.prompts, a.prompts_per_cycle, a.min_new_prompts, a.reuse_after, a.prioritise) == (
+        str(tmp_path / "incoming" / "*.jsonl"), 50, 1, 30 * 86400.0, "oldest")
+    assert (b.prompts, b.prompts_per_cycle, b.min_new_prompts, b.reuse_after, b.prioritise) == (
+        str(tmp_path / "drop"), 50, 10, None, "weak")
+    assert b.rules() == Rules(per_cycle=50, reuse_after=None, prioritise="weak",
+                              neutral_score=0.5)
+
+
+def test_reuse_after_is_never_unless_set_and_config_shows_it(run: Resolve,
+                                                             write_config: WriteConfig) -> None:
+    write_config('project_id = "p"\n')
+    rows = {key: (value, source) for key, value, source in config.describe(run())}
+    assert rows["reuse_after"] == ("never", "default")
+    assert rows["prompts_per_cycle"] == ("(not set)", "default")
+    assert rows["min_new_prompts"] == ("1", "default")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('reuse_after = "soon"', 'reuse_after must be a duration >= 0 ("90s", "30m", "24h", "7d", a '
+                             'number of seconds or "never"), not "soon"'),
+    ("min_new_prompts = 0", "min_new_prompts must be an integer >= 1, not 0"),
+    ("prompts_per_cycle = 2.5", "prompts_per_cycle must be an integer >= 1, not 2.5"),
+    ('prioritise = "hardest"', 'prioritise must be one of "oldest", "weak", not "hardest"'),
+])
+def test_a_bad_prompt_source_key_is_refused_naming_it(run: Resolve, write_config: WriteConfig,
+                                                      tmp_path: Path, text: str,
+                                                      message: str) -> None:
+    write_config(text + "\n")
+    assert refusal(run) == f"{tmp_path / 'cftrunner.toml'}: {message}"
+
+
+def test_regression_needs_promote(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="regression = true needs promote = true"):
+        config.Cycle(regression=True).loop()
+    holdout = tmp_path / "holdout.json"
+    holdout.write_text('["h"]')
+    loop = config.Cycle(promote=True, regression=True, holdout_prompts=str(holdout)).loop()
+    assert loop.regression and loop.promote

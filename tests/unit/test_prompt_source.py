@@ -22,6 +22,7 @@ from cftrunner.prompt_source import (
 from cftrunner.prompts import Prompt, prompt_digest
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+DEFAULT_RULES = Rules()
 
 
 def jsonl(path: Path, *prompts: str | tuple[str, str], age: int = 0) -> Path:
@@ -39,7 +40,7 @@ def texts(prompts: object) -> list[str]:
 
 
 def taken(source: Path | str, used: dict[str, datetime] | None = None,
-          rules: Rules = Rules(), **options: object) -> list[str]:
+          rules: Rules = DEFAULT_RULES, **options: object) -> list[str]:
     choice = choose(scan(str(source)), used or {}, NOW, rules, **options)  # type: ignore[arg-type]
     return texts(choice.stream())
 

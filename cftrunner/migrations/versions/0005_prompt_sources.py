@@ -58,7 +58,8 @@ def upgrade() -> None:
 def _fill(conn: sa.Connection, uses: sa.Table) -> None:
     """A row per prompt of every run that belongs to a cycle, the latest run's where several
     took it."""
-    runs = sa.table("runs", sa.column("id"), sa.column("cycle"), sa.column("created_at"))
+    runs = sa.table("runs", sa.column("id"), sa.column("cycle"),
+                    sa.column("created_at", sa.DateTime))
     items = sa.table("items", sa.column("run_id"), sa.column("position"), sa.column("prompt"))
     latest: dict[tuple[str, str], tuple[datetime, str, int]] = {}
     rows = conn.execute(
