@@ -175,8 +175,9 @@ def cycle_options(func: F) -> F:
     for option in reversed([
         click.option("--project-id", help="The Prem project whose dataset is improved."),
         click.option("--model-alias", help="The fine-tuned model that answers the prompts."),
-        click.option("--prompts", metavar="FILE",
-                     help='JSON ({"test_prompts": [...]} or a list of strings) or JSONL.'),
+        click.option("--prompts", metavar="PATH",
+                     help='A prompts file, JSON ({"test_prompts": [...]} or a list of strings) or '
+                          "JSONL; or a folder or glob of them."),
         click.option("--judge-model", help="The judge model [default claude-4.5-sonnet]."),
         click.option("--judge-prompt", metavar="FILE",
                      help="The judge prompt template, with {prompt} and {answer} placeholders "

@@ -115,6 +115,8 @@ class LoopConfig(StoredConfig):
     holdout: tuple[str, ...] = ()  # the held-out prompts, never added to the dataset
     holdout_source: str | None = None
     margin: float = 0.0  # a new model may score this much below the current one and still win
-    regression: bool = False  # after a promotion, ask the cycle's earlier weak prompts again
     # The promoted experiment this run's model came from: its job re-tunes from it.
     retune_from: dict[str, Any] | None = field(default=None)
+    # After a promotion, ask the cycle's earlier weak prompts again (last: the stored keys keep
+    # their order).
+    regression: bool = False
