@@ -1,4 +1,8 @@
-"""The cron entry: resume the cycle's unfinished run, start a new one when due, or do nothing."""
+"""The cron entry: resume the cycle's unfinished run, start a new one when due, or do nothing.
+
+A new run takes the prompts of the cycle's source that no earlier run of the cycle used
+(`prompt_source`), chosen and stored with the run under the cycle's lock; with too few of them the
+cycle is recorded SKIPPED instead."""
 
 from __future__ import annotations
 
