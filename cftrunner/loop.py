@@ -123,38 +123,31 @@ def verdict(check: dict[str, Any], threshold: float) -> str:
 
 def _recheck(r: Runner, run: Run, check: dict[str, Any]) -> None:
     r.checkpoint()
-    position, prompt, model = check["position"], check["prompt"], check["model_id"]
-    answer: str | None = None
-    score: float | None = None
-    raw: str | None = None
-    error: str | None = None
-    tokens = 0
-    try:
-        generated = r.retrying(f"regression answer {position} of {model}", lambda: r.client.chat(
-            run.project_id, model, [{"role": "user", "content": prompt}]))
-        answer, tokens = generated.content, generated.tokens or 0
-        score, raw, error, used = _judge(r, run, prompt, answer)
-        tokens += used
-    except RejectedError as exc:
-        if exc.status_code in (401, 403):
-            raise
-        error = exc.message
+    position, model = check["position"], check["model_id"]
+    asked = _ask(r, run, model, check["prompt"], f"regression answer {position} of {model}")
     with r.tx() as tx:
-        tx.record_recheck(run.id, position, answer=answer, score=score, judge_raw=raw,
-                          error=error, tokens=tokens)
+        tx.record_recheck(run.id, position, **asked)
     crashpoints.reach("promote.after_recheck")
 
 
 def _evaluate(r: Runner, run: Run, config: LoopConfig, model: str, position: int) -> None:
     r.checkpoint()
-    prompt = config.holdout[position]
+    asked = _ask(r, run, model, config.holdout[position], f"held-out answer {position} of {model}")
+    with r.tx() as tx:
+        tx.record_evaluation(run.id, model, position, **asked)
+    crashpoints.reach("promote.after_evaluation")
+
+
+def _ask(r: Runner, run: Run, model: str, prompt: str, what: str) -> dict[str, Any]:
+    """`model`'s answer to `prompt` and the run's judgment of it, as stored: answer, score,
+    judge_raw, error and tokens. A refusal other than of the key is stored as the error."""
     answer: str | None = None
     score: float | None = None
     raw: str | None = None
     error: str | None = None
     tokens = 0
     try:
-        generated = r.retrying(f"held-out answer {position} of {model}", lambda: r.client.chat(
+        generated = r.retrying(what, lambda: r.client.chat(
             run.project_id, model, [{"role": "user", "content": prompt}]))
         answer, tokens = generated.content, generated.tokens or 0
         score, raw, error, used = _judge(r, run, prompt, answer)
@@ -163,15 +156,13 @@ def _evaluate(r: Runner, run: Run, config: LoopConfig, model: str, position: int
         if exc.status_code in (401, 403):
             raise
         error = exc.message
-    with r.tx() as tx:
-        tx.record_evaluation(run.id, model, position, answer=answer, score=score,
-                             judge_raw=raw, error=error, tokens=tokens)
-    crashpoints.reach("promote.after_evaluation")
+    return {"answer": answer, "score": score, "judge_raw": raw, "error": error, "tokens": tokens}
 
 
 def _judge(r: Runner, run: Run, prompt: str, answer: str) -> tuple[float | None, str | None,
                                                                     str | None, int]:
-    """The run's judge on one held-out answer: (score, last answer, error, tokens)."""
+    """The run's judge on one held-out or regression answer: (score, last answer, error,
+    tokens)."""
     conversation = Conversation(run.judge, run.project_id, run.judge_model, prompt, answer)
     raw, error, tokens = None, "no judge answer", 0
     for _ in range(r.settings.judge_attempts):
