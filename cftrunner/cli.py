@@ -15,9 +15,11 @@ import click
 
 from cftrunner import config
 from cftrunner.exceptions import (
+    AuthError,
     CftrunnerError,
     InputError,
     Interrupted,
+    KeyRejected,
     LeaseLost,
     NeedsDecision,
     RunBusy,
@@ -41,6 +43,7 @@ EXIT_STOPPED = 3  # the run stopped with its state intact; `resume` continues it
 EXIT_CANCELLED = 4  # the run ended CANCELLED
 EXIT_DECIDE = 5  # whether a lost request happened could not be told: `cftrunner settle` it
 EXIT_DATABASE = 65  # the state database cannot be used as it is (EX_DATAERR); a retry won't help
+EXIT_KEY = 77  # the API refused the key (EX_NOPERM): a retry won't help until a person acts
 EXIT_SOFTWARE = 70  # a bug in cftrunner (EX_SOFTWARE)
 EXIT_BUSY = 75  # another live process drives the run (EX_TEMPFAIL); try again later
 
@@ -167,7 +170,7 @@ def cli(**_options: Any) -> None:
     """Run continuous fine-tuning cycles on Prem Studio that survive crashes and never repeat
     a remote effect. Exit status: 0 launched (or nothing to do), 1 run failed, 2 bad input,
     3 stopped (resume it), 4 cancelled, 65 the state database cannot be used, 75 another process
-    drives the run, 130/143 stopped by SIGINT/SIGTERM."""
+    drives the run, 77 the API refused the key, 130/143 stopped by SIGINT/SIGTERM."""
 
 
 def cycle_options(func: F) -> F:
@@ -573,6 +576,10 @@ def _outcome(exc: Exception) -> tuple[str, int]:
         return f"stopped: {exc.message}", EXIT_BUSY
     if isinstance(exc, Interrupted):
         return f"stopped: {exc.message}", 128 + exc.signum
+    if isinstance(exc, KeyRejected):
+        return f"stopped: {exc.message}", EXIT_KEY
+    if isinstance(exc, AuthError):
+        return exc.message, EXIT_KEY
     if isinstance(exc, NeedsDecision):
         return f"stopped: {exc.message}", EXIT_DECIDE
     if isinstance(exc, RunStopped):

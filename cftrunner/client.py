@@ -146,10 +146,11 @@ class PremClient:
             try:
                 return resp.json()
             except ValueError:
-                raise BadResponseError(f"{method} {path}: the answer is not JSON",
+                raise BadResponseError(f"{method} {self.base_url}{path}: the answer is not JSON",
                                        maybe_happened=True, method=method, path=path) from None
         # Every error message, stored and printed, is made here: an echoed key goes no further.
-        message = f"{method} {path}: HTTP {status} {_error_message(resp, self._api_key)}".rstrip()
+        message = (f"{method} {self.base_url}{path}: HTTP {status} "
+                   f"{_error_message(resp, self._api_key)}").rstrip()
         retry_after = parse_retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
         if status in (401, 403):
             raise AuthError(message, status_code=status, method=method, path=path)
@@ -181,7 +182,8 @@ class PremClient:
                 unsent = _surely_unsent(exc)
                 what = "could not connect" if unsent else (
                     "timed out" if isinstance(exc, requests.Timeout) else "connection lost")
-                raise TransientError(f"{method} {path}: {what}", maybe_happened=not unsent,
+                raise TransientError(f"{method} {self.base_url}{path}: {what}",
+                                     maybe_happened=not unsent,
                                      method=method, path=path) from None
 
     # -- reads -------------------------------------------------------------------------------

@@ -12,13 +12,14 @@
     ├── ApiError              the HTTP boundary (mapped from requests in exactly one place)
     │   ├── TransientError    worth trying again later: connection trouble, timeouts, 408, 429, 5xx
     │   ├── RejectedError     a 4xx: the server refused the request, so it surely did not happen
-    │   │   └── AuthError     401/403: stops the whole run instead of failing items
+    │   │   └── AuthError     401/403: stops the whole run instead of failing items (exit 77)
     │   └── BadResponseError  a 2xx whose body cannot be read
     ├── JudgeOutputError      a judge answer that is not a valid judgment
     ├── RunBusy               another live process holds the run's lease (CLI exit 75)
     └── RunStopped            the run cannot go on now; its state is intact and `resume` continues it
         ├── LeaseLost         another process took the run over; this one must not touch it (exit 75)
         ├── Interrupted       SIGTERM or SIGINT asked the process to stop (exit 128 + signal)
+        ├── KeyRejected       the API refused the key (401/403): a person must act (exit 77)
         ├── StillTraining     the followed job is still training: look again later (exit 0)
         └── OutcomePending    whether a lost request happened cannot be told yet: look again later
             └── NeedsDecision not told in time: a person decides with `cftrunner settle` (exit 5)
@@ -154,6 +155,11 @@ class OutcomePending(RunStopped):
 class NeedsDecision(OutcomePending):
     """Whether a request whose answer was lost happened could not be told in time; a person
     decides with `cftrunner settle`."""
+
+
+class KeyRejected(RunStopped):
+    """The Prem API refused the API key (401/403): every later try would be refused too until a
+    person changes the key or its rights; the run's state is intact."""
 
 
 class StillTraining(RunStopped):

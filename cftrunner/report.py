@@ -298,7 +298,7 @@ def trend_table(rows: Sequence[TrendRow]) -> str:
 def report_text(settings: Settings, run_id: str, as_json: bool) -> str:
     """What `cftrunner report RUN_ID` prints."""
     check_run_id(run_id)
-    store = Store(settings.db_url)
+    store = Store.existing(settings.db_url)
     try:
         summary = store.summary(store.run(run_id))
         report = run_report(summary, store.scores(run_id), store.completion_counts(run_id),
@@ -311,7 +311,7 @@ def report_text(settings: Settings, run_id: str, as_json: bool) -> str:
 def trend_text(settings: Settings, project_id: str | None, html_path: Path | None,
                as_json: bool) -> str:
     """What `cftrunner report --trend` prints; with `html_path`, the page is written there."""
-    store = Store(settings.db_url)
+    store = Store.existing(settings.db_url)
     try:
         project = project_of(store.runs(), project_id)
         rows = trend(store, project)

@@ -25,6 +25,7 @@ from cftrunner.exceptions import (
     AuthError,
     BadResponseError,
     Interrupted,
+    KeyRejected,
     LeaseLost,
     NeedsDecision,
     OutcomePending,
@@ -283,7 +284,7 @@ class Runner:
             message = f"{exc.message}; fix the cause, then `cftrunner resume {run_id}`"
             self._record_error(run_id, message)
             log.error("run_stopped", reason=message, error=exc.kind)
-            raise RunStopped(message) from None
+            raise (KeyRejected if isinstance(exc, AuthError) else RunStopped)(message) from None
         finally:
             heartbeat.stop()
             self.leave()

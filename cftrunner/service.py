@@ -10,8 +10,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from cftrunner import render
 from cftrunner.config import Cycle, Resolved, cycle_name
 from cftrunner.display import Display, no_display
@@ -31,7 +29,7 @@ from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
 from cftrunner.states import RunState
-from cftrunner.store import Store
+from cftrunner.store import Store, missing_sqlite_file
 from cftrunner.tick import Decision, source_of, spec_from
 from cftrunner.tick import tick as run_tick
 
@@ -90,7 +88,7 @@ def resume(settings: Settings, run_id: str, stop: Stop | None = None,
     """Drive the run alone (another live driver makes it busy), or, as a `worker`, work on its
     items beside others, then drive it unless another process does."""
     check_run_id(run_id)
-    store = Store(settings.db_url)
+    store = Store.existing(settings.db_url)
     try:
         run = store.run(run_id)
         if run.finished:
@@ -126,7 +124,7 @@ def preview_text(settings: Settings, cycle: Cycle) -> str:
     from cftrunner.prompt_source import describe
     from cftrunner.tick import preview
 
-    store = Store(settings.db_url) if _database_exists(settings.db_url) else None
+    store = None if missing_sqlite_file(settings.db_url) else Store(settings.db_url)
     try:
         decision = preview(store, cycle)
     finally:
@@ -139,14 +137,6 @@ def preview_text(settings: Settings, cycle: Cycle) -> str:
     if decision.action == "resume":
         return f"would resume {decision.run_id}: {decision.reason}"
     return f"nothing to do: {decision.reason}"
-
-
-def _database_exists(url: str) -> bool:
-    """False only for an SQLite file that is not there yet."""
-    parsed = sa.engine.make_url(url)
-    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
-        return True
-    return Path(parsed.database).exists()
 
 
 @dataclass(frozen=True)
@@ -183,7 +173,7 @@ def tick_each(resolved: Resolved, cycles: Iterable[Cycle], stop: Stop | None = N
 def cancel(settings: Settings, run_id: str) -> str:
     """Cancel a run: at once when nobody drives it, else at the driver's next checkpoint."""
     check_run_id(run_id)
-    store = Store(settings.db_url)
+    store = Store.existing(settings.db_url)
     try:
         if store.run(run_id).finished or not store.request_cancel(run_id):
             return _already_ended(store.run(run_id))
@@ -221,7 +211,7 @@ def settle(settings: Settings, run_id: str, target: str, happened: bool,
            remote_id: str | None) -> str:
     """A person's word on an effect whose outcome cftrunner could not tell: it happened (and
     made `remote_id`), or it did not (and is sent again). The next resume or tick goes on."""
-    store = Store(settings.db_url)
+    store = Store.existing(settings.db_url)
     try:
         run = store.run(run_id)
         effect = _effect_to_settle(store, run, target)
@@ -272,7 +262,7 @@ def _effect_to_settle(store: Store, run: Run, target: str) -> Effect:
 def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
     if run_id is not None:
         check_run_id(run_id)
-    store = Store(settings.db_url)
+    store = Store.existing(settings.db_url)
     try:
         now = utcnow()
         if run_id is not None:
@@ -290,7 +280,7 @@ def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
 
 def show_text(settings: Settings, run_id: str, position: int, as_json: bool) -> str:
     check_run_id(run_id)
-    store = Store(settings.db_url)
+    store = Store.existing(settings.db_url)
     try:
         run = store.run(run_id)
         item = store.item_at(run.id, position)

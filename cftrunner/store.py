@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 import structlog
 
 from cftrunner import dialect, logs, migrations
-from cftrunner.exceptions import RunExistsError, RunNotFoundError
+from cftrunner.exceptions import InputError, RunExistsError, RunNotFoundError
 from cftrunner.gate import Facts
 from cftrunner.lease import Lease, busy, keeps_out
 from cftrunner.models import (
@@ -64,7 +65,27 @@ _EFFECT = sa.select(effects).where(effects.c.run_id == sa.bindparam("run_id"),
                                    effects.c.key == sa.bindparam("key"))
 
 
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of the SQLite file `url` names when there is no such file yet; None when there
+    is, or for any other database."""
+    parsed = sa.engine.make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:") \
+            or parsed.database.startswith("file:"):
+        return None
+    return None if os.path.exists(parsed.database) else os.path.abspath(parsed.database)
+
+
 class Store:
+    @classmethod
+    def existing(cls, url: str) -> Store:
+        """The store at `url`, which must be there already: a command that only reads (or works
+        on a run that must exist) never creates a state database."""
+        missing = missing_sqlite_file(url)
+        if missing is not None:
+            raise InputError(f"no state database at {missing}: nothing has run with this database "
+                             "yet (see --db, CFTRUNNER_DB or db in the config file)")
+        return cls(url)
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = dialect.create_engine(url)
@@ -81,6 +102,11 @@ class Store:
         except BaseException:
             self.engine.dispose()
             raise
+
+    @property
+    def where(self) -> str:
+        """The state database as messages name it: its URL, without a password."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -139,7 +165,7 @@ class Store:
             row = tx.conn.execute(sa.select(runs).where(runs.c.id == lease.run_id)
                                   .with_for_update()).first()
             if row is None:
-                raise RunNotFoundError(f"no run {lease.run_id!r} in this state database")
+                raise RunNotFoundError(f"no run {lease.run_id!r} in the state database {self.where}")
             run = run_from(row)
             held = run.lease
             now = utcnow()
@@ -256,7 +282,7 @@ class Store:
         with self._read() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
         if row is None:
-            raise RunNotFoundError(f"no run {run_id!r} in this state database")
+            raise RunNotFoundError(f"no run {run_id!r} in the state database {self.where}")
         return run_from(row)
 
     def runs(self) -> list[Run]:
@@ -442,7 +468,7 @@ class Store:
             state = conn.execute(sa.select(runs.c.state).where(runs.c.id == run_id)).scalar()
             stages = _count_stages(conn, run_id)
         if state is None:
-            raise RunNotFoundError(f"no run {run_id!r} in this state database")
+            raise RunNotFoundError(f"no run {run_id!r} in the state database {self.where}")
         return RunState(state), stages
 
     def judge_requests(self, run_id: str) -> tuple[int, int]:

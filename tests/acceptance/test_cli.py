@@ -17,7 +17,8 @@ import pytest
 
 from cftrunner.cli import cli as click_group
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
-from tests.conftest import JUDGE, MODEL, PROMPTS, Cli, assert_exactly_once
+from cftrunner.store import Store
+from tests.conftest import JUDGE, MODEL, PROMPTS, Cli, assert_exactly_once, state_stored
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -29,6 +30,9 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def stored_runs(cli: Cli) -> list[dict[str, object]]:
+    """Every run `status --json` shows; none where nothing made the state database yet."""
+    if not state_stored(cli.env["CFTRUNNER_DB"]):
+        return []
     result = cli.run("status", "--json")
     assert result.returncode == 0, result.stderr
     runs: list[dict[str, object]] = json.loads(result.stdout)
@@ -70,10 +74,13 @@ def test_resuming_a_launched_run_shows_it_sends_nothing_and_exits_0(
     assert sandbox.counts()["requests"] == before
 
 
-def test_resuming_an_unknown_run_is_bad_input(cli: Cli) -> None:
+def test_resuming_an_unknown_run_is_bad_input_naming_the_database(cli: Cli) -> None:
+    store = Store(cli.env["CFTRUNNER_DB"])
+    where = store.where
+    store.close()
     result = cli.run("resume", "nope")
     assert result.returncode == 2
-    assert "no run 'nope'" in one_error_line(result)
+    assert one_error_line(result) == f"cftrunner: error: no run 'nope' in the state database {where}"
 
 
 def test_a_failed_run_exits_1_with_its_reason(cli: Cli, sandbox: Sandbox) -> None:
@@ -117,8 +124,28 @@ def test_status_table_lists_every_run(cli: Cli, sandbox: Sandbox) -> None:
 
 
 def test_status_of_an_empty_database_says_so(cli: Cli) -> None:
+    Store(cli.env["CFTRUNNER_DB"]).close()
     result = cli.run("status")
     assert result.returncode == 0 and "no runs yet" in result.stdout
+
+
+READ_ONLY = [("status",), ("status", "--json"), ("status", "r1"), ("show", "r1", "0"),
+             ("report", "r1"), ("report", "--trend", "--no-html"), ("resume", "r1"),
+             ("cancel", "r1"), ("settle", "r1", "0", "--not-happened")]
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("args", READ_ONLY, ids=[" ".join(a) for a in READ_ONLY])
+def test_a_command_on_a_missing_state_file_names_it_and_creates_none(
+        cli: Cli, tmp_path: Path, args: tuple[str, ...]) -> None:
+    missing = tmp_path / "elsewhere" / "typo.db"
+    missing.parent.mkdir()
+    result = cli.run("--db", f"sqlite:///{missing}", *args)
+    assert result.returncode == 2, result.stderr
+    assert one_error_line(result) == (
+        f"cftrunner: error: no state database at {missing}: nothing has run with this database "
+        "yet (see --db, CFTRUNNER_DB or db in the config file)")
+    assert list(missing.parent.iterdir()) == []
 
 
 BAD_PROMPTS = {
@@ -271,6 +298,7 @@ def test_connection_options_work_before_the_command_too(cli: Cli, make_db_url: C
     assert stored_runs(cli) == []
     listed = cli.run("--db", other_db, "status", "--json")
     assert [r["run_id"] for r in json.loads(listed.stdout)] == ["elsewhere"]
+    Store(cli.env["CFTRUNNER_DB"]).close()
     assert cli.run("--db", other_db, "status", "--db", cli.env["CFTRUNNER_DB"]).stdout.startswith(
         "no runs yet")
 

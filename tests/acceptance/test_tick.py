@@ -59,7 +59,9 @@ class Cron:
         return self.cli.run(*self.args, env=env)
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run, newest first."""
+        """Every run, newest first; none where nothing made the state database yet."""
+        if not state_stored(self.db_url):
+            return []
         result = self.cli.run("status", "--json", "--config", str(self.config))
         assert result.returncode == 0, result.stderr
         shown: list[dict[str, Any]] = json.loads(result.stdout)
