@@ -35,6 +35,7 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "run_id": run.id,
         "state": run.state.value,
         "project_id": run.project_id,
+        "base_url": run.base_url,
         "model_alias": run.model_alias,
         "judge_model": run.judge_model,
         "split_percentage": run.split_percentage,

@@ -24,6 +24,7 @@ from cftrunner.exceptions import (
     ApiError,
     AuthError,
     BadResponseError,
+    InputError,
     Interrupted,
     KeyRejected,
     LeaseLost,
@@ -132,13 +133,15 @@ class Runner:
         """Store a new run with its items, holding its lease from the first moment."""
         run_id = spec.run_id or new_run_id()
         lease = Lease(run_id, current_owner(), self.settings.lease_seconds)
-        self.store.create_run(self.new_run(run_id, spec, cycle), prompts, lease)
+        self.store.create_run(self.new_run(run_id, spec, cycle, self.settings.base_url), prompts,
+                              lease)
         self.lease = lease
         self.held(run_id, [None])
         return self.store.run(run_id)
 
     @staticmethod
-    def new_run(run_id: str, spec: RunSpec, cycle: str | None = None) -> Run:
+    def new_run(run_id: str, spec: RunSpec, cycle: str | None = None,
+                base_url: str | None = None) -> Run:
         now = utcnow()
         return Run(
             id=run_id, project_id=spec.project_id, model_alias=spec.model_alias,
@@ -148,7 +151,15 @@ class Runner:
             job_name=f"cftrunner-{run_id}-{secrets.token_hex(4)}",
             state=RunState.CREATED, created_at=now, updated_at=now, state_changed_at=now,
             cycle=cycle, judge_config=spec.judge.to_json(), gate_config=spec.gate.to_json(),
-            loop_config=spec.loop.to_json())
+            loop_config=spec.loop.to_json(), base_url=base_url)
+
+    def check_bound(self, run: Run) -> None:
+        """Refuse to work on a run against another server than the one it was started on: its
+        traces, dataset and job are there. (A run stored before runs kept it is not bound.)"""
+        if run.base_url is not None and run.base_url != self.settings.base_url:
+            raise InputError(f"run {run.id} was started on {run.base_url}, not on "
+                             f"{self.settings.base_url} (base_url, --base-url or "
+                             "CFTRUNNER_BASE_URL): nothing was sent")
 
     def take(self, run_id: str) -> Run:
         """Hold the run's lease: free, expired, or left by an owner provably dead on this host."""
@@ -249,6 +260,7 @@ class Runner:
     def drive(self, run_id: str) -> Run:
         """Take the run from wherever it stands to a terminal state; raise RunStopped if it cannot
         go on now, with everything obtained so far stored."""
+        self.check_bound(self.store.run(run_id))
         run = self.take(run_id)
         assert self.lease is not None
         heartbeat = Heartbeat(self.store.renew_lease, self.lease)
@@ -298,6 +310,7 @@ class Runner:
         run = self.store.run(run_id)
         if run.finished:
             return run
+        self.check_bound(run)
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             self.join(run_id)

@@ -83,6 +83,8 @@ runs = sa.Table(
     # Where a cycle's run took its prompts from (prompt_source.Choice.summary): files, new and
     # reused counts, and how many unused prompts remained.
     sa.Column("prompt_source", sa.JSON),
+    # The API the run was started on: its traces, dataset and job are there, so it goes on there.
+    sa.Column("base_url", sa.Text),
 )
 
 # Every prompt a cycle's runs took, by digest, so the next run of the cycle takes only new ones.

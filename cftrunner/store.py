@@ -249,7 +249,7 @@ class Store:
             state=run.state.value, created_at=now, updated_at=now, state_changed_at=now,
             cycle=run.cycle, cancel_requested=False, judge_config=run.judge_config,
             gate_config=run.gate_config, loop_config=run.loop_config,
-            prompt_source=run.prompt_source, skip_reason=run.skip_reason,
+            prompt_source=run.prompt_source, skip_reason=run.skip_reason, base_url=run.base_url,
             **(lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {}))
         if not created:
             raise RunExistsError(

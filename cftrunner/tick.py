@@ -138,7 +138,8 @@ def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan)
         spec = promoted(tx.latest_run(name), spec)
         choice = choose(tx, cycle, name, scanned, now)
         crashpoints.reach("tick.after_choosing")
-        run = replace(Runner.new_run(run_id, spec, name), prompt_source=choice.summary())
+        run = replace(Runner.new_run(run_id, spec, name, runner.settings.base_url),
+                      prompt_source=choice.summary())
         skipped = too_few(cycle, choice)
         if skipped is not None:
             store.insert_run(tx, replace(run, state=RunState.SKIPPED, skip_reason=skipped), (),

@@ -1,5 +1,5 @@
 """Prompt sources: the digests of the prompts each cycle used, where a run took its prompts from,
-and the regression checks after a promotion.
+and the regression checks after a promotion; and the API each run was started on.
 
 The cycles' runs made before this revision used their prompts too: their digests are filled in
 here, so that the next tick over an unchanged file does not take them all again."""
@@ -25,6 +25,7 @@ def _varchar(length: int) -> sa.types.TypeEngine[str]:
 
 def upgrade() -> None:
     op.add_column("runs", sa.Column("prompt_source", sa.JSON))
+    op.add_column("runs", sa.Column("base_url", sa.Text))
     uses = op.create_table(
         "prompt_uses",
         sa.Column("cycle", _varchar(300), primary_key=True),
@@ -81,4 +82,5 @@ def downgrade() -> None:
     op.drop_table("rechecks")
     op.drop_table("prompt_uses")
     with op.batch_alter_table("runs") as batch:
+        batch.drop_column("base_url")
         batch.drop_column("prompt_source")
