@@ -191,6 +191,9 @@ class PremClient:
     def project(self, project_id: str) -> dict[str, Any]:
         return payloads.project_root(self.request("GET", f"/api/v1/public/projects/{project_id}"))
 
+    def model_ids(self) -> list[str]:
+        return payloads.parse_model_ids(self.request("GET", "/api/v1/models"))
+
     def dataset_snapshots(self, dataset_id: str) -> list[RemoteSnapshot] | None:
         body = self.request("GET", f"/api/v1/public/datasets/{dataset_id}")
         return payloads.parse_dataset_snapshots(body)

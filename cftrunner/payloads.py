@@ -267,6 +267,15 @@ def find_dataset_id(project: dict[str, Any]) -> str | None:
     return None
 
 
+def parse_model_ids(body: Any) -> list[str]:
+    """The ids `GET /api/v1/models` lists (`{object: "list", data: [{id, ...}]}`)."""
+    data = body.get("data") if isinstance(body, dict) else body
+    if not isinstance(data, list):
+        raise _bad("a models list is not a list")
+    return [model["id"] for model in data if isinstance(model, dict)
+            and isinstance(model.get("id"), str)]
+
+
 def snapshots_in_tree(project: dict[str, Any], dataset_id: str) -> list[RemoteSnapshot]:
     found = []
     for node, ancestors in walk_tree(project):

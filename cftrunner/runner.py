@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -128,13 +128,15 @@ class Runner:
         # judgments without it.
         self.structured_refused = False
 
-    def create(self, spec: RunSpec, prompts: Iterable[str | Prompt],
-               cycle: str | None = None) -> Run:
-        """Store a new run with its items, holding its lease from the first moment."""
+    def create(self, spec: RunSpec, prompts: Iterable[str | Prompt], cycle: str | None = None,
+               dataset_id: str | None = None) -> Run:
+        """Store a new run with its items, holding its lease from the first moment; with the
+        project's dataset when the checks before it found it."""
         run_id = spec.run_id or new_run_id()
         lease = Lease(run_id, current_owner(), self.settings.lease_seconds)
-        self.store.create_run(self.new_run(run_id, spec, cycle, self.settings.base_url), prompts,
-                              lease)
+        run = replace(self.new_run(run_id, spec, cycle, self.settings.base_url),
+                      dataset_id=dataset_id)
+        self.store.create_run(run, prompts, lease)
         self.lease = lease
         self.held(run_id, [None])
         return self.store.run(run_id)

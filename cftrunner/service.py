@@ -10,7 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cftrunner import render
+import structlog
+
+from cftrunner import preflight, render
 from cftrunner.config import Cycle, Resolved, cycle_name
 from cftrunner.display import Display, no_display
 from cftrunner.exceptions import (
@@ -33,6 +35,7 @@ from cftrunner.store import Store, missing_sqlite_file
 from cftrunner.tick import Decision, source_of, spec_from
 from cftrunner.tick import tick as run_tick
 
+log = structlog.get_logger("cftrunner")
 MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
 
 
@@ -48,17 +51,27 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
                         ("judge model", spec.judge_model)):
         if not value.strip():
             raise InputError(f"the {name} is empty")
-    # An unreadable or empty file is refused here; each prompt is checked as it is stored, and a
-    # bad one (or one of the held-out prompts) rolls the whole run back, before any request.
-    prompts = every_prompt(spec.prompts_source,
-                           holdout_places(spec.loop.holdout, spec.loop.holdout_source))
+    # Every prompt is checked (none of them held out) before any request or database; then
+    # read again as the items are stored, so they are never all held at once. A file changed in
+    # between is checked again as it is stored: a bad prompt rolls the whole run back.
+    holdout = holdout_places(spec.loop.holdout, spec.loop.holdout_source)
+    for _ in every_prompt(spec.prompts_source, holdout):
+        pass
+    prompts = every_prompt(spec.prompts_source, holdout)
     store = Store(settings.db_url)
     try:
         runner = Runner(store, settings, stop=stop)
         spec = replace(spec, run_id=spec.run_id or new_run_id(),
                        prompts_source=str(Path(spec.prompts_source).resolve()))
         try:
-            run = runner.create(spec, prompts, cycle_name(spec.project_id, spec.model_alias, cycle))
+            if store.has_run(spec.run_id or ""):  # refused before any request
+                raise RunExistsError(f"run {spec.run_id} already exists: use `cftrunner resume "
+                                     f"{spec.run_id}` to continue it")
+            with structlog.contextvars.bound_contextvars(run_id=spec.run_id):
+                checked = preflight.check(runner, spec)
+                _warn(checked)
+            run = runner.create(spec, prompts, cycle_name(spec.project_id, spec.model_alias, cycle),
+                                dataset_id=checked.dataset_id)
         except RunExistsError:
             _raise_if_driven(store.run(spec.run_id or ""))
             raise
@@ -67,6 +80,11 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
             return runner.drive(run.id)
     finally:
         store.close()
+
+
+def _warn(checked: preflight.Checked) -> None:
+    for warning in checked.warnings:
+        log.warning("preflight", reason=warning)
 
 
 def _already_ended(run: Run) -> str:

@@ -250,6 +250,7 @@ class Store:
             cycle=run.cycle, cancel_requested=False, judge_config=run.judge_config,
             gate_config=run.gate_config, loop_config=run.loop_config,
             prompt_source=run.prompt_source, skip_reason=run.skip_reason, base_url=run.base_url,
+            dataset_id=run.dataset_id,
             **(lease_values(lease, now + timedelta(seconds=lease.seconds)) if lease else {}))
         if not created:
             raise RunExistsError(
@@ -284,6 +285,10 @@ class Store:
         if row is None:
             raise RunNotFoundError(f"no run {run_id!r} in the state database {self.where}")
         return run_from(row)
+
+    def has_run(self, run_id: str) -> bool:
+        with self._read() as conn:
+            return conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is not None
 
     def runs(self) -> list[Run]:
         with self._read() as conn:

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from cftrunner import crashpoints, prompt_source
+from cftrunner import crashpoints, preflight, prompt_source
 from cftrunner.config import Cycle, cycle_name
 from cftrunner.display import Display, no_display
 from cftrunner.exceptions import InputError
@@ -120,7 +120,8 @@ def too_few(cycle: Cycle, choice: Choice) -> str | None:
             f"{cycle.min_new_prompts}")
 
 
-def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan) -> Decision:
+def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan,
+                     dataset_id: str | None = None) -> Decision:
     """In one transaction under the cycle's lock: pick what to do, and when a new cycle is due,
     choose its prompts and create its run (of `spec`, under a new id) already leased to this
     process, so a concurrent tick finds it owned. With too few new prompts, the run is created
@@ -139,7 +140,7 @@ def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan)
         choice = choose(tx, cycle, name, scanned, now)
         crashpoints.reach("tick.after_choosing")
         run = replace(Runner.new_run(run_id, spec, name, runner.settings.base_url),
-                      prompt_source=choice.summary())
+                      prompt_source=choice.summary(), dataset_id=dataset_id)
         skipped = too_few(cycle, choice)
         if skipped is not None:
             store.insert_run(tx, replace(run, state=RunState.SKIPPED, skip_reason=skipped), (),
@@ -150,6 +151,20 @@ def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan)
     crashpoints.reach("tick.after_create")
     runner.lease = lease
     return Decision("start", run_id, "a new cycle is due", run.prompt_source)
+
+
+def _upcoming(store: Store, cycle: Cycle, spec: RunSpec, scanned: Scan) -> RunSpec | None:
+    """The run tick would start now (with the model the cycle promoted last), or None when it
+    would resume, wait or skip; read without locking, as `decide_and_claim` decides again under
+    the lock."""
+    name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
+    with store.reading() as tx:
+        now = utcnow()
+        if _due(tx, cycle, name, now) is not None:
+            return None
+        if too_few(cycle, choose(tx, cycle, name, scanned, now)) is not None:
+            return None
+        return promoted(tx.latest_run(name), spec)
 
 
 def preview(store: Store | None, cycle: Cycle) -> Decision:
@@ -181,7 +196,15 @@ def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None],
     # Every prompt of the source is checked before anything else, even when the run to drive
     # already exists; the chosen ones are read again as the new run's items are stored, so the
     # prompts are never all held at once.
-    decision = decide_and_claim(runner, cycle, spec, scanned or source_of(spec))
+    scanned = scanned or source_of(spec)
+    dataset_id = None
+    upcoming = _upcoming(runner.store, cycle, spec, scanned)
+    if upcoming is not None:  # a new run is due: the key, project and models are checked first
+        checked = preflight.check(runner, upcoming)
+        for warning in checked.warnings:
+            log.warning("preflight", reason=warning)
+        dataset_id = checked.dataset_id
+    decision = decide_and_claim(runner, cycle, spec, scanned, dataset_id)
     log.info("tick", action=decision.action, run_id=decision.run_id, reason=decision.reason)
     if decision.action == "wait" or decision.run_id is None:
         return decision, None

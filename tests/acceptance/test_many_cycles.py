@@ -30,6 +30,9 @@ make_cron = cron_tests.make_cron  # a sandbox, and a config file naming it and a
 spawn = ownership.spawn
 ONE_HOUR = {"interval": '"1h"'}
 NO_PROJECT = "0badc0de-0000-4000-8000-000000000000"
+# A cycle whose model the API refuses every answer of: its run ends FAILED.
+DOOMED = {"name": '"doomed"', "model_alias": '"doomed-model"'}
+DOOMED_FAULT = FaultRule(route="chat", status=400, judge=False, match="doomed-model")
 
 
 def entries(*cycles: dict[str, str]) -> str:
@@ -135,22 +138,40 @@ def test_two_names_for_one_project_and_model_are_two_cycles(make_cron: Callable[
 # -- one failing cycle does not stop the others -------------------------------------------------
 
 
-def test_a_cycle_whose_project_does_not_exist_fails_and_the_next_still_launches(
+def test_a_cycle_whose_project_does_not_exist_is_exit_2_with_no_run_and_the_next_launches(
         make_cron: Callable[..., Cron]) -> None:
     cron = make_cron(ONE_HOUR, entries({"name": '"ghost"', "project_id": f'"{NO_PROJECT}"'},
                                        {"name": '"real"'}))
 
     result = cron.tick()
 
+    assert result.returncode == 2, result.stderr
+    runs = runs_by_cycle(cron)
+    assert "ghost" not in runs and runs["real"][0]["state"] == "LAUNCHED"
+    said = cycle_lines(result)
+    reason = (f"project {NO_PROJECT} not found at {cron.sandbox.url}; no run was created")
+    assert said["ghost"] == f"error: {reason}"
+    assert said["real"] == launched(runs["real"][0])
+    assert error_lines(result.stderr) == [f"cftrunner: error: cycle ghost: {reason}"]
+
+
+def test_a_cycle_whose_run_fails_is_exit_1_and_the_next_still_launches(
+        make_cron: Callable[..., Cron]) -> None:
+    cron = make_cron(ONE_HOUR, entries(DOOMED, {"name": '"real"'}))
+    cron.sandbox.add_fault(DOOMED_FAULT)
+
+    result = cron.tick()
+
     assert result.returncode == 1, result.stderr
     runs = runs_by_cycle(cron)
-    [ghost], [real] = runs["ghost"], runs["real"]
-    assert (ghost["state"], real["state"]) == ("FAILED", "LAUNCHED")
+    [doomed], [real] = runs["doomed"], runs["real"]
+    assert (doomed["state"], real["state"]) == ("FAILED", "LAUNCHED")
     said = cycle_lines(result)
-    assert said["ghost"] == f"started {ghost['run_id']}: FAILED: {ghost['failure_reason']}"
+    assert said["doomed"] == f"started {doomed['run_id']}: FAILED: {doomed['failure_reason']}"
     assert said["real"] == launched(real)
     assert error_lines(result.stderr) == [
-        f"cftrunner: error: cycle ghost: run {ghost['run_id']} FAILED: {ghost['failure_reason']}"]
+        f"cftrunner: error: cycle doomed: run {doomed['run_id']} FAILED: "
+        f"{doomed['failure_reason']}"]
 
 
 def test_a_cycle_whose_prompts_file_is_missing_is_exit_2_and_the_other_still_runs(
@@ -170,14 +191,14 @@ def test_a_cycle_whose_prompts_file_is_missing_is_exit_2_and_the_other_still_run
 
 
 @pytest.mark.parametrize(("order", "status"), [
-    (("ghost", "lost"), 1),
-    (("lost", "ghost"), 2),
+    (("doomed", "lost"), 1),
+    (("lost", "doomed"), 2),
 ])
 def test_the_exit_status_is_the_first_non_zero_one_in_the_file_s_order(
         make_cron: Callable[..., Cron], order: tuple[str, str], status: int) -> None:
-    cycles = {"ghost": {"name": '"ghost"', "project_id": f'"{NO_PROJECT}"'},
-              "lost": {"name": '"lost"', "prompts": '"missing.json"'}}
+    cycles = {"doomed": DOOMED, "lost": {"name": '"lost"', "prompts": '"missing.json"'}}
     cron = make_cron(ONE_HOUR, entries({"name": '"fine"'}, *(cycles[name] for name in order)))
+    cron.sandbox.add_fault(DOOMED_FAULT)
 
     result = cron.tick()
 
