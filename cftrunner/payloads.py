@@ -15,11 +15,15 @@ TRACE_SHAPES = ("tutorial", "batch")
 
 @dataclass(frozen=True)
 class ChatResult:
-    """One chat completion; `usage` is the answer's usage object as sent, {} when it has none."""
+    """One chat completion; `usage` is the answer's usage object as sent, {} when it has none.
+
+    An answer whose content is null, as the SDK allows (a filtered answer, say), has
+    `no_content` set and `content` "": it is nobody's answer and no judgment."""
 
     content: str
     finish_reason: str | None
     usage: dict[str, Any]
+    no_content: bool = False
 
     @property
     def prompt_tokens(self) -> int | None:
@@ -127,13 +131,15 @@ def parse_chat(body: Any) -> ChatResult:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise _bad("a chat completion has no choices")
     message = choices[0].get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, str):
-        raise _bad("a chat completion has no text content")
+    if not isinstance(message, dict):
+        raise _bad("a chat completion has no message")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _bad("a chat completion's content is not text")
     finish = choices[0].get("finish_reason")
     usage = body.get("usage")
-    return ChatResult(content, finish if isinstance(finish, str) else None,
-                      usage if isinstance(usage, dict) else {})
+    return ChatResult(content or "", finish if isinstance(finish, str) else None,
+                      usage if isinstance(usage, dict) else {}, no_content=content is None)
 
 
 MARKER_INPUT = "cftrunner marker"  # then the run id and the marker's key

@@ -69,10 +69,20 @@ def test_an_addition_succeeds_only_when_it_says_so(answer: dict[str, Any], succe
 
 
 @pytest.mark.parametrize("body", [
-    {"choices": []}, {"choices": [{"message": {"content": None}}]}, [], {"choices": "x"}])
-def test_a_chat_answer_without_text_is_unreadable(body: Any) -> None:
+    {"choices": []}, {"choices": [{"finish_reason": "stop"}]}, [], {"choices": "x"},
+    {"choices": [{"message": {"content": ["a", "list"]}}]}])
+def test_a_chat_answer_without_a_message_is_unreadable(body: Any) -> None:
     with pytest.raises(BadResponseError):
         payloads.parse_chat(body)
+
+
+@pytest.mark.parametrize("message", [{"role": "assistant", "content": None}, {"role": "assistant"}])
+def test_a_chat_answer_with_null_content_is_read_as_no_content(message: dict[str, Any]) -> None:
+    """The SDK allows it: an answer, not an unreadable body to retry."""
+    result = payloads.parse_chat({"choices": [{"finish_reason": "content_filter",
+                                               "message": message}]})
+    assert (result.no_content, result.content, result.finish_reason) == (
+        True, "", "content_filter")
 
 
 def test_a_chat_answer_carries_content_finish_reason_and_usage() -> None:
