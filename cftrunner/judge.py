@@ -72,15 +72,23 @@ class Conversation:
             messages=self._messages,
             response_format=self.config.response_format() if structured else None)
 
-    def read(self, content: str, finish_reason: str | None) -> Judgment:
+    def read(self, content: str | None, finish_reason: str | None) -> Judgment:
+        """The judgment in `content`, None for an answer with no content; a reply without one
+        (not even content) is asked for again."""
         try:
+            if content is None:
+                raise JudgeOutputError(
+                    f"the judge answered no content (finish_reason: {finish_reason or 'none'})",
+                    kind="judge_truncated" if finish_reason == "length" else "judge_malformed")
             if finish_reason == "length":
                 raise JudgeOutputError("the judge answer was cut off (finish_reason: length)",
                                        kind="judge_truncated")
             return parse_judgment(content)
         except JudgeOutputError:
-            self._messages = [self._first, {"role": "assistant", "content": content},
-                              {"role": "user", "content": REMINDER}]
+            # No reply to show the judge again: it is asked as the first time.
+            self._messages = [self._first] if content is None else [
+                self._first, {"role": "assistant", "content": content},
+                {"role": "user", "content": REMINDER}]
             raise
 
 

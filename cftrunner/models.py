@@ -138,7 +138,8 @@ class Completion:
     item_id: int
     kind: str  # "generate" | "judge"
     attempt: int
-    outcome: str  # "ok", or why the answer was not used: "malformed", "truncated", "rejected"
+    outcome: str  # "ok", or why the answer was not used: "malformed", "truncated", "rejected",
+    #   "no_content" (a generation answered with null content)
     at: datetime
     request: dict[str, Any] | None = None
     content: str | None = None

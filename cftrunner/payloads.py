@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,11 +15,15 @@ TRACE_SHAPES = ("tutorial", "batch")
 
 @dataclass(frozen=True)
 class ChatResult:
-    """One chat completion; `usage` is the answer's usage object as sent, {} when it has none."""
+    """One chat completion; `usage` is the answer's usage object as sent, {} when it has none.
+
+    An answer whose content is null, as the SDK allows (a filtered answer, say), has
+    `no_content` set and `content` "": it is nobody's answer and no judgment."""
 
     content: str
     finish_reason: str | None
     usage: dict[str, Any]
+    no_content: bool = False
 
     @property
     def prompt_tokens(self) -> int | None:
@@ -126,13 +131,15 @@ def parse_chat(body: Any) -> ChatResult:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise _bad("a chat completion has no choices")
     message = choices[0].get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, str):
-        raise _bad("a chat completion has no text content")
+    if not isinstance(message, dict):
+        raise _bad("a chat completion has no message")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _bad("a chat completion's content is not text")
     finish = choices[0].get("finish_reason")
     usage = body.get("usage")
-    return ChatResult(content, finish if isinstance(finish, str) else None,
-                      usage if isinstance(usage, dict) else {})
+    return ChatResult(content or "", finish if isinstance(finish, str) else None,
+                      usage if isinstance(usage, dict) else {}, no_content=content is None)
 
 
 MARKER_INPUT = "cftrunner marker"  # then the run id and the marker's key
@@ -313,10 +320,56 @@ def parse_recommendations(body: Any) -> Recommendations:
                            if isinstance(experiments, list) else [])
 
 
-def experiments_to_launch(experiments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The recommended experiments without the two advisory keys, everything else unchanged."""
-    return [{k: v for k, v in exp.items() if k not in ("recommended", "reason_for_recommendation")}
-            for exp in experiments if exp.get("recommended") is True]
+@dataclass(frozen=True)
+class Launchable:
+    """The recommended experiments as a job is created with them, and what was changed to get
+    there: `converted` has one {base_model_id, lora, training_type} per older recommendation."""
+
+    experiments: list[dict[str, Any]]
+    converted: list[dict[str, Any]]
+
+    @property
+    def untyped(self) -> list[dict[str, Any]]:
+        """The experiments with no training type, which the API cannot create a job with."""
+        return [e for e in self.experiments if "training_type" not in e]
+
+
+def experiments_to_launch(experiments: list[dict[str, Any]]) -> Launchable:
+    """The recommended experiments without the two advisory keys, everything else unchanged but
+    an older recommendation's `lora` flag (see with_training_type)."""
+    return with_training_type([
+        {k: v for k, v in exp.items() if k not in ("recommended", "reason_for_recommendation")}
+        for exp in experiments if exp.get("recommended") is True])
+
+
+def with_training_type(experiments: list[dict[str, Any]]) -> Launchable:
+    """The experiments with a `training_type` for an older `lora` flag, which the API's create
+    params do not have: "lora" for `lora: true`, "full" for `lora: false`. A `training_type`
+    given wins over a `lora` flag."""
+    typed, converted = [], []
+    for exp in experiments:
+        kept = dict(exp)
+        lora = kept.get("lora")
+        if isinstance(lora, bool):
+            del kept["lora"]
+            if "training_type" not in kept:
+                kept["training_type"] = "lora" if lora else "full"
+                converted.append({"base_model_id": kept.get("base_model_id"), "lora": lora,
+                                  "training_type": kept["training_type"]})
+        typed.append(kept)
+    return Launchable(typed, converted)
+
+
+def without_twins(experiments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The experiments in order, each identical one after the first left out."""
+    seen: set[str] = set()
+    kept = []
+    for exp in experiments:
+        key = json.dumps(exp, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(exp)
+    return kept
 
 
 # What the API says of a fine-tuning job and its experiments (prem-api.md). Statuses not listed

@@ -189,16 +189,31 @@ def recommendations(r: Runner, run: Run) -> None:
 
     _wait(r, "waiting for recommendations", r.settings.recs_timeout, ready)
     recs = answer[0]
-    experiments = payloads.experiments_to_launch(recs.experiments)
+    launchable = payloads.experiments_to_launch(recs.experiments)
     if recs.status == "failed":
         _fail_run(r, run, "the platform failed to generate recommendations")
-    elif not experiments:
+    elif not launchable.experiments:
         _fail_run(r, run, "the recommendations hold no recommended experiment")
+    elif launchable.untyped:
+        _fail_run(r, run, _untyped_reason(launchable))
     else:
         with r.tx() as tx:
+            _record_conversion(tx, run, launchable)
             tx.transition_run(run.id, RunState.SNAPSHOT, RunState.RECS_READY,
-                              experiments=experiments)
+                              experiments=launchable.experiments)
         crashpoints.reach("recs.after_ready")
+
+
+def _untyped_reason(launchable: payloads.Launchable) -> str:
+    models = ", ".join(str(e.get("base_model_id")) for e in launchable.untyped)
+    return f"recommended experiments with neither training_type nor lora, cannot launch: {models}"
+
+
+def _record_conversion(tx: Tx, run: Run, launchable: payloads.Launchable) -> None:
+    """An event for the older recommendations given a training type, in the transaction that
+    stores them."""
+    if launchable.converted:
+        tx.event(run.id, "experiments_converted", experiments=launchable.converted)
 
 
 def retuned(experiments: list[dict[str, Any]], loop: LoopConfig) -> list[dict[str, Any]]:
@@ -214,7 +229,20 @@ def retuned(experiments: list[dict[str, Any]], loop: LoopConfig) -> list[dict[st
 
 def launch(r: Runner, run: Run) -> None:
     assert run.snapshot_id is not None and run.experiments
-    experiments = retuned(run.experiments, run.loop)
+    # A run that stored its recommendations before they were converted is converted here.
+    launchable = payloads.with_training_type(run.experiments)
+    if r.store.effect(run.id, "launch") is None:
+        if launchable.untyped:
+            _fail_run(r, run, _untyped_reason(launchable))
+            return
+        if launchable.converted:
+            with r.tx() as tx:
+                _record_conversion(tx, run, launchable)
+    # Re-tuned from one experiment, two recommendations can become the same experiment.
+    experiments = payloads.without_twins(retuned(launchable.experiments, run.loop))
+    if len(experiments) < len(launchable.experiments):
+        log.info("twin_experiments_left_out", experiments=len(launchable.experiments),
+                 launched=len(experiments))
     r.effect(
         run, "launch", "launch", None,
         {"snapshot_id": run.snapshot_id, "name": run.job_name, "experiments": experiments},

@@ -75,6 +75,8 @@ def generate(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored
         log.warning("item_failed", item=item.position, stage="generate", error=exc.kind)
         return Stored(failed)
     crashpoints.reach("generate.after_answer")
+    if result.no_content:
+        return Stored(_no_answer(r, run, item, result))
     # Not synced to disk (see Store.tx): an answer lost with the power is asked for again.
     with r.item_tx(item, durable=False) as tx:
         tx.record_completion(item, "generate", 1, "ok", result=result)
@@ -82,6 +84,18 @@ def generate(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored
     r.tokens.add(run.id, result.tokens)
     crashpoints.reach("generate.after_store")
     return Stored(item)
+
+
+def _no_answer(r: Runner, run: Run, item: Item, result: payloads.ChatResult) -> Item:
+    """Fail the item whose model answered no content, keeping why the model stopped."""
+    reason = f"the model answered no content (finish_reason: {result.finish_reason or 'none'})"
+    with r.item_tx(item, durable=False) as tx:
+        tx.record_completion(item, "generate", 1, "no_content", result=result, error=reason)
+        failed = tx.update_item(item, ItemStage.GEN_FAILED, error_kind="no_content", error=reason)
+    r.tokens.add(run.id, result.tokens)
+    log.warning("item_failed", item=item.position, stage="generate", error="no_content",
+                finish_reason=result.finish_reason)
+    return failed
 
 
 def judge(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored | None:
@@ -118,7 +132,8 @@ def judge(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored | 
         attempts += 1
         crashpoints.reach("judge.after_answer")
         try:
-            judgment = conversation.read(result.content, result.finish_reason)
+            judgment = conversation.read(None if result.no_content else result.content,
+                                         result.finish_reason)
         except JudgeOutputError as exc:
             reason = exc.message
             outcome = "truncated" if exc.kind == "judge_truncated" else "malformed"
@@ -127,13 +142,12 @@ def judge(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored | 
             with r.item_tx(item, durable=False) as tx:
                 tx.record_completion(item, "judge", attempts, outcome, result=result,
                                      request=request, error=reason)
+                raw = None if result.no_content else result.content
                 if last:
                     item = tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
-                                          judge_raw=result.content, error_kind=exc.kind,
-                                          error=reason)
+                                          judge_raw=raw, error_kind=exc.kind, error=reason)
                 else:
-                    item = tx.update_item(item, judge_attempts=attempts,
-                                          judge_raw=result.content)
+                    item = tx.update_item(item, judge_attempts=attempts, judge_raw=raw)
             r.tokens.add(run.id, result.tokens)
             if last:
                 return Stored(item)

@@ -199,7 +199,8 @@ class Tx:
         """Keep one completion of `item`'s step (or its refusal), with the tokens it used."""
         self.conn.execute(_INSERT_COMPLETION, {
             "run_id": item.run_id, "item_id": item.id, "kind": kind, "attempt": attempt,
-            "request": request, "content": result.content if result and kind == "judge" else None,
+            "request": request, "content": (result.content if result and kind == "judge"
+                                             and not result.no_content else None),
             "finish_reason": result.finish_reason if result else None,
             "prompt_tokens": result.prompt_tokens if result else None,
             "completion_tokens": result.completion_tokens if result else None,

@@ -61,6 +61,16 @@ def truncated(payload: dict[str, Any]) -> dict[str, Any]:
     return cut
 
 
+def no_content(payload: dict[str, Any]) -> dict[str, Any]:
+    """The completion with `content: null`, as a model whose answer was filtered gives it."""
+    empty = copy.deepcopy(payload)
+    choice = empty["choices"][0]
+    choice["message"]["content"] = None
+    choice["finish_reason"] = "content_filter"
+    empty["usage"] = _usage(empty["usage"]["prompt_tokens"], 0)
+    return empty
+
+
 def _turns(body: dict[str, Any]) -> list[tuple[str, str]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:

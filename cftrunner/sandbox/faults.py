@@ -8,7 +8,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("status", "drop", "late", "latency", "hold", "malformed", "truncated")
+KINDS = ("status", "drop", "late", "latency", "hold", "malformed", "truncated", "no_content",
+         "lora_flag")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,10 @@ class FaultRule:
     acts and answers a judge call with an invalid judgment, any other request with a body that
     is not JSON; "truncated" acts and answers a chat call with the first half of its content and
     finish_reason "length", any other request (or a chat call refused with a 4xx) with the first
-    half of its body, which is not JSON.
+    half of its body, which is not JSON; "no_content" acts and answers a chat call with `content:
+    null` and finish_reason "content_filter", as the SDK allows; "lora_flag" acts and answers a
+    recommendations poll in the API's older shape, each experiment's `lora` true or false instead
+    of its `training_type`. The last two answer any other request as it is.
     """
 
     route: str = "*"

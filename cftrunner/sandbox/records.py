@@ -89,14 +89,22 @@ class Dataset:
     snapshot_ids: list[str] = field(default_factory=list)
 
     def node(self, snapshot_nodes: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.id, "type": "dataset", "label": self.name, "children": snapshot_nodes}
+        return {
+            "id": self.id,
+            "type": "dataset",
+            "label": self.name,
+            "status": "completed",
+            "metadata": {"id": self.id, "datapoints_count": len(self.datapoint_ids)},
+            "children": snapshot_nodes,
+        }
 
     def to_json(self, snapshots: list[Snapshot]) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "project_id": self.project_id,
-            "status": "ready",
+            "status": "completed",
+            "labels": [],
             "datapoints_count": len(self.datapoint_ids),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
@@ -209,7 +217,7 @@ class Snapshot:
             "id": self.id,
             "type": "snapshot",
             "label": self.label,
-            "metadata": self.metadata(),
+            "metadata": {"id": self.id, **self.metadata()},
             "children": [job.node() for job in jobs],
         }
 
@@ -230,13 +238,15 @@ class Experiment:
     sent: dict[str, Any]
     model_id: str
     quality: float
-    succeeds: bool
+    ending: str  # succeeded, failed or deleted (TrainingPlan.ending)
+
+    @property
+    def succeeds(self) -> bool:
+        return self.ending == "succeeded"
 
     def status(self, stage: str) -> str:
-        """queued, running, succeeded or failed, in its job's `stage` (TrainingPlan.stage)."""
-        if stage != "finished":
-            return stage
-        return "succeeded" if self.succeeds else "failed"
+        """pending, running, deploying, then its ending, in its job's `stage` (TrainingPlan.stage)."""
+        return self.ending if stage == "finished" else stage
 
     def to_json(self, stage: str) -> dict[str, Any]:
         """Every field sent for it, and its id, number, status and, once succeeded, model_id."""
@@ -258,7 +268,12 @@ class Experiment:
             "type": "experiment",
             "label": f"Experiment {self.number}",
             "status": status,
-            "metadata": {"model_id": self.model_id if status == "succeeded" else None},
+            "metadata": {
+                "id": self.id,
+                "base_model_id": self.sent.get("base_model_id"),
+                "experiment_number": self.number,
+                "model_id": self.model_id if status == "succeeded" else None,
+            },
         }
 
 
@@ -280,11 +295,9 @@ class Job:
 
     @property
     def status(self) -> str:
-        """queued before the first read, processing while training, then completed or failed."""
-        stage = self.stage
-        if stage == "queued":
-            return "queued"
-        if stage == "running":
+        """processing until it is finished, then completed if any experiment succeeded, else
+        failed."""
+        if self.stage != "finished":
             return "processing"
         return "completed" if any(e.succeeds for e in self.experiments) else "failed"
 
@@ -304,5 +317,6 @@ class Job:
             "type": "finetuning-job",
             "label": self.name,
             "status": self.status,
+            "metadata": {"id": self.id, "reasoning": False},
             "children": [e.node(self.stage) for e in self.experiments],
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import traceback
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cftrunner.sandbox import chat, fields
+from cftrunner.sandbox.catalog import TRAINING_TYPES
 from cftrunner.sandbox.fields import Invalid, NotFound, WorldError
 from cftrunner.sandbox.records import TraceDraft, TraceQuery
 from cftrunner.sandbox.world import World
@@ -152,8 +154,21 @@ def _finetune_create(world: World, call: Call) -> Reply:
     body = fields.as_object(call.json())
     snapshot_id = fields.text(body, "snapshot_id")
     name = fields.non_empty_text(body, "name")
-    experiments = fields.object_list(body, "experiments")
+    experiments = [_experiment(e) for e in fields.object_list(body, "experiments")]
     return ok({"job_id": world.create_job(snapshot_id, name, experiments)})
+
+
+def _experiment(item: dict[str, Any]) -> dict[str, Any]:
+    """One experiment of a job to create, with the fields the SDK requires; other keys are kept."""
+    fields.non_empty_text(item, "base_model_id")
+    for name in ("batch_size", "n_epochs"):
+        if fields.optional_integer(item, name, low=1) is None:
+            raise Invalid(f"each experiment needs {name}")
+    fields.number(item, "learning_rate_multiplier", low=0.0, high=math.inf)
+    if item.get("training_type") not in TRAINING_TYPES:
+        raise Invalid(f"each experiment needs training_type, one of {', '.join(TRAINING_TYPES)}")
+    fields.optional_text(item, "refinetune_from_experiment_id")
+    return item
 
 
 def _finetune_get(world: World, call: Call) -> Reply:

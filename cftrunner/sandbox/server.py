@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from cftrunner.sandbox import chat, fields, llm, routes
+from cftrunner.sandbox import catalog, chat, fields, llm, routes
 from cftrunner.sandbox.faults import FaultBook, FaultRule, Request
 from cftrunner.sandbox.ratelimit import RateLimit, retry_after_text
 from cftrunner.sandbox.routes import Call, Reply, error, ok
@@ -162,6 +162,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._malformed(reply, bool(judge), backend.faults)
         elif rule.kind == "truncated":
             self._truncated(reply, route.name == "chat")
+        elif rule.kind == "no_content" and route.name == "chat" and reply.status == 200:
+            self._reply(Reply(200, chat.no_content(reply.payload)))
+        elif rule.kind == "lora_flag" and route.name == "recs_get" and reply.status == 200:
+            self._reply(Reply(200, catalog.older(reply.payload)))
         else:
             self._reply(reply)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-TRAINING_OUTCOMES = ("succeeded", "failed", "mixed")
+TRAINING_OUTCOMES = ("succeeded", "failed", "mixed", "deleted")
 EXPERIMENT_GAIN_STEP = 0.01  # each later experiment of a job gains this much more than the one before
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -47,7 +47,9 @@ class TrainingPlan:
     """How one job trains, taken from the settings when it is created.
 
     Each read of the job answers it as it is, then advances it one step: its experiments are
-    "queued" until the first read, "running" for the next `polls` reads, then finished.
+    "pending" until the first read, "running" for the next `polls` reads but the last of them,
+    "deploying" for that last one, then finished. Outcome "mixed" fails the first experiment,
+    "deleted" deletes it; the others succeed.
     """
 
     polls: int = 2
@@ -60,14 +62,24 @@ class TrainingPlan:
         check_gain(self.gain)
 
     def stage(self, reads: int) -> str:
-        """"queued", "running" or "finished" after `reads` reads of the job."""
+        """"pending", "running", "deploying" or "finished" after `reads` reads of the job."""
         if reads == 0:
-            return "queued"
-        return "running" if reads <= self.polls else "finished"
+            return "pending"
+        if reads < self.polls:
+            return "running"
+        return "deploying" if reads == self.polls else "finished"
 
     def succeeds(self, number: int) -> bool:
-        """Whether experiment `number` (1-based) ends with a model; in "mixed" only the first fails."""
-        return self.outcome == "succeeded" or (self.outcome == "mixed" and number > 1)
+        """Whether experiment `number` (1-based) ends with a model."""
+        return self.ending(number) == "succeeded"
+
+    def ending(self, number: int) -> str:
+        """How experiment `number` (1-based) ends: "succeeded", "failed" or "deleted"."""
+        if self.outcome == "failed":
+            return "failed"
+        if self.outcome == "succeeded" or number > 1:
+            return "succeeded"
+        return "failed" if self.outcome == "mixed" else "deleted"
 
     def quality(self, parent: float, number: int) -> float:
         """The quality of experiment `number`'s model, trained from a model of quality `parent`."""

@@ -103,6 +103,7 @@ class World:
                 "project": {
                     "id": project.id,
                     "name": project.name,
+                    "type": "project",
                     "children": [dataset.node(nodes)],
                 }
             }
@@ -305,7 +306,7 @@ class World:
                     copy.deepcopy(sent),
                     self.models.reserve(name, n),
                     plan.quality(parent, n),
-                    plan.succeeds(n),
+                    plan.ending(n),
                 )
                 for n, (sent, parent) in enumerate(zip(experiments, parents, strict=True), 1)
             ]

@@ -67,6 +67,31 @@ def test_the_job_gets_the_recommended_experiments_minus_the_advisory_keys(
                      if k not in ("recommended", "reason_for_recommendation")} for e in recommended]
 
 
+def test_older_recommendations_launch_with_a_training_type_and_the_run_records_it(
+        harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="recs_get", kind="lora_flag"))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED and run.job_id is not None
+    recommended = [e for e in sandbox.world.recommendations(run.snapshot_id or "")
+                   ["recommended_experiments"] if e["recommended"]]
+    sent = sandbox.world.sent_experiments(run.job_id)
+    assert [(e["base_model_id"], e["training_type"]) for e in sent] == [
+        (e["base_model_id"], "full" if e["training_type"] == "full" else "lora")
+        for e in recommended]
+    assert not any("lora" in e for e in sent)
+    [converted] = [e for e in harness.store.events(run.id) if e.kind == "experiments_converted"]
+    assert converted.data["experiments"] == [
+        {"base_model_id": e["base_model_id"], "lora": e["training_type"] != "full",
+         "training_type": "full" if e["training_type"] == "full" else "lora"}
+        for e in recommended]
+
+
+def test_recommendations_with_a_training_type_record_no_conversion(harness: Harness) -> None:
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    assert not [e for e in harness.store.events(run.id) if e.kind == "experiments_converted"]
+
+
 def test_the_job_name_is_unique_to_the_run(harness: Harness, sandbox: Sandbox) -> None:
     first = harness.runner.drive(harness.start(run_id="nightly"))
     jobs = sandbox.world.jobs()
@@ -98,6 +123,48 @@ def test_a_run_whose_every_generation_is_rejected_ends_failed(
     assert run.state is RunState.FAILED
     assert run.failure_reason and "every item failed" in run.failure_reason
     assert sandbox.counts()["traces"] == 0
+
+
+def test_a_generation_with_no_content_fails_only_that_item_with_its_finish_reason(
+        harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", kind="no_content", match="message 2", judge=False))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    [failed] = harness.store.items(run.id, ItemStage.GEN_FAILED)
+    assert failed.position == 2 and failed.error_kind == "no_content"
+    assert failed.error == "the model answered no content (finish_reason: content_filter)"
+    assert failed.answer is None
+    [completion] = harness.store.completions(failed.id)
+    assert (completion.outcome, completion.finish_reason) == ("no_content", "content_filter")
+    assert sandbox.counts()["chat"]["generate"] == len(PROMPTS)  # asked once, not retried
+    assert sandbox.counts()["traces"] == len(PROMPTS) - 1
+
+
+def test_a_judge_answer_with_no_content_counts_against_the_attempts(
+        harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", kind="no_content", match="message 3", judge=True,
+                                times=1))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    item = harness.store.items(run.id)[3]
+    assert item.stage is ItemStage.ADDED and item.judge_attempts == 2
+    first, second = [c for c in harness.store.completions(item.id) if c.kind == "judge"]
+    assert (first.outcome, first.finish_reason, first.content) == (
+        "malformed", "content_filter", None)
+    assert first.error == "the judge answered no content (finish_reason: content_filter)"
+    assert second.request == first.request  # nothing to show the judge: asked as the first time
+    assert second.outcome == "ok"
+
+
+def test_a_judge_that_never_answers_content_fails_the_item_not_the_run(
+        harness: Harness, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", kind="no_content", match="message 4", judge=True))
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    [failed] = harness.store.items(run.id, ItemStage.JUDGE_FAILED)
+    assert failed.position == 4 and failed.judge_attempts == 3
+    assert failed.error_kind == "judge_malformed" and failed.judge_raw is None
+    assert "no content" in (failed.error or "")
 
 
 def test_a_malformed_judgment_is_retried_with_a_reminder(harness: Harness, sandbox: Sandbox) -> None:

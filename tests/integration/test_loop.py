@@ -45,10 +45,11 @@ def test_following_reads_the_job_once_per_invocation_until_it_trains(
     run_id = harness.start(loop=FOLLOW)
     first = harness.runner.drive(run_id)
     assert first.state is RunState.LAUNCHED and not first.finished
-    assert first.training is not None and first.training["status"] == "queued"
+    assert first.training is not None and first.training["status"] == "processing"
+    assert {e["status"] for e in first.training["experiments"]} == {"pending"}
     assert _job_reads(sandbox) == 1
     run, drives = _drive_until_settled(harness, run_id)
-    # queued, then processing twice, then completed: one read per invocation.
+    # pending, running, deploying, then succeeded: one read per invocation.
     assert drives == 3 and _job_reads(sandbox) == 4
     assert run.state is RunState.TRAINED and run.training is not None
     models = [e["model_id"] for e in run.training["experiments"] if e["status"] == "succeeded"]

@@ -26,7 +26,7 @@ EXPERIMENTS = [
         "batch_size": 4,
         "learning_rate_multiplier": 1.0,
         "n_epochs": 3,
-        "lora": True,
+        "training_type": "lora",
     },
     {
         "base_model_id": "llama-3.2-3b-instruct",
@@ -203,7 +203,7 @@ def test_dataset_shows_count_and_snapshots(api: Api) -> None:
     snapshot_id = api.snapshot(points=2)
     dataset = api.get(f"/api/v1/public/datasets/{api.dataset_id()}").json()
     assert dataset["project_id"] == DEFAULT_PROJECT_ID
-    assert dataset["status"] == "ready"
+    assert dataset["status"] == "completed" and dataset["labels"] == []
     assert dataset["datapoints_count"] == 2
     assert [s["id"] for s in dataset["snapshots"]] == [snapshot_id]
     assert ISO_MS.match(dataset["created_at"]) and ISO_MS.match(dataset["updated_at"])
@@ -661,12 +661,22 @@ def test_recommendations_process_then_complete(api: Api) -> None:
     assert done["status"] == "completed" and done["snapshot_id"] == snapshot_id
     experiments = done["recommended_experiments"]
     assert len(experiments) >= 3 and sum(e["recommended"] for e in experiments) >= 2
-    assert any("lora" in e for e in experiments)
-    assert {e.get("training_type") for e in experiments} >= {"lora", "full", "qlora"}
+    assert {e["training_type"] for e in experiments} == {"lora", "full", "qlora"}
+    assert not any("lora" in e for e in experiments)
     assert all(isinstance(e["reason_for_recommendation"], str) for e in experiments)
-    assert done["recommended_models"] and all(
-        isinstance(m, str) for m in done["recommended_models"]
-    )
+    models = done["recommended_models"]
+    assert [m["base_model_id"] for m in models] == [e["base_model_id"] for e in experiments]
+    assert [m["recommended"] for m in models] == [e["recommended"] for e in experiments]
+
+
+def test_recommendations_propose_one_recipe_on_two_base_models(api: Api) -> None:
+    """Re-tuned from one model, those two would be the same experiment."""
+    snapshot_id = _recommend(api)
+    api.get(f"/api/v1/public/recommendations/{snapshot_id}")  # processing
+    done = api.get(f"/api/v1/public/recommendations/{snapshot_id}").json()
+    chosen = [{k: v for k, v in e.items() if k not in ("base_model_id", "reason_for_recommendation")}
+              for e in done["recommended_experiments"] if e["recommended"]]
+    assert len(chosen) > len({json.dumps(e, sort_keys=True) for e in chosen})
 
 
 def test_recommendations_can_fail(make_sandbox: Callable[..., Sandbox]) -> None:
@@ -722,17 +732,17 @@ def test_job_stores_experiments_exactly_as_sent(api: Api, sandbox: Sandbox) -> N
     assert sandbox.world.sent_experiments(job_id) == EXPERIMENTS
 
 
-def test_job_answers_its_experiments_queued_on_the_first_read(api: Api) -> None:
+def test_job_answers_its_experiments_pending_on_the_first_read(api: Api) -> None:
     snapshot_id = api.snapshot()
     job = api.get(f"/api/v1/public/finetuning/{_launch(api, snapshot_id)}").json()
     assert (job["name"], job["snapshot_id"], job["status"]) == (
         "cft-run-1",
         snapshot_id,
-        "queued",
+        "processing",
     )
     first, second = job["experiments"]
     assert (first["experiment_number"], second["experiment_number"]) == (1, 2)
-    assert first["status"] == "queued" and "model_id" not in first and first["id"]
+    assert first["status"] == "pending" and "model_id" not in first and first["id"]
     assert {k: second[k] for k in EXPERIMENTS[1]} == EXPERIMENTS[1]
 
 
@@ -749,12 +759,29 @@ def test_job_appears_in_project_tree_under_its_snapshot(api: Api) -> None:
         "run-42",
     )
     assert [(e["type"], e["status"], e["metadata"]) for e in job["children"]] == [
-        ("experiment", "queued", {"model_id": None})
-    ] * 2
+        ("experiment", "pending", {"id": e["id"], "base_model_id": sent["base_model_id"],
+                                   "experiment_number": n, "model_id": None})
+        for n, (e, sent) in enumerate(zip(job["children"], EXPERIMENTS, strict=True), 1)
+    ]
+    assert job["metadata"] == {"id": job_id, "reasoning": False}
+
+
+WITHOUT_TYPE = {k: v for k, v in EXPERIMENTS[0].items() if k != "training_type"}
 
 
 @pytest.mark.parametrize(
-    "change", [{"experiments": []}, {"name": None}, {"name": ""}, {"experiments": ["x"]}]
+    "change",
+    [
+        {"experiments": []},
+        {"name": None},
+        {"name": ""},
+        {"experiments": ["x"]},
+        {"experiments": [WITHOUT_TYPE]},
+        {"experiments": [{**WITHOUT_TYPE, "lora": True}]},
+        {"experiments": [{**EXPERIMENTS[0], "training_type": "dora"}]},
+        {"experiments": [{**EXPERIMENTS[0], "batch_size": 0}]},
+        {"experiments": [{k: v for k, v in EXPERIMENTS[0].items() if k != "n_epochs"}]},
+    ],
 )
 def test_job_with_invalid_body_is_400(api: Api, change: dict[str, Any]) -> None:
     body = {"snapshot_id": api.snapshot(), "name": "n", "experiments": EXPERIMENTS, **change}
@@ -935,6 +962,31 @@ def test_truncated_fault_cuts_even_a_one_word_answer(api: Api, sandbox: Sandbox)
     prompt = next(f"p{i}" for i in range(50) if llm.generate(f"p{i}") == "safe")
     sandbox.add_fault(FaultRule(route="chat", kind="truncated"))
     assert api.content("m", prompt) == "sa"
+
+
+def test_no_content_fault_answers_a_chat_call_with_null_content(api: Api, sandbox: Sandbox) -> None:
+    sandbox.add_fault(FaultRule(route="chat", kind="no_content"))
+    answer = api.chat("m", "p").json()
+    [choice] = answer["choices"]
+    assert choice["message"] == {"role": "assistant", "content": None}
+    assert choice["finish_reason"] == "content_filter"
+    assert answer["usage"]["completion_tokens"] == 0
+    assert sandbox.counts()["faults_fired"] == {"no_content": 1}
+
+
+def test_lora_flag_fault_answers_recommendations_in_the_older_shape(
+    api: Api, sandbox: Sandbox
+) -> None:
+    snapshot_id = _recommend(api)
+    sandbox.add_fault(FaultRule(kind="lora_flag"))
+    assert api.get(f"/api/v1/public/recommendations/{snapshot_id}").json()["status"] == "processing"
+    older = api.get(f"/api/v1/public/recommendations/{snapshot_id}").json()
+    newer = sandbox.world.recommendations(snapshot_id)
+    assert [(e["base_model_id"], e["lora"]) for e in older["recommended_experiments"]] == [
+        (e["base_model_id"], e["training_type"] != "full") for e in newer["recommended_experiments"]
+    ]
+    assert not any("training_type" in e for e in older["recommended_experiments"])
+    assert api.get("/api/v1/models").json() == sandbox.world.list_models()
 
 
 def test_truncated_fault_on_other_routes_answers_a_body_that_is_not_json(

@@ -45,10 +45,10 @@ def _read(api: Api, job_id: str) -> dict[str, Any]:
 
 
 def _finished(api: Api, job_id: str) -> dict[str, Any]:
-    """The job read until it is neither queued nor processing, as a client polls it."""
+    """The job read until it is no longer processing, as a client polls it."""
     for _ in range(20):
         job = _read(api, job_id)
-        if job["status"] not in ("queued", "processing"):
+        if job["status"] != "processing":
             return job
     raise AssertionError(f"job {job_id} never finished")
 
@@ -75,13 +75,13 @@ def _mean_score(api: Api, model: str) -> float:
 # -- status per read ------------------------------------------------------------------------------
 
 
-def test_a_job_is_queued_then_processing_for_its_polls_then_completed(api: Api) -> None:
+def test_a_job_is_processing_for_its_polls_then_completed(api: Api) -> None:
     job_id = _job_id(api)
     reads = [_read(api, job_id) for _ in range(5)]
     assert [j["status"] for j in reads] == [
-        "queued", "processing", "processing", "completed", "completed"]
+        "processing", "processing", "processing", "completed", "completed"]
     assert [[e["status"] for e in j["experiments"]] for j in reads] == [
-        ["queued"] * 2, ["running"] * 2, ["running"] * 2, ["succeeded"] * 2, ["succeeded"] * 2]
+        ["pending"] * 2, ["running"] * 2, ["deploying"] * 2, ["succeeded"] * 2, ["succeeded"] * 2]
     assert all("model_id" not in e for j in reads[:3] for e in j["experiments"])
     assert all(e["model_id"] for j in reads[3:] for e in j["experiments"])
 
@@ -99,10 +99,10 @@ def test_reading_the_project_tree_does_not_advance_a_job(api: Api) -> None:
     job_id = _job_id(api)
     for _ in range(5):
         node = _tree_job(api, job_id)
-    assert node["status"] == "queued"
-    assert [(e["status"], e["metadata"]) for e in node["children"]] == [
-        ("queued", {"model_id": None})] * 2
-    assert _read(api, job_id)["status"] == "queued"
+    assert node["status"] == "processing"
+    assert [(e["status"], e["metadata"]["model_id"]) for e in node["children"]] == [
+        ("pending", None)] * 2
+    assert [e["status"] for e in _read(api, job_id)["experiments"]] == ["pending"] * 2
 
 
 def test_the_project_tree_shows_the_job_as_its_last_read_left_it(api: Api) -> None:
@@ -122,7 +122,7 @@ def test_with_zero_polls_a_job_finishes_on_the_second_read(
 ) -> None:
     api = Api(make_sandbox(training_polls=0).url)
     job_id = _job_id(api)
-    assert [_read(api, job_id)["status"] for _ in range(2)] == ["queued", "completed"]
+    assert [_read(api, job_id)["status"] for _ in range(2)] == ["processing", "completed"]
 
 
 # -- outcomes -------------------------------------------------------------------------------------
@@ -137,9 +137,18 @@ def test_a_failed_training_fails_every_experiment_and_the_job(
     assert job["status"] == "failed"
     assert [e["status"] for e in job["experiments"]] == ["failed", "failed"]
     assert all("model_id" not in e for e in job["experiments"])
-    assert [e["metadata"] for e in _tree_job(api, job["id"])["children"]] == [
-        {"model_id": None}] * 2
+    assert [e["metadata"]["model_id"] for e in _tree_job(api, job["id"])["children"]] == [None] * 2
     assert len(api.get("/api/v1/models").json()["data"]) == 5
+
+
+def test_a_deleted_training_deletes_the_first_experiment_and_completes_the_job(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    api = Api(make_sandbox(training_outcome="deleted").url)
+    job = _finished(api, _job_id(api))
+    assert job["status"] == "completed"
+    assert [e["status"] for e in job["experiments"]] == ["deleted", "succeeded"]
+    assert [e["status"] for e in _tree_job(api, job["id"])["children"]] == ["deleted", "succeeded"]
 
 
 def test_a_mixed_training_fails_the_first_experiment_and_completes_the_job(

@@ -273,3 +273,15 @@ def test_a_reply_cut_off_at_the_token_limit_is_truncated_even_when_it_parses() -
         talk.read(VALID, "length")
     assert raised.value.kind == "judge_truncated"
     assert talk.call(structured=True).messages[1] == {"role": "assistant", "content": VALID}
+
+
+@pytest.mark.parametrize(("finish_reason", "kind"), [
+    ("content_filter", "judge_malformed"), ("length", "judge_truncated"), (None, "judge_malformed")])
+def test_a_reply_with_no_content_is_unusable_and_asked_again_as_the_first_time(
+        finish_reason: str | None, kind: str) -> None:
+    talk = conversation()
+    first = talk.call(structured=True).messages
+    with pytest.raises(JudgeOutputError, match="no content") as raised:
+        talk.read(None, finish_reason)
+    assert raised.value.kind == kind
+    assert talk.call(structured=True).messages == first

@@ -69,10 +69,20 @@ def test_an_addition_succeeds_only_when_it_says_so(answer: dict[str, Any], succe
 
 
 @pytest.mark.parametrize("body", [
-    {"choices": []}, {"choices": [{"message": {"content": None}}]}, [], {"choices": "x"}])
-def test_a_chat_answer_without_text_is_unreadable(body: Any) -> None:
+    {"choices": []}, {"choices": [{"finish_reason": "stop"}]}, [], {"choices": "x"},
+    {"choices": [{"message": {"content": ["a", "list"]}}]}])
+def test_a_chat_answer_without_a_message_is_unreadable(body: Any) -> None:
     with pytest.raises(BadResponseError):
         payloads.parse_chat(body)
+
+
+@pytest.mark.parametrize("message", [{"role": "assistant", "content": None}, {"role": "assistant"}])
+def test_a_chat_answer_with_null_content_is_read_as_no_content(message: dict[str, Any]) -> None:
+    """The SDK allows it: an answer, not an unreadable body to retry."""
+    result = payloads.parse_chat({"choices": [{"finish_reason": "content_filter",
+                                               "message": message}]})
+    assert (result.no_content, result.content, result.finish_reason) == (
+        True, "", "content_filter")
 
 
 def test_a_chat_answer_carries_content_finish_reason_and_usage() -> None:
@@ -166,8 +176,48 @@ def test_the_experiments_launched_are_the_recommended_ones_minus_two_keys() -> N
         {"base_model_id": "c", "training_type": "full", "recommended": False,
          "reason_for_recommendation": "too big"},
     ]
-    assert payloads.experiments_to_launch(experiments) == [
-        {"base_model_id": "b", "n_epochs": 3, "lora": True, "extra": {"kept": 1}}]
+    launchable = payloads.experiments_to_launch(experiments)
+    assert launchable.experiments == [
+        {"base_model_id": "b", "n_epochs": 3, "training_type": "lora", "extra": {"kept": 1}}]
+
+
+@pytest.mark.parametrize(("flag", "training_type"), [(True, "lora"), (False, "full")])
+def test_an_older_lora_flag_becomes_a_training_type_and_the_conversion_is_told(
+        flag: bool, training_type: str) -> None:
+    launchable = payloads.experiments_to_launch(
+        [{"base_model_id": "b", "n_epochs": 3, "lora": flag, "recommended": True}])
+    assert launchable.experiments == [
+        {"base_model_id": "b", "n_epochs": 3, "training_type": training_type}]
+    assert launchable.converted == [
+        {"base_model_id": "b", "lora": flag, "training_type": training_type}]
+    assert launchable.untyped == []
+
+
+def test_a_training_type_given_wins_over_a_lora_flag_and_is_no_conversion() -> None:
+    launchable = payloads.with_training_type(
+        [{"base_model_id": "b", "lora": False, "training_type": "qlora"},
+         {"base_model_id": "c", "training_type": "full"}])
+    assert launchable.experiments == [{"base_model_id": "b", "training_type": "qlora"},
+                                      {"base_model_id": "c", "training_type": "full"}]
+    assert launchable.converted == []
+
+
+def test_converting_again_changes_nothing() -> None:
+    once = payloads.experiments_to_launch([{"base_model_id": "b", "lora": True, "recommended": True}])
+    again = payloads.with_training_type(once.experiments)
+    assert (again.experiments, again.converted) == (once.experiments, [])
+
+
+def test_an_experiment_with_neither_a_type_nor_a_flag_is_untyped() -> None:
+    launchable = payloads.with_training_type([{"base_model_id": "b", "lora": "yes"},
+                                              {"base_model_id": "c", "training_type": "lora"}])
+    assert launchable.untyped == [{"base_model_id": "b", "lora": "yes"}]
+
+
+def test_twin_experiments_are_left_out_keeping_the_first_of_each() -> None:
+    first = {"base_model_id": "b", "n_epochs": 3, "training_type": "lora"}
+    other = {**first, "n_epochs": 1}
+    assert payloads.without_twins([first, other, dict(first), dict(other)]) == [first, other]
 
 
 def test_dataset_snapshots_are_none_when_the_answer_does_not_list_them() -> None:

@@ -148,20 +148,28 @@ def test_judgments_are_valid_json_with_the_three_fields() -> None:
 # -- training plans and the model book ------------------------------------------------------------
 
 
-def test_a_job_is_queued_then_running_for_its_polls_then_finished() -> None:
-    plan = TrainingPlan(polls=2)
-    assert [plan.stage(reads) for reads in range(5)] == [
-        "queued", "running", "running", "finished", "finished"]
-    assert [TrainingPlan(polls=0).stage(reads) for reads in range(2)] == ["queued", "finished"]
+def test_a_job_is_pending_then_running_then_deploying_for_its_polls_then_finished() -> None:
+    plan = TrainingPlan(polls=3)
+    assert [plan.stage(reads) for reads in range(6)] == [
+        "pending", "running", "running", "deploying", "finished", "finished"]
+    assert [TrainingPlan(polls=1).stage(reads) for reads in range(3)] == [
+        "pending", "deploying", "finished"]
+    assert [TrainingPlan(polls=0).stage(reads) for reads in range(2)] == ["pending", "finished"]
 
 
 @pytest.mark.parametrize(
     ("outcome", "expected"),
-    [("succeeded", [True, True, True]), ("failed", [False] * 3), ("mixed", [False, True, True])],
+    [
+        ("succeeded", ["succeeded"] * 3),
+        ("failed", ["failed"] * 3),
+        ("mixed", ["failed", "succeeded", "succeeded"]),
+        ("deleted", ["deleted", "succeeded", "succeeded"]),
+    ],
 )
-def test_which_experiments_succeed_per_outcome(outcome: str, expected: list[bool]) -> None:
+def test_how_experiments_end_per_outcome(outcome: str, expected: list[str]) -> None:
     plan = TrainingPlan(outcome=outcome)
-    assert [plan.succeeds(n) for n in (1, 2, 3)] == expected
+    assert [plan.ending(n) for n in (1, 2, 3)] == expected
+    assert [plan.succeeds(n) for n in (1, 2, 3)] == [e == "succeeded" for e in expected]
 
 
 def test_a_trained_model_gains_the_plans_gain_plus_a_step_per_later_experiment() -> None:
