@@ -304,6 +304,31 @@ def parse_recommendations(body: Any) -> Recommendations:
                            if isinstance(experiments, list) else [])
 
 
+def parse_model_ids(body: Any) -> list[str]:
+    """The model ids of `GET /api/v1/models` (`{data: [{id}]}`), or of a bare list."""
+    listed = body.get("data", body.get("models")) if isinstance(body, dict) else body
+    if not isinstance(listed, list):
+        raise _bad("a model list has no data")
+    ids = (_first_str(m, "id", "model_id") if isinstance(m, dict) else m for m in listed)
+    return [i for i in ids if isinstance(i, str) and i]
+
+
+RUNNING_WORDS = frozenset({"running", "ready", "loaded", "up", "true"})
+
+
+def parse_running(body: Any) -> bool:
+    """`{status: bool}` of `GET /api/v1/models/running`; a status word ("running", "loaded") or a
+    `running` flag is read too. Anything else is no answer."""
+    if isinstance(body, dict):
+        for key in ("status", "running"):
+            value = body.get(key)
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value:
+                return value.lower() in RUNNING_WORDS
+    raise _bad("a model status has no status")
+
+
 def experiments_to_launch(experiments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The recommended experiments without the two advisory keys, everything else unchanged."""
     return [{k: v for k, v in exp.items() if k not in ("recommended", "reason_for_recommendation")}
