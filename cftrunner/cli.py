@@ -138,7 +138,12 @@ def _verdict(run: Run) -> tuple[str, int, bool]:
     if state is RunState.TRAINED:
         models = [e.get("model_id") for e in (run.training or {}).get("experiments") or []
                   if e.get("model_id")]
-        return f"TRAINED job {run.job_id}: models {', '.join(map(str, models))}", 0, False
+        line = f"TRAINED job {run.job_id}: models {', '.join(map(str, models))}"
+        if not run.finished:  # promotion waits for the new models to load
+            states = [e.get("status") for e in ((run.training or {}).get("serving") or {}).values()]
+            line += (f"; models loading for inference ({states.count('running')} of "
+                     f"{len(models)} running); the next resume or tick looks again")
+        return line, 0, False
     if state in (RunState.PROMOTED, RunState.NOT_PROMOTED):  # a decision either way
         return f"{state.value}: {(run.promotion or {}).get('reason')}", EXIT_LAUNCHED, False
     code = EXIT_CANCELLED if state is RunState.CANCELLED else EXIT_FAILED

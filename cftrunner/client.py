@@ -191,9 +191,6 @@ class PremClient:
     def project(self, project_id: str) -> dict[str, Any]:
         return payloads.project_root(self.request("GET", f"/api/v1/public/projects/{project_id}"))
 
-    def model_ids(self) -> list[str]:
-        return payloads.parse_model_ids(self.request("GET", "/api/v1/models"))
-
     def dataset_snapshots(self, dataset_id: str) -> list[RemoteSnapshot] | None:
         body = self.request("GET", f"/api/v1/public/datasets/{dataset_id}")
         return payloads.parse_dataset_snapshots(body)
@@ -212,6 +209,15 @@ class PremClient:
         body = self.request("GET", f"/api/v1/public/recommendations/{snapshot_id}")
         return payloads.parse_recommendations(body)
 
+    def list_models(self) -> list[str]:
+        """The ids of the models a chat request may name."""
+        return payloads.parse_model_ids(self.request("GET", "/api/v1/models"))
+
+    def model_running(self, model: str) -> bool:
+        """Whether `model` is loaded for inference (a query parameter: ids may hold "/")."""
+        body = self.request("GET", "/api/v1/models/running", params={"model": model})
+        return payloads.parse_running(body)
+
     # -- calls with effects --------------------------------------------------------------------
 
     def chat(self, project_id: str, model: str, messages: list[dict[str, str]],
@@ -220,6 +226,13 @@ class PremClient:
         body = payloads.chat_body(project_id, model, messages, temperature, max_tokens,
                                   response_format)
         return payloads.parse_chat(self.request("POST", "/api/v1/chat/completions", body))
+
+    def load_model(self, model: str) -> None:
+        """Ask for `model` to be loaded for inference; asking again is harmless."""
+        self.request("POST", "/api/v1/models/up", {"model": model})
+
+    def unload_model(self, model: str) -> None:
+        self.request("POST", "/api/v1/models/down", {"model": model})
 
     def create_trace(self, body: Any) -> str:
         return payloads.parse_trace_created(self.request("POST", "/api/v1/traces", body))

@@ -25,6 +25,8 @@ there is one). It is TOML and may hold every setting but the API key::
     promote_margin = 0.0               # 0..1: a new model may score this much lower and still win
     regression = false                 # after a promotion, ask the cycle's earlier weak prompts
                                        # again and report each fixed or still weak (needs promote)
+    unload_losers = false              # after the decision, unload the new models that lost
+                                       # (needs promote)
     # where
     db = "sqlite:///state/cftrunner.db"  # a relative sqlite path is relative to the config file's folder
     base_url = "https://studio.premai.io"
@@ -50,6 +52,10 @@ there is one). It is TOML and may hold every setting but the API key::
     shutdown_grace = 30
     training = "0s"                    # following a job, per invocation (0: read it once); >= 0
     training_poll = "60s"              # between two reads of the job within that; > 0
+    model_load = "5m"                  # before promotion, waiting for new models to run for
+                                       # inference, per invocation (0: look once); >= 0
+    model_give_up = "2h"               # a new model still not running this long after the first
+                                       # look is left out of the comparison; >= 0
 
     [judge]
     attempts = 3                       # int >= 1: judge answers asked for per item
@@ -79,8 +85,8 @@ there is one). It is TOML and may hold every setting but the API key::
 
 Without [[cycles]] the file describes one cycle, by its top-level keys. With them, each entry is a
 cycle and holds only per-cycle keys (the first twelve above, follow, promote, holdout_prompts,
-promote_margin, regression, judge.temperature, judge.max_tokens, judge.structured_output and every
-gate key) and `name`; those the entry does not set it inherits from
+promote_margin, regression, unload_losers, judge.temperature, judge.max_tokens,
+judge.structured_output and every gate key) and `name`; those the entry does not set it inherits from
 the top level of the file, the environment or the command line, resolved as for one cycle. An entry
 holding another key is refused, naming the file, the entry (its number from 1, and its name) and the key.
 
@@ -189,6 +195,7 @@ class Cycle:
     holdout_prompts: str | None = None  # an absolute path
     promote_margin: float = 0.0
     regression: bool = False  # after a promotion, ask the earlier weak prompts again
+    unload_losers: bool = False  # after the decision, unload the new models that lost
     # Where a [[cycles]] entry's cycle was described ("FILE: [[cycles]] entry N (NAME)"), for messages.
     origin: str | None = field(default=None, compare=False)
 
@@ -214,11 +221,15 @@ class Cycle:
         if self.regression and not self.promote:
             raise InputError(f"{where}regression = true needs promote = true: the weak prompts "
                              "are asked again of the promoted model")
+        if self.unload_losers and not self.promote:
+            raise InputError(f"{where}unload_losers = true needs promote = true: the losers are "
+                             "the new models the promotion did not choose")
         holdout = tuple(iter_prompts(self.holdout_prompts)) if self.promote and \
             self.holdout_prompts else ()
         return LoopConfig(follow=self.follow or self.promote, promote=self.promote,
                           holdout=holdout, holdout_source=self.holdout_prompts,
-                          margin=self.promote_margin, regression=self.regression)
+                          margin=self.promote_margin, regression=self.regression,
+                          unload_losers=self.unload_losers)
 
     def rules(self) -> Rules:
         """How tick takes this cycle's prompts from its source."""

@@ -25,8 +25,8 @@ POINTS: tuple[str, ...] = (
 # Reached by tick as it creates a cycle's run: its prompts chosen, then the run stored.
 TICK_POINTS: tuple[str, ...] = ("tick.after_choosing", "tick.after_create")
 # Past the launch, reached only by a run that follows its job (and promotes its model).
-LOOP_POINTS: tuple[str, ...] = ("follow.after_end", "promote.after_evaluation",
-                                 "promote.after_recheck")
+LOOP_POINTS: tuple[str, ...] = ("follow.after_end", "serving.after_ask",
+                                 "promote.after_evaluation", "promote.after_recheck")
 
 _hits: Counter[str] = Counter()
 

@@ -21,6 +21,7 @@
         ├── Interrupted       SIGTERM or SIGINT asked the process to stop (exit 128 + signal)
         ├── KeyRejected       the API refused the key (401/403): a person must act (exit 77)
         ├── StillTraining     the followed job is still training: look again later (exit 0)
+        ├── ModelsLoading     new models are still loading for inference: look again later (exit 0)
         └── OutcomePending    whether a lost request happened cannot be told yet: look again later
             └── NeedsDecision not told in time: a person decides with `cftrunner settle` (exit 5)
 
@@ -164,3 +165,7 @@ class KeyRejected(RunStopped):
 
 class StillTraining(RunStopped):
     """The fine-tuning job the run follows is still training; a later resume looks again."""
+
+
+class ModelsLoading(RunStopped):
+    """The run's new models are still loading for inference; a later resume looks again."""

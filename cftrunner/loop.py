@@ -1,9 +1,10 @@
 """After the launch: follow the job to its models, then promote the best on held-out prompts.
 
 Following reads `GET /api/v1/public/finetuning/{job}` within a bound per invocation, so cron's next
-tick looks again rather than one process sleeping for hours. Promoting answers and judges the
-held-out prompts with every new model and with the current one, keeps each result as it comes
-(a resume redoes none), and promotes the best new model if it is no worse by the margin.
+tick looks again rather than one process sleeping for hours. Promoting brings the new models up for
+inference (`serving`), answers and judges the held-out prompts with every new model that runs and
+with the current one, keeps each result as it comes (a resume redoes none), and promotes the best
+new model if it is no worse by the margin.
 
 What a run does after its launch, LoopConfig, lives in `run_config` with the run's other stored
 settings."""
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cftrunner import crashpoints
+from cftrunner import crashpoints, serving
 from cftrunner.exceptions import JudgeOutputError, RejectedError, StillTraining
 from cftrunner.judge import Conversation
 from cftrunner.models import Run
@@ -75,24 +76,42 @@ def candidates(run: Run) -> list[dict[str, Any]]:
 
 
 def promote(r: Runner, run: Run) -> None:
-    """Answer and judge every held-out prompt with the current model and each new one; then
-    PROMOTED (the best new one is no worse than the current by the margin) or NOT_PROMOTED."""
+    """Answer and judge every held-out prompt with the current model and each new one that runs
+    for inference (the others are left out, with their reasons); then PROMOTED (the best new one
+    is no worse than the current by the margin) or NOT_PROMOTED."""
     config = run.loop
     new = candidates(run)
-    models = [run.model_alias, *(e["model_id"] for e in new)]
-    done = {(e["model_id"], e["position"]) for e in r.store.evaluations(run.id)}
-    todo = [(m, n) for m in models for n in range(len(config.holdout)) if (m, n) not in done]
-    r.for_each(todo, lambda pair: _evaluate(r, run, config, *pair))
+    ids = [e["model_id"] for e in new]
+    # The new models are asked to load first, and load while the current model answers.
+    serving.bring_up(r, run, ids, wait=False)
+    _evaluate_models(r, run, [run.model_alias])
+    states = serving.bring_up(r, run, ids)
+    ready = [e for e in new if states[e["model_id"]]["status"] == serving.RUNNING]
+    excluded = [{"model_id": m, "reason": states[m].get("reason")} for m in ids
+                if states[m]["status"] == serving.UNAVAILABLE]
+    models = [run.model_alias, *(e["model_id"] for e in ready)]
+    _evaluate_models(r, run, models)
     results = r.store.evaluations(run.id)
     summaries = {m: _summary([e for e in results if e["model_id"] == m]) for m in models}
-    decision = decide(run.model_alias, new, summaries, config.margin)
+    decision = decide(run.model_alias, ready, summaries, config.margin, excluded)
     if decision["promoted"] and config.regression:
         decision["regression"] = recheck(r, run, str(decision["model_id"]))
+    if config.unload_losers:
+        winner = str(decision["model_id"]) if decision["promoted"] else None
+        decision["unloaded"] = serving.unload_losers(r, states, winner)
     target = RunState.PROMOTED if decision["promoted"] else RunState.NOT_PROMOTED
     with r.tx() as tx:
         tx.transition_run(run.id, RunState.TRAINED, target, promotion=decision)
     log.info("promotion", promoted=decision["promoted"], model=decision.get("model_id"),
              reason=decision["reason"])
+
+
+def _evaluate_models(r: Runner, run: Run, models: list[str]) -> None:
+    """Every held-out answer and judgment of `models` not stored yet, each stored as it comes."""
+    config = run.loop
+    done = {(e["model_id"], e["position"]) for e in r.store.evaluations(run.id)}
+    todo = [(m, n) for m in models for n in range(len(config.holdout)) if (m, n) not in done]
+    r.for_each(todo, lambda pair: _evaluate(r, run, config, *pair))
 
 
 def recheck(r: Runner, run: Run, model: str) -> dict[str, int]:
@@ -191,15 +210,21 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def decide(current: str, new: list[dict[str, Any]], summaries: dict[str, dict[str, Any]],
-           margin: float) -> dict[str, Any]:
-    """The promotion decision, with both sides' scores and the reason (pure)."""
+           margin: float, excluded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The promotion decision, with both sides' scores and the reason (pure). `new` are the
+    new models compared; `excluded` those left out, each with its reason."""
     base = summaries[current]
     scored = [e for e in new if summaries[e["model_id"]]["mean"] is not None]
     decision: dict[str, Any] = {"current": {"model_id": current, **base}, "margin": margin,
                                 "candidates": [{"model_id": e["model_id"],
                                                 "experiment_id": e.get("id"),
                                                 "base_model_id": e.get("base_model_id"),
-                                                **summaries[e["model_id"]]} for e in new]}
+                                                **summaries[e["model_id"]]} for e in new],
+                                "excluded": list(excluded or [])}
+    if not new and excluded:
+        left_out = "; ".join(f"{e['model_id']}: {e['reason']}" for e in excluded)
+        return {**decision, "promoted": False,
+                "reason": f"no new model came up for inference ({left_out})"}
     if not scored:
         return {**decision, "promoted": False,
                 "reason": "no new model got a valid judgment on the held-out prompts"}

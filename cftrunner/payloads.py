@@ -274,15 +274,6 @@ def find_dataset_id(project: dict[str, Any]) -> str | None:
     return None
 
 
-def parse_model_ids(body: Any) -> list[str]:
-    """The ids `GET /api/v1/models` lists (`{object: "list", data: [{id, ...}]}`)."""
-    data = body.get("data") if isinstance(body, dict) else body
-    if not isinstance(data, list):
-        raise _bad("a models list is not a list")
-    return [model["id"] for model in data if isinstance(model, dict)
-            and isinstance(model.get("id"), str)]
-
-
 def snapshots_in_tree(project: dict[str, Any], dataset_id: str) -> list[RemoteSnapshot]:
     found = []
     for node, ancestors in walk_tree(project):
@@ -318,6 +309,31 @@ def parse_recommendations(body: Any) -> Recommendations:
     experiments = body.get("recommended_experiments")
     return Recommendations(status, [e for e in experiments if isinstance(e, dict)]
                            if isinstance(experiments, list) else [])
+
+
+def parse_model_ids(body: Any) -> list[str]:
+    """The model ids of `GET /api/v1/models` (`{data: [{id}]}`), or of a bare list."""
+    listed = body.get("data", body.get("models")) if isinstance(body, dict) else body
+    if not isinstance(listed, list):
+        raise _bad("a model list has no data")
+    ids = (_first_str(m, "id", "model_id") if isinstance(m, dict) else m for m in listed)
+    return [i for i in ids if isinstance(i, str) and i]
+
+
+RUNNING_WORDS = frozenset({"running", "ready", "loaded", "up", "true"})
+
+
+def parse_running(body: Any) -> bool:
+    """`{status: bool}` of `GET /api/v1/models/running`; a status word ("running", "loaded") or a
+    `running` flag is read too. Anything else is no answer."""
+    if isinstance(body, dict):
+        for key in ("status", "running"):
+            value = body.get(key)
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value:
+                return value.lower() in RUNNING_WORDS
+    raise _bad("a model status has no status")
 
 
 @dataclass(frozen=True)

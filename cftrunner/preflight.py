@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from cftrunner import payloads
 from cftrunner.exceptions import AuthError, InputError, KeyRejected, RejectedError
+from cftrunner.serving import is_listed
 
 if TYPE_CHECKING:
     from cftrunner.runner import Runner, RunSpec
@@ -46,7 +47,7 @@ def check(r: Runner, spec: RunSpec) -> Checked:
 def _unlisted(r: Runner, spec: RunSpec) -> list[str]:
     base = r.settings.base_url
     try:
-        listed = set(r.retrying("listing the models", r.client.model_ids))
+        listed = r.retrying("listing the models", r.client.list_models)
     except RejectedError as exc:
         if isinstance(exc, AuthError):
             raise KeyRejected(f"the API at {base} refused the key ({exc.message}); no run was "
@@ -55,4 +56,4 @@ def _unlisted(r: Runner, spec: RunSpec) -> list[str]:
     return [f"{role} {name} is not among the {len(listed)} models {base}/api/v1/models lists "
             "(an alias need not be listed; a misspelt name fails every request)"
             for role, name in (("model", spec.model_alias), ("judge model", spec.judge_model))
-            if name not in listed]
+            if not is_listed(name, listed)]

@@ -160,6 +160,10 @@ def detail(summary: RunSummary, now: datetime) -> str:
         verdict = "promoted " + str(run.promotion.get("model_id")) if run.promotion.get(
             "promoted") else "not promoted"
         lines.append(("promotion", f"{verdict}: {run.promotion.get('reason')}"))
+        lines += [("left out", f"{e.get('model_id')}: {e.get('reason')}")
+                  for e in run.promotion.get("excluded") or []]
+    elif serving := (run.training or {}).get("serving"):
+        lines.append(("serving", ", ".join(f"{m} {e.get('status')}" for m, e in serving.items())))
     lines += regression_lines(summary)
     for effect in summary.undecided:
         lines.append(("undecided", f"{effect.key}: outcome unknown ({effect.error}); "

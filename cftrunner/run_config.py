@@ -117,6 +117,8 @@ class LoopConfig(StoredConfig):
     margin: float = 0.0  # a new model may score this much below the current one and still win
     # The promoted experiment this run's model came from: its job re-tunes from it.
     retune_from: dict[str, Any] | None = field(default=None)
-    # After a promotion, ask the cycle's earlier weak prompts again (last: the stored keys keep
-    # their order).
+    # After a promotion, ask the cycle's earlier weak prompts again (new keys go last: the stored
+    # keys keep their order).
     regression: bool = False
+    # After the decision, unload the new models that lost (those this run asked to load).
+    unload_losers: bool = False

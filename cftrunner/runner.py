@@ -28,6 +28,7 @@ from cftrunner.exceptions import (
     Interrupted,
     KeyRejected,
     LeaseLost,
+    ModelsLoading,
     NeedsDecision,
     OutcomePending,
     RejectedError,
@@ -283,9 +284,11 @@ class Runner:
                                   failure_reason="cancelled on request")
             log.warning("run_cancelled", state=run.state.value)
             run = self.store.run(run_id)
-        except StillTraining as exc:
-            # Not an error: the job trains for hours; the next resume or tick looks again.
-            log.info("still_training", reason=exc.message)
+        except (StillTraining, ModelsLoading) as exc:
+            # Not an error: the job trains for hours, models load for minutes; the next resume
+            # or tick looks again.
+            log.info("still_training" if isinstance(exc, StillTraining) else "models_loading",
+                     reason=exc.message)
             run = self.store.run(run_id)
         except LeaseLost as exc:
             log.error("lease_lost", reason=exc.message)

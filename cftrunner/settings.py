@@ -69,6 +69,11 @@ class Settings:
     # How long one invocation follows a training job (0: read it once), and how often.
     training_timeout: float = 0.0
     training_poll: float = 60.0
+    # Before promotion judges new models, how long one invocation waits for them to run for
+    # inference (0: look once), and how long after the first look a model still not running is
+    # left out of the comparison.
+    model_load_timeout: float = 300.0
+    model_give_up: float = 7200.0
 
     @property
     def item_workers(self) -> int:
@@ -277,6 +282,9 @@ KEYS: tuple[Key, ...] = (
     _setting("timeouts.training", "settings.training_timeout", Rule("duration", 0),
              "CFTRUNNER_TRAINING_TIMEOUT"),
     _setting("timeouts.training_poll", "settings.training_poll", Rule("duration", 0, above=True)),
+    _setting("timeouts.model_load", "settings.model_load_timeout", Rule("duration", 0),
+             "CFTRUNNER_MODEL_LOAD_TIMEOUT"),
+    _setting("timeouts.model_give_up", "settings.model_give_up", Rule("duration", 0)),
     _setting("timeouts.shutdown_grace", "settings.shutdown_grace", POSITIVE, "CFTRUNNER_SHUTDOWN_GRACE"),
     _setting("judge.attempts", "settings.judge_attempts", Rule("integer", 1), "CFTRUNNER_JUDGE_ATTEMPTS"),
     Key("follow", "cycle.follow", Rule("boolean"), False, "CFTRUNNER_FOLLOW"),
@@ -284,6 +292,7 @@ KEYS: tuple[Key, ...] = (
     Key("holdout_prompts", "cycle.holdout_prompts", PATH, None),
     Key("promote_margin", "cycle.promote_margin", Rule("number", 0, 1), 0.0),
     Key("regression", "cycle.regression", Rule("boolean"), False),
+    Key("unload_losers", "cycle.unload_losers", Rule("boolean"), False),
     Key("judge.temperature", "cycle.judge_temperature", Rule("number", 0, 2), DEFAULT_TEMPERATURE),
     Key("judge.max_tokens", "cycle.judge_max_tokens", Rule("integer", 1), DEFAULT_MAX_TOKENS,
         "CFTRUNNER_JUDGE_MAX_TOKENS"),

@@ -13,6 +13,7 @@ from cftrunner.sandbox.ratelimit import RateLimit
 from cftrunner.sandbox.records import WorldSettings
 from cftrunner.sandbox.routes import ROUTE_NAMES
 from cftrunner.sandbox.server import Backend, SandboxServer
+from cftrunner.sandbox.serving import DEFAULT_LOAD_DELAY, LoadPlan
 from cftrunner.sandbox.world import World
 
 DEFAULT_PROJECT_ID = "6f1c2b8e-3d4a-4e5f-9a7b-0c1d2e3f4a5b"
@@ -49,6 +50,9 @@ class Sandbox:
         base_quality: float = llm.BASE_QUALITY,
         list_lag: float = 0.0,
         list_lag_uneven: bool = False,
+        model_load_delay: float = DEFAULT_LOAD_DELAY,
+        never_loads: str | None = None,
+        load_refused: str | None = None,
     ) -> None:
         settings = WorldSettings(
             judge_models=tuple(judge_models),
@@ -67,6 +71,7 @@ class Sandbox:
             list_lag_uneven=list_lag_uneven,
         )
         self.world = World(settings)
+        self.world.set_model_loading(LoadPlan(model_load_delay, never_loads, load_refused))
         self.world.add_project(DEFAULT_PROJECT_ID, "Sandbox project")
         self.faults = FaultBook(seed=seed, routes=ROUTE_NAMES)
         self.rate_limit = RateLimit(rate_limit_rps, rate_limit_burst)
@@ -205,6 +210,19 @@ class Sandbox:
         `outcome` succeeded, failed or mixed, `gain` added to the quality of each model trained.
         None leaves a setting as it is; a job keeps the settings it was created with."""
         self.world.set_training(polls=polls, outcome=outcome, gain=gain)
+
+    def set_model_loading(self, delay: float = DEFAULT_LOAD_DELAY, never: str | None = None,
+                          refused: str | None = None) -> None:
+        """How fine-tuned models asked up from now on load: each runs `delay` seconds after it
+        was asked up (it answers chat with 503 until then); one whose id contains `never` never
+        comes up, one whose id contains `refused` cannot be loaded (400). Base models, judges and
+        aliases are always loaded."""
+        self.world.set_model_loading(LoadPlan(delay, never, refused))
+
+    def serving(self) -> dict[str, Any]:
+        """The loading plan, each fine-tuned model loaded or loading, and every model asked up
+        and down, in order."""
+        return self.world.serving_state()
 
     def set_model_quality(self, model: str, quality: float) -> None:
         """Model `model` answers correctly the prompts of difficulty below `quality` (0 to 1)."""

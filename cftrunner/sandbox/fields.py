@@ -19,6 +19,10 @@ class NotFound(WorldError):
     """A referenced resource does not exist."""
 
 
+class Unavailable(WorldError):
+    """The resource exists but cannot serve the request now (503)."""
+
+
 def decode(body: bytes) -> Any:
     try:
         return json.loads(body.decode("utf-8"))

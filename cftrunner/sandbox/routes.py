@@ -12,7 +12,7 @@ from typing import Any
 
 from cftrunner.sandbox import chat, fields
 from cftrunner.sandbox.catalog import TRAINING_TYPES
-from cftrunner.sandbox.fields import Invalid, NotFound, WorldError
+from cftrunner.sandbox.fields import Invalid, NotFound, Unavailable, WorldError
 from cftrunner.sandbox.records import TraceDraft, TraceQuery
 from cftrunner.sandbox.world import World
 
@@ -179,6 +179,25 @@ def _models(world: World, call: Call) -> Reply:
     return ok(world.list_models())
 
 
+def _models_running(world: World, call: Call) -> Reply:
+    model = call.query.get("model")
+    if not model:
+        raise Invalid("the model query parameter is required")
+    return ok({"status": world.model_running(model)})
+
+
+def _models_up(world: World, call: Call) -> Reply:
+    model = fields.non_empty_text(fields.as_object(call.json()), "model")
+    world.model_up(model)
+    return ok({"message": f"model {model} is loading"})
+
+
+def _models_down(world: World, call: Call) -> Reply:
+    model = fields.non_empty_text(fields.as_object(call.json()), "model")
+    world.model_down(model)
+    return ok({"message": f"model {model} is unloaded"})
+
+
 def _route(method: str, path: str, name: str, handler: Handler) -> Route:
     pattern = re.compile("^" + path.replace("{id}", "(?P<id>[^/]+)") + "$")
     return Route(method, pattern, name, handler)
@@ -199,6 +218,9 @@ ROUTES = (
     _route("POST", "/api/v1/public/finetuning/create", "finetune_create", _finetune_create),
     _route("GET", "/api/v1/public/finetuning/{id}", "finetune_get", _finetune_get),
     _route("GET", "/api/v1/models", "models", _models),
+    _route("GET", "/api/v1/models/running", "models_running", _models_running),
+    _route("POST", "/api/v1/models/up", "models_up", _models_up),
+    _route("POST", "/api/v1/models/down", "models_down", _models_down),
 )
 ROUTE_NAMES = frozenset(route.name for route in ROUTES)
 
@@ -224,6 +246,8 @@ def dispatch(route: Route, world: World, call: Call) -> Reply:
         return route.handler(world, call)
     except NotFound as exc:
         return error(404, str(exc))
+    except Unavailable as exc:
+        return error(503, str(exc))
     except WorldError as exc:
         return error(400, str(exc))
     except Exception:

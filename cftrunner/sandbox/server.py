@@ -19,6 +19,7 @@ from cftrunner.sandbox import catalog, chat, fields, llm, routes
 from cftrunner.sandbox.faults import FaultBook, FaultRule, Request
 from cftrunner.sandbox.ratelimit import RateLimit, retry_after_text
 from cftrunner.sandbox.routes import Call, Reply, error, ok
+from cftrunner.sandbox.serving import LoadPlan
 from cftrunner.sandbox.training import TrainingPlan
 from cftrunner.sandbox.world import World
 
@@ -271,6 +272,14 @@ def control(backend: Backend, method: str, path: str, body: bytes) -> Reply:
         except (ValueError, fields.Invalid) as exc:
             return error(400, str(exc))
         return ok(world.settings.training().to_json())
+    if (method, path) == ("GET", "/_sandbox/model-loading"):
+        return ok(world.serving_state())
+    if (method, path) == ("PUT", "/_sandbox/model-loading"):
+        try:
+            world.set_model_loading(LoadPlan.parse(fields.decode(body)))
+        except (ValueError, TypeError, fields.Invalid) as exc:
+            return error(400, str(exc))
+        return ok(world.serving_state())
     if (method, path) == ("GET", "/_sandbox/structured-output"):
         return ok(_structured_output(world))
     if (method, path) == ("PUT", "/_sandbox/structured-output"):

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from cftrunner.sandbox import catalog, llm
-from cftrunner.sandbox.fields import Invalid, NotFound
+from cftrunner.sandbox.fields import Invalid, NotFound, Unavailable
 from cftrunner.sandbox.ledger import Ledger
 from cftrunner.sandbox.records import (
     Datapoint,
@@ -29,6 +29,7 @@ from cftrunner.sandbox.records import (
     TraceQuery,
     WorldSettings,
 )
+from cftrunner.sandbox.serving import LoadPlan, Serving
 from cftrunner.sandbox.training import ModelBook
 
 _Record = TypeVar("_Record")
@@ -68,6 +69,7 @@ class World:
         self.models = ModelBook(
             self.settings.base_quality, (*self.settings.judge_models, *catalog.BASE_MODELS)
         )
+        self.serving = Serving()
         self._seq = 0
         self._lags = random.Random(0)
         self._last_created = datetime.min.replace(tzinfo=UTC)
@@ -111,6 +113,9 @@ class World:
     def chat(self, model: str, turns: list[tuple[str, str]], *, structured: bool = False) -> str:
         """The assistant's content for a conversation of (role, content) turns."""
         with self._lock:
+            if model in self.models.fine_tuned() and not self.serving.running(model, self._clock()):
+                raise Unavailable(f"model {model} is not loaded for inference; "
+                                  "POST /api/v1/models/up first")
             judge = model in self.settings.judge_models
             self.ledger.chatted(judge)
             quality = self.models.quality(model)
@@ -120,6 +125,31 @@ class World:
         """The judges, the base models and every fine-tuned model that finished training."""
         with self._lock:
             return catalog.models(self.settings.judge_models, self.models.fine_tuned())
+
+    def model_up(self, model: str) -> None:
+        """Load a fine-tuned model for inference; any other model is always loaded."""
+        with self._lock:
+            if model in self.models.fine_tuned():
+                self.serving.up(model, self._clock())
+
+    def model_down(self, model: str) -> None:
+        with self._lock:
+            if model in self.models.fine_tuned():
+                self.serving.down(model)
+
+    def model_running(self, model: str) -> bool:
+        with self._lock:
+            return model not in self.models.fine_tuned() or self.serving.running(
+                model, self._clock())
+
+    def set_model_loading(self, plan: LoadPlan) -> None:
+        """How fine-tuned models asked up from now on load."""
+        with self._lock:
+            self.serving.plan = plan
+
+    def serving_state(self) -> dict[str, Any]:
+        with self._lock:
+            return self.serving.to_json(self._clock())
 
     def set_structured_output(self, enabled: bool) -> None:
         """Whether chat accepts response_format json_schema; refused with a 400 when off."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from statistics import mean
 from typing import Any
@@ -63,8 +64,19 @@ def _retune(experiment_id: str) -> list[dict[str, Any]]:
     return [{**EXPERIMENTS[0], "refinetune_from_experiment_id": experiment_id}]
 
 
+def _loaded(api: Api, model: str) -> str:
+    """`model` asked up and polled until it runs, as a client does before it sends prompts."""
+    assert api.post("/api/v1/models/up", json={"model": model}).status_code == 200
+    for _ in range(200):
+        if api.get("/api/v1/models/running", params={"model": model}).json()["status"]:
+            return model
+        time.sleep(0.01)
+    raise AssertionError(f"model {model} never came up")
+
+
 def _mean_score(api: Api, model: str) -> float:
     """The judge's mean score for the model's answers, asked with the built-in template."""
+    _loaded(api, model)
     scores = []
     for prompt in PROMPTS:
         answer = api.content(model, prompt)
@@ -185,7 +197,7 @@ def test_finished_models_are_listed_and_unique(api: Api) -> None:
 
 
 def test_a_fine_tuned_model_answers_chat_with_its_quality(api: Api, sandbox: Sandbox) -> None:
-    model = _finished(api, _job_id(api))["experiments"][0]["model_id"]
+    model = _loaded(api, _finished(api, _job_id(api))["experiments"][0]["model_id"])
     quality = sandbox.model_quality(model)
     assert quality == pytest.approx(llm.BASE_QUALITY + 0.15)
     answers = [api.content(model, p) for p in PROMPTS]

@@ -22,7 +22,8 @@ def test_the_stored_json_keeps_its_format() -> None:
                       margin=0.05, retune_from={"model_id": "m", "run_id": "r"})
     assert json.dumps(loop.to_json()) == (
         '{"follow": true, "promote": true, "holdout": ["a", "b"], "holdout_source": "/h.json", '
-        '"margin": 0.05, "retune_from": {"model_id": "m", "run_id": "r"}, "regression": false}')
+        '"margin": 0.05, "retune_from": {"model_id": "m", "run_id": "r"}, "regression": false, '
+        '"unload_losers": false}')
 
 
 def test_a_stored_object_loads_whatever_cftrunner_wrote_it() -> None:
