@@ -159,7 +159,8 @@ def _evaluate(r: Runner, run: Run, config: LoopConfig, model: str, position: int
 
 def _ask(r: Runner, run: Run, model: str, prompt: str, what: str) -> dict[str, Any]:
     """`model`'s answer to `prompt` and the run's judgment of it, as stored: answer, score,
-    judge_raw, error and tokens. A refusal other than of the key is stored as the error."""
+    judge_raw, error and tokens. A refusal other than of the key, or an answer with no content,
+    is stored as the error, without a score."""
     answer: str | None = None
     score: float | None = None
     raw: str | None = None
@@ -168,9 +169,14 @@ def _ask(r: Runner, run: Run, model: str, prompt: str, what: str) -> dict[str, A
     try:
         generated = r.retrying(what, lambda: r.client.chat(
             run.project_id, model, [{"role": "user", "content": prompt}]))
-        answer, tokens = generated.content, generated.tokens or 0
-        score, raw, error, used = _judge(r, run, prompt, answer)
-        tokens += used
+        tokens = generated.tokens or 0
+        if generated.no_content:  # nobody's answer: nothing to judge, no score for the model
+            error = (f"the model answered no content (finish_reason: "
+                     f"{generated.finish_reason or 'none'})")
+        else:
+            answer = generated.content
+            score, raw, error, used = _judge(r, run, prompt, answer)
+            tokens += used
     except RejectedError as exc:
         if exc.status_code in (401, 403):
             raise

@@ -140,3 +140,20 @@ def test_evaluation_stopped_half_way_resumes_without_asking_again(
     missing = len(harness.store.evaluations(run_id)) - kept
     assert after["generate"] - before["generate"] == missing
     assert after["judge"] - before["judge"] == missing
+
+
+def test_a_held_out_answer_with_no_content_is_kept_as_an_error_without_a_score(
+        make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness]) -> None:
+    sandbox = make_sandbox(training_polls=0, training_gain=0.3)
+    harness = make_harness(sandbox, training_timeout=30.0, training_poll=0.01)
+    run_id = harness.start(loop=PROMOTE)
+    sandbox.add_fault(FaultRule(route="chat", kind="no_content", match="held-out message 3",
+                                judge=False))
+    run = harness.runner.drive(run_id)
+    assert run.state is RunState.PROMOTED and run.promotion is not None
+    empty = [e for e in harness.store.evaluations(run_id) if e["position"] == 3]
+    assert empty and all(e["score"] is None and e["answer"] is None for e in empty)
+    assert all(e["error"] == "the model answered no content (finish_reason: content_filter)"
+               for e in empty)
+    # Not judged as an empty answer: the judge never saw it.
+    assert run.promotion["current"]["judged"] == len(HOLDOUT) - 1
