@@ -6,6 +6,8 @@ SQLAlchemy, requests and structlog take most of a second to import on a small ho
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +105,7 @@ def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
     given = {key: options.pop(key, None) or before.get(key) for key in CONNECTION_KEYS}
     given |= {setting: options.pop(option, None) for option, setting in THROUGHPUT_KEYS.items()}
     resolved = config.resolve({**given, **cycle})
+    _IN_USE.update(db=resolved.settings.db_url, config=resolved.config_path)
     logs.configure(resolved.log_level, secrets=[resolved.settings.api_key])
     if resolved.notices:
         import structlog
@@ -110,6 +113,24 @@ def _resolve(options: dict[str, Any], **cycle: Any) -> config.Resolved:
         for event, fields in resolved.notices:
             structlog.get_logger("cftrunner").warning(event, **fields)
     return resolved
+
+
+# The state database and config file this invocation uses, once resolved: a resume command
+# printed for the user names the same ones.
+_IN_USE: dict[str, str | None] = {"db": None, "config": None}
+
+
+def resume_command(run_id: str) -> str:
+    """The exact command that goes on with the run: the same state database (its password
+    hidden) and config file."""
+    words = ["cftrunner", "resume", run_id]
+    if _IN_USE["config"]:
+        words += ["--config", _IN_USE["config"]]
+    if _IN_USE["db"]:
+        from sqlalchemy.engine import make_url
+
+        words += ["--db", make_url(_IN_USE["db"]).render_as_string(hide_password=True)]
+    return shlex.join(words)
 
 
 def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -580,7 +601,11 @@ def _outcome(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, LeaseLost):
         return f"stopped: {exc.message}", EXIT_BUSY
     if isinstance(exc, Interrupted):
-        return f"stopped: {exc.message}", 128 + exc.signum
+        if exc.run_id is None:
+            return f"stopped: {exc.message}", 128 + exc.signum
+        name = signal.Signals(exc.signum).name
+        return (f"run {exc.run_id} stopped by {name}, intact; go on with: "
+                f"{resume_command(exc.run_id)}"), 128 + exc.signum
     if isinstance(exc, KeyRejected):
         return f"stopped: {exc.message}", EXIT_KEY
     if isinstance(exc, AuthError):

@@ -99,9 +99,11 @@ class LeaseLost(RunStopped):
 class Interrupted(RunStopped):
     """A signal asked the process to stop."""
 
-    def __init__(self, signum: int, message: str | None = None) -> None:
+    def __init__(self, signum: int, message: str | None = None,
+                 run_id: str | None = None) -> None:
         super().__init__(message)
         self.signum = signum
+        self.run_id = run_id  # the run stopped, when there was one
 
 
 class ApiError(CftrunnerError):

@@ -229,11 +229,12 @@ class Runner:
 
     def checkpoint(self) -> None:
         """Between two pieces of work: stop here if asked to, or if the run is no longer ours."""
+        held = self.lease or self.worker
         if self.stop.requested:
             name = signal.Signals(self.stop.signum or signal.SIGTERM).name
             raise Interrupted(self.stop.signum or signal.SIGTERM,
-                              f"stopped by {name}; the run is intact, resume it")
-        held = self.lease or self.worker
+                              f"stopped by {name}; the run is intact, resume it",
+                              run_id=held.run_id if held is not None else None)
         if held is not None:
             now = time.monotonic()
             if now - self._cancel_checked >= 1.0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shlex
 import signal
 import socket
 import sqlite3
@@ -592,7 +593,11 @@ def test_a_signal_lets_the_request_in_flight_finish_records_it_releases_the_leas
     proc.wait(30)
 
     assert proc.returncode == 128 + signum, proc.describe()
-    assert f"stopped by {signal.Signals(signum).name}" in one_error_line(proc.stderr)
+    line = one_error_line(proc.stderr)
+    said, _, command = line.partition("; go on with: ")
+    assert said == (f"cftrunner: error: run {RUN_ID} stopped by {signal.Signals(signum).name}, "
+                    "intact")
+    assert shlex.split(command) == ["cftrunner", "resume", RUN_ID, "--db", db_url]
     assert requests_sent(sandbox) == sent, "new work was taken after the signal"
     assert effect_status(db_url, "trace:0") == "DONE"
     items = stored(db_url)[1]
@@ -600,7 +605,9 @@ def test_a_signal_lets_the_request_in_flight_finish_records_it_releases_the_leas
     shown = status(cli)
     assert shown["lease"] is None and shown["items"]["TRACED"] == 1
 
-    assert cli.run("resume", RUN_ID).returncode == 0
+    # The command it printed goes on, in a shell with only the key and the API set.
+    env = {"CFTRUNNER_DB": ""}
+    assert cli.run(*shlex.split(command)[1:], env=env).returncode == 0
     assert_launched_once(cli, sandbox)
     assert stored(db_url)[1][0].trace_id == items[0].trace_id
 
