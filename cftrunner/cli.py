@@ -247,10 +247,13 @@ def _display(show_progress: bool | None) -> Display:
 @click.option("--run-id", callback=_run_id,
               help="Choose the run id: 1 to 100 ASCII letters, digits, '-', '_' or '.', not "
                    "starting with '.' (default: time-based and random).")
+@click.option("--dry-run", is_flag=True,
+              help="Check the key, the project and the models (reads only) and print what the "
+                   "run would do; create and send nothing.")
 @progress_option
 @throughput_options
 @connection_options
-def start(cycle: str | None, run_id: str | None, show_progress: bool | None,
+def start(cycle: str | None, run_id: str | None, dry_run: bool, show_progress: bool | None,
           **options: Any) -> int:
     """Start a cycle and drive it to LAUNCHED; the run id is the first line of output. With
     several [[cycles]] in the config file, --cycle NAME picks one.
@@ -266,6 +269,9 @@ def start(cycle: str | None, run_id: str | None, show_progress: bool | None,
         raise InputError(f"start drives one cycle and {resolved.config_path} describes "
                          f"{len(chosen)}: pick one with --cycle NAME ({config.names(resolved)})")
     spec = spec_from(chosen[0], run_id, "start")
+    if dry_run:
+        click.echo(service.plan_text(resolved.settings, spec, chosen[0].name))
+        return EXIT_LAUNCHED
     return _finish(service.start(resolved.settings, spec, on_created=lambda rid: click.echo(rid),
                                  stop=_stop(resolved.settings), display=_display(show_progress),
                                  cycle=chosen[0].name))

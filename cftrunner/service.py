@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import tempfile
@@ -82,6 +83,49 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
         store.close()
 
 
+def plan_text(settings: Settings, spec: RunSpec, cycle: str | None = None) -> str:
+    """What `start --dry-run` prints: the checks before a run (reads only), then the plan of
+    the run (`plan.lines`); no POST is sent and no state database is created."""
+
+    if not settings.api_key:
+        raise InputError(MISSING_KEY)
+    holdout = holdout_places(spec.loop.holdout, spec.loop.holdout_source)
+    items = sum(1 for _ in every_prompt(spec.prompts_source, holdout))
+    name = cycle_name(spec.project_id, spec.model_alias, cycle)
+    return "\n".join([f"would start a run of {items} prompts from {spec.prompts_source}",
+                      *_plan(settings, spec, name, items)])
+
+
+def _plan(settings: Settings, spec: RunSpec, name: str, items: int) -> list[str]:
+    with contextlib.ExitStack() as stack:
+        url = settings.db_url
+        if missing_sqlite_file(url) is not None:  # none is made: a throwaway one, with no runs
+            url = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/plan.db"
+        return _plan_on(Store(url), settings, spec, name, items)
+
+
+def _plan_on(store: Store, settings: Settings, spec: RunSpec, name: str,
+             items: int) -> list[str]:
+    from cftrunner import plan
+
+    try:
+        runner = Runner(store, settings)
+        try:
+            checked = preflight.check(runner, spec)
+        finally:
+            runner.client.close()
+        last = None
+        for run in store.runs():
+            tokens = store.tokens_used(run.id) if run.cycle == name else 0
+            if tokens:
+                last = plan.LastRun(run.id, store.summary(run).total_items, tokens)
+                break
+    finally:
+        store.close()
+    return plan.lines(items, checked, settings.base_url, spec.project_id,
+                      settings.judge_attempts, spec.loop, last)
+
+
 def _warn(checked: preflight.Checked) -> None:
     for warning in checked.warnings:
         log.warning("preflight", reason=warning)
@@ -137,8 +181,8 @@ def tick(resolved: Resolved, on_created: Callable[[str], None], stop: Stop | Non
 
 
 def preview_text(settings: Settings, cycle: Cycle) -> str:
-    """What `tick` would do for the cycle, in one line; reads, never writes, and creates no state
-    database where there is none."""
+    """What `tick` would do for the cycle: one line, then the plan of a run it would start
+    (`plan_text`); reads, never writes, and creates no state database where there is none."""
     from cftrunner.prompt_source import describe
     from cftrunner.tick import preview
 
@@ -149,7 +193,14 @@ def preview_text(settings: Settings, cycle: Cycle) -> str:
         if store is not None:
             store.close()
     if decision.action == "start":
-        return f"would start a run of {describe(decision.prompts)}"
+        if not settings.api_key:
+            raise InputError(MISSING_KEY)
+        spec = spec_from(cycle, None, "tick")
+        prompts = decision.prompts or {}
+        items = int(prompts.get("new", 0)) + int(prompts.get("reused", 0))
+        name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
+        return "\n".join([f"would start a run of {describe(decision.prompts)}",
+                          *_plan(settings, spec, name, items)])
     if decision.action == "skip":
         return f"would skip: {decision.reason}"
     if decision.action == "resume":

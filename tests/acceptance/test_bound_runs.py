@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ import pytest
 from cftrunner import crashpoints
 from cftrunner.sandbox import Sandbox
 from tests.acceptance.test_ownership import one_error_line
-from tests.conftest import Cli, assert_exactly_once, requests_sent
+from tests.conftest import MODEL, Cli, assert_exactly_once, requests_sent, state_stored
 
 pytestmark = pytest.mark.slow
 
@@ -53,3 +54,64 @@ def test_a_run_resumed_against_another_api_is_refused_naming_both_and_sends_noth
 def test_status_shows_the_api_a_run_was_started_on(half_done: Cli, sandbox: Sandbox) -> None:
     shown = half_done.run("status", "--json", "bound")
     assert '"base_url": "' + sandbox.url + '"' in shown.stdout
+
+
+# -- checks before a run exists ------------------------------------------------------------------
+
+
+def test_a_project_that_is_not_there_is_exit_2_and_no_run(cli: Cli, sandbox: Sandbox) -> None:
+    args = cli.start_args("ghost")
+    args[args.index("--project-id") + 1] = "0badc0de-0000-4000-8000-000000000000"
+    refused = cli.run(*args)
+    assert refused.returncode == 2, refused.stderr
+    assert one_error_line(refused.stderr) == (
+        "cftrunner: error: project 0badc0de-0000-4000-8000-000000000000 not found at "
+        f"{sandbox.url}; no run was created")
+    assert not state_stored(cli.env["CFTRUNNER_DB"]) or not cli.run("status", "ghost").stdout
+    assert set(sandbox.counts()["requests"]) == {"project"}
+
+
+def test_a_key_the_api_refuses_is_exit_77_before_and_during_a_run(
+        cli: Cli, sandbox: Sandbox) -> None:
+    refused = cli.run(*cli.start_args("keyless"), env={"API_KEY": "sk-wrong"})
+    assert refused.returncode == 77, refused.stderr
+    assert "refused the key" in one_error_line(refused.stderr)
+    assert "sk-wrong" not in refused.stderr
+    # A run whose key is revoked part way stops with 77 on every resume, not "retry later".
+    killed = cli.run(*cli.start_args("revoked"), env={crashpoints.ENV: "judge.after_store:2",
+                                                      "CFTRUNNER_CONCURRENCY": "1"})
+    assert killed.returncode == KILLED
+    for _ in range(2):
+        again = cli.run("resume", "revoked", env={"API_KEY": "sk-wrong"})
+        assert again.returncode == 77, again.stderr
+        assert one_error_line(again.stderr).startswith("cftrunner: error: stopped: ")
+
+
+def test_a_model_the_list_does_not_show_is_a_warning_not_a_refusal(cli: Cli,
+                                                                   sandbox: Sandbox) -> None:
+    started = cli.run(*cli.start_args("unlisted"))
+    assert started.returncode == 0, started.stderr
+    warnings = [json.loads(line) for line in started.stderr.splitlines()
+                if '"preflight"' in line]
+    assert [w["level"] for w in warnings] == ["warning"]
+    assert warnings[0]["reason"].startswith(f"model {MODEL} is not among the ")
+
+
+def test_start_dry_run_checks_and_prints_the_plan_sending_no_post(cli: Cli,
+                                                                   sandbox: Sandbox) -> None:
+    planned = cli.run(*cli.start_args("planned"), "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    lines = planned.stdout.splitlines()
+    assert lines[0] == f"would start a run of 6 prompts from {cli.prompts}"
+    assert lines[2] == "items: 6"
+    assert lines[3].startswith("requests: chat completions 6 generations and 6 to 18 judgments;")
+    assert lines[4] == "tokens: no earlier run of this cycle to go by"
+    assert lines[5].startswith(f"warning: model {MODEL} is not among the ")
+    assert set(sandbox.counts()["requests"]) == {"project", "models"}
+    assert not state_stored(cli.env["CFTRUNNER_DB"])
+    # After one run of the cycle, the plan says what it used per item.
+    assert cli.run(*cli.start_args("first")).returncode == 0
+    again = cli.run(*cli.start_args("second"), "--dry-run")
+    tokens = again.stdout.splitlines()[4]
+    assert tokens.startswith("tokens: the cycle's last run first used ")
+    assert " per item; 6 items at that rate: about " in tokens

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cftrunner import crashpoints
-from cftrunner.sandbox import llm
+from cftrunner.sandbox import DEFAULT_PROJECT_ID, llm
 from cftrunner.schema import prompt_uses
 from cftrunner.store import Store
 from tests.acceptance import test_tick
@@ -222,16 +222,21 @@ def test_dry_run_shows_the_prompts_a_tick_would_take_and_creates_nothing(
     database = cron.config.parent / "state" / "cron.db"
     preview = cron.cli.run("tick", "--dry-run", "--config", str(cron.config))
     assert preview.returncode == 0, preview.stderr
-    assert preview.stdout == (f"would start a run of 2 from {incoming} (2 new, 0 reused; "
-                              "a.jsonl 2 new); 1 unused remain\n")
-    assert requests_sent(cron.sandbox) == 0
+    assert preview.stdout.splitlines()[:3] == [
+        f"would start a run of 2 from {incoming} (2 new, 0 reused; a.jsonl 2 new); 1 unused "
+        "remain",
+        f"checks: the key is accepted at {cron.sandbox.url}; project {DEFAULT_PROJECT_ID} has "
+        f"dataset {cron.sandbox.dataset_id(DEFAULT_PROJECT_ID)}",
+        "items: 2"]
+    assert set(cron.sandbox.counts()["requests"]) == {"project", "models"}  # reads only
     if not cron.db_url.startswith("postgresql"):
         assert not database.exists()
     tick(cron)
     due(cron)
     again = cron.cli.run("tick", "--dry-run", "--config", str(cron.config), env=DUE)
-    assert again.stdout == (f"would start a run of 1 from {incoming} (1 new, 0 reused; "
-                            "a.jsonl 1 new); 0 unused remain\n")
+    assert again.stdout.splitlines()[0] == (f"would start a run of 1 from {incoming} (1 new, 0 "
+                                            "reused; a.jsonl 1 new); 0 unused remain")
+    assert "tokens: the cycle's last run " in again.stdout
     tick(cron)
     due(cron)
     last = cron.cli.run("tick", "--dry-run", "--config", str(cron.config), env=DUE)
