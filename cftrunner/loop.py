@@ -23,7 +23,7 @@ from cftrunner.exceptions import JudgeOutputError, RejectedError, StillTraining
 from cftrunner.judge import Conversation
 from cftrunner.models import Run
 from cftrunner.payloads import RemoteJob
-from cftrunner.run_config import LoopConfig
+from cftrunner.run_config import LoopConfig, regression_counts
 from cftrunner.states import RunState
 
 if TYPE_CHECKING:
@@ -125,19 +125,6 @@ def recheck(r: Runner, run: Run, model: str) -> dict[str, int]:
     todo = [c for c in r.store.rechecks(run.id) if c["at"] is None]
     r.for_each(todo, lambda check: _recheck(r, run, check))
     return regression_counts(r.store.rechecks(run.id), threshold)
-
-
-def regression_counts(checks: list[dict[str, Any]], threshold: float) -> dict[str, int]:
-    verdicts = [verdict(c, threshold) for c in checks]
-    return {"prompts": len(checks), "fixed": verdicts.count("fixed"),
-            "still_weak": verdicts.count("still weak"), "unjudged": verdicts.count("unjudged")}
-
-
-def verdict(check: dict[str, Any], threshold: float) -> str:
-    """A regression check's outcome: "fixed", "still weak", or "unjudged" (no valid score)."""
-    if check.get("score") is None:
-        return "unjudged"
-    return "fixed" if check["score"] >= threshold else "still weak"
 
 
 def _recheck(r: Runner, run: Run, check: dict[str, Any]) -> None:

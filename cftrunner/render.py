@@ -6,9 +6,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from cftrunner.loop import verdict
 from cftrunner.models import Completion, Item, RunSummary
 from cftrunner.prompt_source import describe as describe_source
+from cftrunner.run_config import verdict
 from cftrunner.states import ITEM_FAILED, ItemStage
 
 

@@ -122,3 +122,16 @@ class LoopConfig(StoredConfig):
     regression: bool = False
     # After the decision, unload the new models that lost (those this run asked to load).
     unload_losers: bool = False
+
+
+def regression_counts(checks: list[dict[str, Any]], threshold: float) -> dict[str, int]:
+    verdicts = [verdict(c, threshold) for c in checks]
+    return {"prompts": len(checks), "fixed": verdicts.count("fixed"),
+            "still_weak": verdicts.count("still weak"), "unjudged": verdicts.count("unjudged")}
+
+
+def verdict(check: dict[str, Any], threshold: float) -> str:
+    """A regression check's outcome: "fixed", "still weak", or "unjudged" (no valid score)."""
+    if check.get("score") is None:
+        return "unjudged"
+    return "fixed" if check["score"] >= threshold else "still weak"

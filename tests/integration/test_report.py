@@ -97,8 +97,9 @@ def test_a_run_not_yet_driven_reports_no_scores(
     assert report_json(capsys, run_id)["scores"]["mean"] is None
 
 
-def test_an_unknown_run_is_an_input_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "no run 'ghost'" in report(capsys, "ghost", code=2)
+def test_an_unknown_run_is_an_input_error(harness: Harness,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert "no run 'ghost' in the state database " in report(capsys, "ghost", code=2)
 
 
 @pytest.mark.parametrize("args", [(), ("some-run", "--trend"), ("some-run", "--no-html")])
