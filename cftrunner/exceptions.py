@@ -3,6 +3,7 @@
     CftrunnerError
     ├── InputError            bad input or usage: nothing was run (CLI exit 2)
     │   ├── PromptsError      the prompts file cannot be used
+    │   ├── ModelNotFound     the API has no such model (a 404 on chat): the run stops intact
     │   ├── RunExistsError    `start --run-id` of an id that already exists
     │   ├── RunNotFoundError  no run with that id
     │   └── ItemNotFoundError no item at that position in the run
@@ -52,6 +53,10 @@ class InputError(CftrunnerError):
 
 class PromptsError(InputError):
     """The prompts file cannot be used."""
+
+
+class ModelNotFound(InputError):
+    """The API answers 404 for the run's model or judge model: every item would fail alike."""
 
 
 class RunExistsError(InputError):

@@ -28,6 +28,7 @@ from cftrunner.exceptions import (
     Interrupted,
     KeyRejected,
     LeaseLost,
+    ModelNotFound,
     ModelsLoading,
     NeedsDecision,
     OutcomePending,
@@ -297,6 +298,10 @@ class Runner:
         except RunStopped as exc:
             self._record_error(run_id, exc.message)
             log.warning("run_stopped", state=self.store.run(run_id).state.value, reason=exc.message)
+            raise
+        except ModelNotFound as exc:
+            self._record_error(run_id, exc.message)
+            log.error("run_stopped", reason=exc.message, error="model_not_found")
             raise
         except (AuthError, RejectedError, BadResponseError) as exc:
             message = f"{exc.message}; fix the cause, then `cftrunner resume {run_id}`"

@@ -13,6 +13,7 @@ from cftrunner import claims, crashpoints, payloads
 from cftrunner.exceptions import (
     ApiError,
     JudgeOutputError,
+    ModelNotFound,
     NeedsDecision,
     OutcomePending,
     RejectedError,
@@ -69,6 +70,7 @@ def generate(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored
     except RejectedError as exc:
         if exc.status_code in (401, 403):
             raise
+        _refuse_missing_model(r, run, exc, "model_alias", run.model_alias)
         with r.item_tx(item, durable=False) as tx:
             tx.record_completion(item, "generate", 1, "rejected", error=exc.message)
             failed = _item_failed(ItemStage.GEN_FAILED)(tx, item, exc)
@@ -84,6 +86,16 @@ def generate(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored
     r.tokens.add(run.id, result.tokens)
     crashpoints.reach("generate.after_store")
     return Stored(item)
+
+
+def _refuse_missing_model(r: Runner, run: Run, exc: RejectedError, key: str, model: str) -> None:
+    """A 404 on chat says the API has no such model: every item would fail alike, so the run
+    stops intact (exit 2) instead of failing them one by one."""
+    if exc.status_code != 404:
+        return
+    raise ModelNotFound(f"the API at {r.settings.base_url} has no model {model} ({exc.message}); "
+                        f"cancel run {run.id} (`cftrunner cancel {run.id}`) and start again with "
+                        f"the right {key}")
 
 
 def _no_answer(r: Runner, run: Run, item: Item, result: payloads.ChatResult) -> Item:
@@ -117,6 +129,7 @@ def judge(r: Runner, run: Run, item: Item, _entered: Stored | None) -> Stored | 
         except RejectedError as exc:
             if exc.status_code in (401, 403):
                 raise
+            _refuse_missing_model(r, run, exc, "judge_model", run.judge_model)
             with r.item_tx(item, durable=False) as tx:
                 tx.record_completion(item, "judge", attempts + 1, "rejected", request=request,
                                      error=exc.message)

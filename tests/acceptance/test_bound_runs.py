@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from cftrunner import crashpoints
-from cftrunner.sandbox import Sandbox
+from cftrunner.sandbox import FaultRule, Sandbox
 from tests.acceptance.test_ownership import one_error_line
-from tests.conftest import MODEL, Cli, assert_exactly_once, requests_sent, state_stored
+from tests.conftest import JUDGE, MODEL, Cli, assert_exactly_once, requests_sent, state_stored
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +115,19 @@ def test_start_dry_run_checks_and_prints_the_plan_sending_no_post(cli: Cli,
     tokens = again.stdout.splitlines()[4]
     assert tokens.startswith("tokens: the cycle's last run first used ")
     assert " per item; 6 items at that rate: about " in tokens
+
+
+@pytest.mark.parametrize("role", ["model", "judge"])
+def test_a_model_the_api_does_not_have_stops_the_run_intact_with_exit_2(
+        cli: Cli, sandbox: Sandbox, role: str) -> None:
+    missing = MODEL if role == "model" else JUDGE
+    sandbox.add_fault(FaultRule(route="chat", status=404, judge=role == "judge"))
+    for _ in range(2):  # every invocation says so, and no item is failed for it
+        stopped = cli.run(*cli.start_args("nomodel")) if _ == 0 else cli.run("resume", "nomodel")
+        assert stopped.returncode == 2, stopped.stderr
+        assert one_error_line(stopped.stderr).startswith(
+            f"cftrunner: error: the API at {sandbox.url} has no model {missing} (")
+    shown = json.loads(cli.run("status", "--json", "nomodel").stdout)
+    assert shown["state"] in ("CREATED", "GENERATED")
+    assert not shown["failures"] and "cftrunner cancel nomodel" in shown["last_error"]
+    assert sandbox.counts()["traces"] == 0
