@@ -80,8 +80,8 @@ def finished(process: subprocess.Popen[str]) -> None:
 
 @pytest.mark.sqlite_only
 def test_the_state_folder_cftrunner_creates_is_the_owners_alone(cli: Cli) -> None:
-    status = on_the_default_state_file(cli, "status")
-    finished(status)
+    started = on_the_default_state_file(cli, *cli.start_args("first"))
+    finished(started)
     assert mode(cli.tmp_path / "state") == 0o700
 
 
