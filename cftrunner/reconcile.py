@@ -9,11 +9,12 @@ one that already shows what this run wrote after it (a high-water mark). Until t
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cftrunner import payloads
 from cftrunner.client import PremClient
@@ -43,14 +44,27 @@ MARKS_AFTER = 3
 LAG_MARGIN = 3.0
 
 
+T = TypeVar("T")
+
+
+class Retrying(Protocol):
+    """Call until it succeeds, retrying transient failures (Runner.retrying)."""
+
+    def __call__(self, what: str, call: Callable[[], T], /) -> T: ...
+
+
 class Reconciler:
     """Each method answers the outcome the lost request had, None when it surely did not happen,
     or Unknown while the remote view has not caught up past it."""
 
-    def __init__(self, store: Store, client: PremClient, settings: Settings) -> None:
+    def __init__(self, store: Store, client: PremClient, settings: Settings,
+                 retrying: Retrying | None = None) -> None:
         self.store = store
         self.client = client
         self.settings = settings
+        # Each page of the trace list is read with its own retries: a look that reads many pages
+        # must not use up one budget across them all (a storm of 503s on a long list did).
+        self.retrying: Retrying = retrying or (lambda _what, call: call())
         # How late the trace list showed this run's own writes: an absence is not trusted sooner
         # than LAG_MARGIN times the longest after the lost request.
         self._lag_seen = 0.0
@@ -72,7 +86,9 @@ class Reconciler:
         previous: list[str] = []
         page = 1
         while page <= limit:
-            traces, total = self.client.traces(run.project_id, run.model_alias, page)
+            traces, total = self.retrying(
+                f"reading page {page} of the trace list",
+                functools.partial(self.client.traces, run.project_id, run.model_alias, page))
             ids = [t.id for t in traces]
             if ids and ids == previous:
                 raise RunStopped(f"run {run.id}: the trace list returns the same page again; "

@@ -108,7 +108,7 @@ class Runner:
             Timeouts(settings.connect_timeout, settings.read_timeout),
             limiter=RateLimiter(settings.max_rps), in_flight=settings.concurrency,
             before_send=self.checkpoint)
-        self.reconcile = Reconciler(store, self.client, settings)
+        self.reconcile = Reconciler(store, self.client, settings, retrying=self.retrying)
         self.stop = stop or Stop()
         self.sleep = sleep or self.stop.wait
         self.rand = rand
