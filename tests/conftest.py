@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from cftrunner import dialect
+from cftrunner import dialect, service
 from cftrunner.exceptions import InputError
 from cftrunner.models import Run
 from cftrunner.payloads import MARKER_INPUT
@@ -203,6 +203,13 @@ def state_stored(db_url: str) -> bool:
             return bool(sa.inspect(conn).get_table_names())
     finally:
         engine.dispose()
+
+
+def shown_status(db_url: str, run_id: str | None = None) -> Any:
+    """What `cftrunner status --json [RUN_ID]` prints, through the library call the command makes:
+    for a test that only looks at where its processes left the runs, a process less to start
+    (the command itself is tested in tests/acceptance/test_cli.py)."""
+    return json.loads(service.status_text(Settings(db_url=db_url), run_id, as_json=True))
 
 
 @pytest.fixture
