@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from cftrunner import dialect
+from cftrunner import dialect, service
 from cftrunner.exceptions import InputError
 from cftrunner.models import Run
 from cftrunner.payloads import MARKER_INPUT
@@ -162,6 +162,9 @@ def pytest_report_header() -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The whole-process tests first, each group still in its shuffled order (pytest-randomly
+    # shuffles before this hook): a long test started last would hold the parallel run up alone.
+    items.sort(key=lambda item: not item.nodeid.startswith(("tests/acceptance/", "tests/test_quality")))
     if on_postgres():
         skip = pytest.mark.skip(reason="about SQLite files: it runs when the suite runs on SQLite")
         for item in items:
@@ -172,6 +175,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_sessionfinish() -> None:
     if databases.cache_info().currsize:
         databases().close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bytecode_kept_for_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The processes the tests start (some 700) keep the bytecode they compile in a folder of
+    the session's, shared by its workers, so that each does not compile cftrunner's modules
+    again when the checkout has none (PYTHONDONTWRITEBYTECODE, an editable install)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "pycache"
+    saved = {name: os.environ.get(name) for name in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")}
+    os.environ["PYTHONPYCACHEPREFIX"] = str(folder)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture
@@ -203,6 +224,13 @@ def state_stored(db_url: str) -> bool:
             return bool(sa.inspect(conn).get_table_names())
     finally:
         engine.dispose()
+
+
+def shown_status(db_url: str, run_id: str | None = None) -> Any:
+    """What `cftrunner status --json [RUN_ID]` prints, through the library call the command makes:
+    for a test that only looks at where its processes left the runs, a process less to start
+    (the command itself is tested in tests/acceptance/test_cli.py)."""
+    return json.loads(service.status_text(Settings(db_url=db_url), run_id, as_json=True))
 
 
 @pytest.fixture

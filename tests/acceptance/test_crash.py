@@ -20,7 +20,14 @@ from cftrunner.models import EffectStatus
 from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
 from cftrunner.states import ItemStage
 from cftrunner.store import Store
-from tests.conftest import PROMPTS, Cli, assert_exactly_once, databases, requests_sent
+from tests.conftest import (
+    PROMPTS,
+    Cli,
+    assert_exactly_once,
+    databases,
+    requests_sent,
+    shown_status,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -87,9 +94,8 @@ def tail(text: str, chars: int = 3000) -> str:
 
 
 def status(cli: Cli, run_id: str = RUN_ID) -> dict[str, Any]:
-    result = cli.run("status", "--json", run_id)
-    assert result.returncode == 0, tail(result.stderr)
-    shown: dict[str, Any] = json.loads(result.stdout)
+    """What `status --json RUN_ID` shows, read without a process of its own."""
+    shown: dict[str, Any] = shown_status(cli.env["CFTRUNNER_DB"], run_id)
     return shown
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from cftrunner.sandbox import FaultRule, Sandbox
 from tests.acceptance.test_crash import KILLED, RUN_ID, after_requests, run_until, stored_state, tail
-from tests.conftest import Cli, assert_exactly_once, write_prompts
+from tests.conftest import Cli, assert_exactly_once, shown_status, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +86,7 @@ def test_an_outcome_never_told_is_exit_5_until_a_person_settles_it(
 
     first = cli.run(*cli.start_args(RUN_ID), env=give_up)
     again = cli.run("resume", RUN_ID, env=give_up)
-    shown = json.loads(cli.run("status", "--json", RUN_ID).stdout)
+    shown = shown_status(cli.env["CFTRUNNER_DB"], RUN_ID)
 
     for ended in (first, again):
         assert ended.returncode == EXIT_DECIDE, tail(ended.stderr)
@@ -129,11 +128,11 @@ def test_a_settle_that_cannot_be_taken_is_one_line_exit_2_and_changes_nothing(
 
     assert refused.returncode == 2, tail(refused.stderr)
     assert message in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-    shown = json.loads(cli.run("status", "--json", RUN_ID).stdout)
+    shown = shown_status(cli.env["CFTRUNNER_DB"], RUN_ID)
     assert [u["key"] for u in shown["undecided"]] == ["trace:0"]
 
 
 def assert_launched_once(cli: Cli, sandbox: Sandbox, prompts: int) -> None:
-    shown = json.loads(cli.run("status", "--json", RUN_ID).stdout)
+    shown = shown_status(cli.env["CFTRUNNER_DB"], RUN_ID)
     assert shown["state"] == "LAUNCHED", shown
     assert_exactly_once(sandbox, prompts)

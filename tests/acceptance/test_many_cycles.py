@@ -210,11 +210,13 @@ def test_the_exit_status_is_the_first_non_zero_one_in_the_file_s_order(
 def test_a_cycle_another_process_drives_is_exit_75_and_the_other_still_launches(
         two_projects: tuple[Cron, str], spawn: Callable[..., Proc]) -> None:
     cron, _ = two_projects
-    cron.sandbox.add_fault(FaultRule(route="trace_create", kind="latency", delay=2.0, times=1))
-    driver = spawn(cron.cli, *cron.args, "--cycle", "first")
+    # The driver's first trace is held until the other tick has ended, however slowly it starts.
+    cron.sandbox.add_fault(FaultRule(route="trace_create", kind="hold", times=1))
+    driver = spawn(cron.cli, *cron.args, "--cycle", "first", env={"CFTRUNNER_READ_TIMEOUT": "120"})
     wait_until(lambda: received("trace_create")(cron.sandbox.counts()), "tracing", alive=driver)
 
     result = cron.tick()
+    cron.sandbox.release_holds()
 
     assert result.returncode == BUSY, result.stderr
     said = cycle_lines(result)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
-from tests.conftest import Cli, assert_exactly_once, databases, write_prompts
+from tests.conftest import Cli, assert_exactly_once, databases, shown_status, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +88,7 @@ def start(cli: Cli, run_id: str, **env: str) -> dict[str, Any]:
                      env={"CFTRUNNER_CONCURRENCY": str(CONCURRENCY), **env}, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1].startswith(f"run {run_id}: LAUNCHED")
-    return dict(json.loads(cli.run("status", run_id, "--json").stdout))
+    return dict(shown_status(cli.env["CFTRUNNER_DB"], run_id))
 
 
 def traffic(sandbox: Sandbox) -> Traffic:

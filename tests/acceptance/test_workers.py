@@ -134,6 +134,7 @@ def test_three_workers_killed_at_random_still_do_every_effect_once(
         if len(kills) < 4 and working:
             victim = rng.choice(working)
             kills.append((shared.state().value, shared.unfinished()))
+            victims.append(f"{hosts_of[victim.pid]} pid {victim.pid}")
             victim.kill()
             live.remove(victim)
         while len(live) < 3:
