@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import structlog
+
 from cftrunner import payloads
 from cftrunner.exceptions import AuthError, InputError, KeyRejected, RejectedError
 from cftrunner.serving import is_listed
+
+log = structlog.get_logger("cftrunner")
 
 if TYPE_CHECKING:
     from cftrunner.runner import Runner, RunSpec
@@ -42,6 +46,12 @@ def check(r: Runner, spec: RunSpec) -> Checked:
         raise InputError(f"project {spec.project_id} at {base} has no dataset to add traces to; "
                          "no run was created")
     return Checked(dataset_id, tuple(_unlisted(r, spec)))
+
+
+def warn(checked: Checked) -> None:
+    """Log each warning of the checks (`preflight`, with its reason)."""
+    for warning in checked.warnings:
+        log.warning("preflight", reason=warning)
 
 
 def _unlisted(r: Runner, spec: RunSpec) -> list[str]:

@@ -36,7 +36,6 @@ from cftrunner.store import Store, missing_sqlite_file
 from cftrunner.tick import Decision, source_of, spec_from
 from cftrunner.tick import tick as run_tick
 
-log = structlog.get_logger("cftrunner")
 MISSING_KEY = "no API key: set API_KEY (or PREMAI_API_KEY), or pass --api-key-file"
 
 
@@ -70,7 +69,7 @@ def start(settings: Settings, spec: RunSpec, on_created: Callable[[str], None],
                                      f"{spec.run_id}` to continue it")
             with structlog.contextvars.bound_contextvars(run_id=spec.run_id):
                 checked = preflight.check(runner, spec)
-                _warn(checked)
+                preflight.warn(checked)
             run = runner.create(spec, prompts, cycle_name(spec.project_id, spec.model_alias, cycle),
                                 dataset_id=checked.dataset_id)
         except RunExistsError:
@@ -124,11 +123,6 @@ def _plan_on(store: Store, settings: Settings, spec: RunSpec, name: str,
         store.close()
     return plan.lines(items, checked, settings.base_url, spec.project_id,
                       settings.judge_attempts, spec.loop, last)
-
-
-def _warn(checked: preflight.Checked) -> None:
-    for warning in checked.warnings:
-        log.warning("preflight", reason=warning)
 
 
 def _already_ended(run: Run) -> str:

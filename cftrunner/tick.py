@@ -102,14 +102,6 @@ def source_of(spec: RunSpec) -> Scan:
     return scan(spec.prompts_source, holdout_places(spec.loop.holdout, spec.loop.holdout_source))
 
 
-def choose(tx: Tx, cycle: Cycle, name: str, scanned: Scan, now: datetime) -> Choice:
-    """The prompts the cycle's next run takes, against what its runs used (read in `tx`)."""
-    rules = cycle.rules()
-    return prompt_source.choose(
-        scanned, tx.used_prompts(name), now, rules,
-        tag_means=tx.tag_means(name) if rules.prioritise == "weak" else None)
-
-
 def too_few(cycle: Cycle, choice: Choice) -> str | None:
     """Why the cycle is skipped for want of new prompts, or None."""
     if choice.unused >= cycle.min_new_prompts:
@@ -120,6 +112,26 @@ def too_few(cycle: Cycle, choice: Choice) -> str | None:
             f"{cycle.min_new_prompts}")
 
 
+def _look(tx: Tx | None, cycle: Cycle, spec: RunSpec, scanned: Scan,
+          now: datetime) -> tuple[Decision, RunSpec, Choice | None]:
+    """What tick would do for the cycle now, as far as `tx` shows its history (None: it has
+    none): resume, wait, skip for too few new prompts, or start. For a skip or a start, the spec of
+    the run (with the model the cycle promoted last) and the prompts it takes."""
+    name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
+    if tx is not None and (decided := _due(tx, cycle, name, now)) is not None:
+        return decided, spec, None
+    rules = cycle.rules()
+    choice = prompt_source.choose(
+        scanned, tx.used_prompts(name) if tx is not None else {}, now, rules,
+        tag_means=tx.tag_means(name) if tx is not None and rules.prioritise == "weak" else None)
+    if tx is not None:
+        spec = promoted(tx.latest_run(name), spec)
+    skipped = too_few(cycle, choice)
+    if skipped is not None:
+        return Decision("skip", None, skipped, choice.summary()), spec, choice
+    return Decision("start", None, "a new cycle is due", choice.summary()), spec, choice
+
+
 def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan,
                      dataset_id: str | None = None) -> Decision:
     """In one transaction under the cycle's lock: pick what to do, and when a new cycle is due,
@@ -127,44 +139,35 @@ def decide_and_claim(runner: Runner, cycle: Cycle, spec: RunSpec, scanned: Scan,
     process, so a concurrent tick finds it owned. With too few new prompts, the run is created
     SKIPPED, without items; the prompts are then left unused."""
     run_id = new_run_id()
-    spec = replace(spec, run_id=run_id)
     name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
     store: Store = runner.store
     with store.tx() as tx:
         tx.lock_cycle(name)
         now = utcnow()  # once the cycle is locked, so the new lease's expiry is not early
-        decided = _due(tx, cycle, name, now)
-        if decided is not None:
+        decided, spec, choice = _look(tx, cycle, replace(spec, run_id=run_id), scanned, now)
+        if choice is None:
             return decided
-        spec = promoted(tx.latest_run(name), spec)
-        choice = choose(tx, cycle, name, scanned, now)
         crashpoints.reach("tick.after_choosing")
         run = replace(Runner.new_run(run_id, spec, name, runner.settings.base_url),
-                      prompt_source=choice.summary(), dataset_id=dataset_id)
-        skipped = too_few(cycle, choice)
-        if skipped is not None:
-            store.insert_run(tx, replace(run, state=RunState.SKIPPED, skip_reason=skipped), (),
-                             None, now)
-            return Decision("skip", run_id, skipped, run.prompt_source)
+                      prompt_source=decided.prompts, dataset_id=dataset_id)
+        if decided.action == "skip":
+            store.insert_run(tx, replace(run, state=RunState.SKIPPED,
+                                         skip_reason=decided.reason), (), None, now)
+            return replace(decided, run_id=run_id)
         lease = Lease(run_id, current_owner(), runner.settings.lease_seconds)
         store.insert_run(tx, run, choice.stream(), lease, now)
     crashpoints.reach("tick.after_create")
     runner.lease = lease
-    return Decision("start", run_id, "a new cycle is due", run.prompt_source)
+    return replace(decided, run_id=run_id)
 
 
 def _upcoming(store: Store, cycle: Cycle, spec: RunSpec, scanned: Scan) -> RunSpec | None:
     """The run tick would start now (with the model the cycle promoted last), or None when it
     would resume, wait or skip; read without locking, as `decide_and_claim` decides again under
     the lock."""
-    name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
     with store.reading() as tx:
-        now = utcnow()
-        if _due(tx, cycle, name, now) is not None:
-            return None
-        if too_few(cycle, choose(tx, cycle, name, scanned, now)) is not None:
-            return None
-        return promoted(tx.latest_run(name), spec)
+        decided, spec, _ = _look(tx, cycle, spec, scanned, utcnow())
+    return spec if decided.action == "start" else None
 
 
 def preview(store: Store | None, cycle: Cycle) -> Decision:
@@ -172,20 +175,10 @@ def preview(store: Store | None, cycle: Cycle) -> Decision:
     stored. Without a state database (`store` None) the cycle has no history yet."""
     spec = spec_from(cycle, None, "tick")
     scanned = source_of(spec)
-    name = cycle_name(spec.project_id, spec.model_alias, cycle.name)
-    now = utcnow()
     if store is None:
-        choice = prompt_source.choose(scanned, {}, now, cycle.rules())
-    else:
-        with store.reading() as tx:
-            decided = _due(tx, cycle, name, now)
-            if decided is not None:
-                return decided
-            choice = choose(tx, cycle, name, scanned, now)
-    skipped = too_few(cycle, choice)
-    if skipped is not None:
-        return Decision("skip", None, skipped, choice.summary())
-    return Decision("start", None, "a new cycle is due", choice.summary())
+        return _look(None, cycle, spec, scanned, utcnow())[0]
+    with store.reading() as tx:
+        return _look(tx, cycle, spec, scanned, utcnow())[0]
 
 
 def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None],
@@ -201,8 +194,7 @@ def tick(runner: Runner, cycle: Cycle, on_created: Callable[[str], None],
     upcoming = _upcoming(runner.store, cycle, spec, scanned)
     if upcoming is not None:  # a new run is due: the key, project and models are checked first
         checked = preflight.check(runner, upcoming)
-        for warning in checked.warnings:
-            log.warning("preflight", reason=warning)
+        preflight.warn(checked)
         dataset_id = checked.dataset_id
     decision = decide_and_claim(runner, cycle, spec, scanned, dataset_id)
     log.info("tick", action=decision.action, run_id=decision.run_id, reason=decision.reason)
