@@ -195,7 +195,11 @@ class Measured:
 
     def kill_when(self, rand: random.Random, sandbox: Sandbox) -> Callable[[], bool]:
         if rand.random() < STARTUP_KILLS:
-            return after(rand.uniform(0.05, self.startup))
+            # Start-up was measured once, perhaps while the host was busier than now: should the
+            # process outrun that time, it is still killed, before its last request.
+            timed = after(rand.uniform(0.05, self.startup))
+            late = after_requests(sandbox, self.requests - 1)
+            return lambda: timed() or late()
         return after_requests(sandbox, rand.randint(1, self.requests - 1))
 
 
