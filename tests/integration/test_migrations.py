@@ -69,9 +69,38 @@ def make_legacy_database(db_url: str, prompts: list[str]) -> None:
             run_id="old", at=now, kind="run_created", data={"items": len(prompts)}))
 
 
-def test_the_migrations_make_exactly_the_tables_schema_py_describes(store: Store) -> None:
-    assert differences(store.url, metadata) == []
-    assert revision(store.url) == migrations.HEAD
+def test_the_migrations_make_exactly_the_tables_schema_py_describes(db_url: str) -> None:
+    with connected(db_url) as conn:  # every revision in turn, from an empty database
+        command.upgrade(migrations.alembic_config(conn), "head")
+    assert differences(db_url, metadata) == []
+    assert revision(db_url) == migrations.HEAD
+
+
+def version_table(db_url: str) -> tuple[object, ...]:
+    with connected(db_url) as conn:
+        inspector = sa.inspect(conn)
+        columns = [(c["name"], str(c["type"]), c["nullable"])
+                   for c in inspector.get_columns("alembic_version")]
+        key = inspector.get_pk_constraint("alembic_version")
+        rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+    return columns, key["name"], key["constrained_columns"], [tuple(r) for r in rows]
+
+
+def test_an_empty_database_gets_schema_py_tables_at_head_without_running_each_revision(
+        make_db_url: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    by_revisions, db_url = make_db_url("by_revisions"), make_db_url("new")
+    with connected(by_revisions) as conn:
+        command.upgrade(migrations.alembic_config(conn), "head")
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("an empty database was upgraded revision by revision")
+
+    monkeypatch.setattr(command, "upgrade", refused)
+    Store(db_url).close()
+
+    assert differences(db_url, metadata) == []
+    assert revision(db_url) == migrations.HEAD  # as Alembic reads it
+    assert version_table(db_url) == version_table(by_revisions)
 
 
 def test_head_names_the_one_newest_revision() -> None:
@@ -150,13 +179,19 @@ def test_stores_opened_at_once_migrate_the_database_once(db_url: str,
     assert revision(db_url) == migrations.HEAD
 
 
-def test_opening_an_up_to_date_database_does_not_load_alembic(store: Store) -> None:
-    """The CLI opens the store once per command: at HEAD, that is one SELECT, no migration code."""
+@pytest.mark.parametrize("state", ["up to date", "new"])
+def test_opening_an_up_to_date_or_a_new_database_does_not_load_alembic(
+        db_url: str, state: str) -> None:
+    """The CLI opens the store once per command: at HEAD, that is one SELECT, no migration code;
+    a new database gets its tables and its stamp without Alembic either."""
+    if state == "up to date":
+        Store(db_url).close()
     code = ("import sys; from cftrunner.store import Store; Store(sys.argv[1]).close(); "
             "print('alembic' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code, store.url], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", code, db_url], capture_output=True,
                             text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+    assert revision(db_url) == migrations.HEAD
 
 
 def test_values_longer_than_the_declared_lengths_are_kept_on_either_database(store: Store) -> None:
