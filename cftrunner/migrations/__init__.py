@@ -55,9 +55,9 @@ def _current_fast(engine: sa.Engine) -> str | None:
 def _upgrade_locked(conn: sa.Connection) -> str | None:
     """The revision the database had (None: it was empty), having brought it to HEAD."""
     inspector = sa.inspect(conn)
-    current = None
+    current: str | None = None
     if inspector.has_table(VERSIONS.name):
-        current = conn.execute(sa.select(VERSIONS.c.version_num)).scalar()
+        current = conn.execute(sa.select(VERSIONS.c.version_num)).scalar_one_or_none()
     if current == HEAD:
         return current  # another process did it while this one waited for the lock
     if current is None and not inspector.has_table("runs"):
