@@ -162,9 +162,12 @@ def pytest_report_header() -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The whole-process tests first, each group still in its shuffled order (pytest-randomly
-    # shuffles before this hook): a long test started last would hold the parallel run up alone.
-    items.sort(key=lambda item: not item.nodeid.startswith(("tests/acceptance/", "tests/test_quality")))
+    # The longest tests first, then the whole-process ones, each group still in its shuffled
+    # order (pytest-randomly shuffles before this hook): a long test started last would hold the
+    # parallel run up alone.
+    items.sort(key=lambda item: (
+        item.get_closest_marker("long") is None,
+        not item.nodeid.startswith(("tests/acceptance/", "tests/test_quality"))))
     if on_postgres():
         skip = pytest.mark.skip(reason="about SQLite files: it runs when the suite runs on SQLite")
         for item in items:
