@@ -38,6 +38,7 @@ def follow(r: Runner, run: Run) -> None:
     assert run.job_id is not None
     job_id = run.job_id
     deadline = time.monotonic() + r.settings.training_timeout
+    delays = r.polls(r.settings.training_poll)
     while True:
         job = r.retrying("reading the fine-tuning job", lambda: r.client.finetuning_job(job_id))
         training = _training(job)
@@ -50,7 +51,7 @@ def follow(r: Runner, run: Run) -> None:
             if time.monotonic() >= deadline:
                 raise StillTraining(message)
             log.info("training", job_id=job_id, status=job.status, running=running)
-            r.pause(r.settings.training_poll)
+            r.pause(next(delays))
             continue
         models = [e for e in job.experiments if e.succeeded]
         with r.tx() as tx:

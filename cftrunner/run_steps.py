@@ -30,11 +30,12 @@ SETTLED_PER_TRANSACTION = 500
 def _wait(r: Runner, what: str, bound: float, done: Callable[[], bool]) -> None:
     """Poll `done` until it holds; past the bound, stop the run intact for a later resume."""
     deadline = time.monotonic() + bound
+    delays = r.polls(r.settings.poll_interval)
     while not done():
         if time.monotonic() >= deadline:
             raise RunStopped(f"{what}: not finished after {bound:g} s; `cftrunner resume` "
                              "goes on waiting")
-        r.pause(r.settings.poll_interval)
+        r.pause(next(delays))
 
 
 def _fail_run(r: Runner, run: Run, reason: str) -> None:

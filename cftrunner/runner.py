@@ -41,6 +41,7 @@ from cftrunner.exceptions import (
 from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
 from cftrunner.limiter import RateLimiter
 from cftrunner.models import Effect, EffectStatus, Item, Run
+from cftrunner.polling import Backoff
 from cftrunner.prompts import Prompt
 from cftrunner.reconcile import Reconciler, Unknown, Verdict
 from cftrunner.render import settle_command
@@ -396,6 +397,11 @@ class Runner:
             thread.join()
         if failures:
             raise failures[0]
+
+    def polls(self, cap: float) -> Iterator[float]:
+        """The waits between looks at something the platform is doing: soon, then backing off
+        to `cap` (see Settings.poll_first)."""
+        return Backoff(self.settings.poll_first, self.settings.poll_factor, cap).delays()
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """Call until it succeeds, sleeping per the retry policy between transient failures;

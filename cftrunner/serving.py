@@ -55,6 +55,7 @@ def bring_up(r: Runner, run: Run, models: list[str], wait: bool = True) -> Servi
     run = r.store.run(run.id)
     serving = serving_of(run)
     deadline = time.monotonic() + r.settings.model_load_timeout
+    delays = r.polls(r.settings.poll_interval)
     while True:
         pending = [m for m in models if serving.get(m, {}).get("status") not in SETTLED]
         if not pending:
@@ -71,7 +72,7 @@ def bring_up(r: Runner, run: Run, models: list[str], wait: bool = True) -> Servi
             raise ModelsLoading(f"{len(still)} of {len(models)} new models still loading for "
                                 f"inference ({', '.join(still)}); the next resume or tick "
                                 "looks again")
-        r.pause(r.settings.poll_interval)
+        r.pause(next(delays))
 
 
 def _look(r: Runner, run: Run, serving: Serving, model: str, listed: list[str] | None) -> None:

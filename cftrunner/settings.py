@@ -38,7 +38,12 @@ class Settings:
     read_timeout: float = 120.0
     trace_shape: str = "tutorial"
     judge_attempts: int = 3
+    # Waits on the platform (corrections, recommendations, a model loading, training) look
+    # again after poll_first seconds, then each time poll_factor times longer, up to
+    # poll_interval (training_poll for training).
     poll_interval: float = 5.0
+    poll_first: float = 0.25
+    poll_factor: float = 2.0
     # Bounds on waiting within one invocation; past them the run stops intact and resume goes on.
     processing_timeout: float = 1800.0
     recs_timeout: float = 1800.0
@@ -269,6 +274,8 @@ KEYS: tuple[Key, ...] = (
     _setting("timeouts.connect", "settings.connect_timeout", POSITIVE, "CFTRUNNER_CONNECT_TIMEOUT"),
     _setting("timeouts.read", "settings.read_timeout", POSITIVE, "CFTRUNNER_READ_TIMEOUT"),
     _setting("timeouts.poll_interval", "settings.poll_interval", POSITIVE, "CFTRUNNER_POLL_INTERVAL"),
+    _setting("timeouts.poll_first", "settings.poll_first", POSITIVE, "CFTRUNNER_POLL_FIRST"),
+    _setting("timeouts.poll_factor", "settings.poll_factor", Rule("number", 1)),
     _setting("timeouts.processing", "settings.processing_timeout", POSITIVE,
              "CFTRUNNER_PROCESSING_TIMEOUT"),
     _setting("timeouts.recommendations", "settings.recs_timeout", POSITIVE, "CFTRUNNER_RECS_TIMEOUT"),

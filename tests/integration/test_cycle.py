@@ -17,6 +17,7 @@ from cftrunner.models import EffectStatus
 from cftrunner.retry import RetryPolicy
 from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
+from cftrunner.settings import Settings
 from cftrunner.states import ItemStage, RunState
 from tests.conftest import PROMPTS, Harness, assert_exactly_once
 
@@ -282,6 +283,23 @@ def test_a_trace_rejected_for_good_fails_its_item(harness: Harness, sandbox: San
     [failed] = harness.store.items(run.id, ItemStage.TRACE_FAILED)
     assert failed.position == 3
     assert harness.store.effect(run.id, "trace:3").status is EffectStatus.FAILED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("looks", "waits"), [
+    (3, [0.25, 0.5]),
+    (8, [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]),
+])
+def test_recommendations_are_looked_at_soon_then_backing_off_to_the_poll_interval(
+        make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness],
+        looks: int, waits: list[float]) -> None:
+    """At the default waits (the harness records each and sleeps at most 0.05 s of it)."""
+    sandbox = make_sandbox(recs_polls=looks - 1, processing_seconds=0.0)
+    defaults = Settings()
+    harness = make_harness(sandbox, poll_interval=defaults.poll_interval)
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    assert sandbox.world.dump()["recommendations"][0]["polls"] == looks
+    assert harness.sleeps == waits
 
 
 def test_corrections_are_awaited_before_the_snapshot(make_sandbox: Callable[..., Sandbox],

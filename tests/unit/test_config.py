@@ -122,11 +122,14 @@ def test_reads_the_timeouts_section_into_the_settings_fields(run: Resolve,
         reconcile_settle = 0
         lease = 7
         shutdown_grace = 8
+        poll_first = 0.5
+        poll_factor = 1.5
     """)
     settings = run().settings
     assert (settings.connect_timeout, settings.read_timeout, settings.poll_interval,
             settings.processing_timeout, settings.recs_timeout, settings.reconcile_settle,
-            settings.lease_seconds, settings.shutdown_grace) == (1, 2, 3, 4, 5, 0, 7, 8)
+            settings.lease_seconds, settings.shutdown_grace, settings.poll_first,
+            settings.poll_factor) == (1, 2, 3, 4, 5, 0, 7, 8, 0.5, 1.5)
 
 
 def test_reads_the_judge_section(run: Resolve, write_config: WriteConfig) -> None:
@@ -183,6 +186,8 @@ def test_the_gate_lets_everything_through_by_default(run: Resolve) -> None:
     ("[judge]\nstructured_output = 1\n", "judge.structured_output must be true or false, not 1"),
     ("[gate]\ntoken_budget = 0\n", "gate.token_budget must be an integer >= 1, not 0"),
     ("[gate]\nscore_threshold = 1.5\n", "gate.score_threshold must be a number from 0 to 1"),
+    ("[timeouts]\npoll_factor = 0.5\n", "timeouts.poll_factor must be a number >= 1, not 0.5"),
+    ("[timeouts]\npoll_first = 0\n", "timeouts.poll_first must be a number > 0, not 0"),
 ])
 def test_bad_judge_and_gate_values_are_refused(run: Resolve, write_config: WriteConfig,
                                                text: str, message: str) -> None:
