@@ -117,6 +117,8 @@ class Runner:
         self.worker: Lease | None = None  # this process's claim on some of the run's items
         self._worker_beat: Heartbeat | None = None
         self._cancel_checked = 0.0
+        # A cancel is read from the database at most this often (seconds), not before every request.
+        self.cancel_check = 1.0
         self.tokens = TokenMeter(store)
         # Since when this process holds each run (by id) and each item it claimed (by run id and
         # item id).
@@ -239,7 +241,7 @@ class Runner:
                               run_id=held.run_id if held is not None else None)
         if held is not None:
             now = time.monotonic()
-            if now - self._cancel_checked >= 1.0:
+            if now - self._cancel_checked >= self.cancel_check:
                 self._cancel_checked = now
                 if self.store.cancel_requested(held.run_id):
                     raise _Cancelled()
