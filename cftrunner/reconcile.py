@@ -57,14 +57,14 @@ class Reconciler:
     """Each method answers the outcome the lost request had, None when it surely did not happen,
     or Unknown while the remote view has not caught up past it."""
 
-    def __init__(self, store: Store, client: PremClient, settings: Settings,
-                 retrying: Retrying | None = None) -> None:
+    def __init__(self, store: Store, client: PremClient, settings: Settings, *,
+                 retrying: Retrying) -> None:
         self.store = store
         self.client = client
         self.settings = settings
         # Each page of the trace list is read with its own retries: a look that reads many pages
         # must not use up one budget across them all (a storm of 503s on a long list did).
-        self.retrying: Retrying = retrying or (lambda _what, call: call())
+        self.retrying = retrying
         # How late the trace list showed this run's own writes: an absence is not trusted sooner
         # than LAG_MARGIN times the longest after the lost request.
         self._lag_seen = 0.0

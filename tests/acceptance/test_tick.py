@@ -170,7 +170,6 @@ KILL_SHARE = 0.5
 # the kill lands mid-cycle on a driver however slowly processes start on this host (a cycle of
 # FEW_PROMPTS sends about 20). A tick that never drives is not killed.
 KILL_AFTER_REQUESTS = (1, 12)
-MAX_REQUESTS = 10**9
 # Seeds whose first tick, the one that starts the first cycle, is among those killed.
 SEEDS = (1, 3)
 
@@ -241,7 +240,7 @@ def test_ticks_killed_at_random_launch_exactly_one_cycle_per_interval(
             if driver in kill_after and driver not in kill_at:
                 kill_at[driver] = sent + kill_after[driver]
         for proc in procs:
-            if not proc.done() and sent >= kill_at.get(proc.pid, MAX_REQUESTS):
+            if proc.pid in kill_at and not proc.done() and sent >= kill_at[proc.pid]:
                 proc.kill()
 
     for number in range(MAX_TICKS):

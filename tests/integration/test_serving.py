@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from cftrunner.models import Run
+from cftrunner.polling import Backoff
 from cftrunner.run_config import LoopConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import RunState
@@ -55,6 +57,20 @@ def test_cold_models_are_asked_up_and_judged_only_once_they_run(
     assert _evaluated(harness, run_id) == {MODEL, *new}
     assert _no_chat_refused(sandbox)
     assert run.promotion is not None and run.promotion["excluded"] == []
+
+
+def test_models_loading_are_looked_at_soon_then_backing_off_to_the_poll_interval(
+        make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness]) -> None:
+    """At the default waits (the harness records each and sleeps at most 0.05 s of it). The
+    training wait, capped at training_poll (0.01 s here), is the last one before the models'."""
+    sandbox, harness, run_id = _promoting(
+        make_sandbox, make_harness, {"model_load_delay": 0.5, "processing_seconds": 0.0},
+        poll_interval=5.0)
+    run = harness.runner.drive(run_id)
+    assert run.state is RunState.PROMOTED
+    loading = harness.sleeps[harness.sleeps.index(0.01) + 1:]
+    assert len(loading) >= 3
+    assert loading == list(itertools.islice(Backoff(0.25, 2.0, 5.0).delays(), len(loading)))
 
 
 def test_past_the_bound_an_invocation_stops_intact_and_the_next_one_looks_again(

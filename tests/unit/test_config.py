@@ -238,6 +238,8 @@ CASES = [  # (dotted key, command line value, environment variable, env value, T
      lambda r: r.settings.retry.max_attempts, (7, 8, 9)),
     ("timeouts.read", 1.5, "CFTRUNNER_READ_TIMEOUT", "2.5", "timeouts.read = 3.5",
      lambda r: r.settings.read_timeout, (1.5, 2.5, 3.5)),
+    ("timeouts.poll_first", 0.5, "CFTRUNNER_POLL_FIRST", "0.75", "timeouts.poll_first = 1.5",
+     lambda r: r.settings.poll_first, (0.5, 0.75, 1.5)),
     ("interval", "1h", "CFTRUNNER_INTERVAL", "2h", 'interval = "3h"',
      lambda r: r.cycle.interval, (3600.0, 7200.0, 10800.0)),
 ]
