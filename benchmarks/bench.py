@@ -90,8 +90,9 @@ if str(ROOT) not in sys.path:
 import cftrunner  # noqa: E402
 from cftrunner import logs  # noqa: E402
 from cftrunner.exceptions import RunStopped  # noqa: E402
+from cftrunner.records import RunSpec  # noqa: E402
 from cftrunner.retry import RetryPolicy  # noqa: E402
-from cftrunner.runner import Runner, RunSpec  # noqa: E402
+from cftrunner.runner import Runner  # noqa: E402
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox  # noqa: E402
 from cftrunner.settings import Settings  # noqa: E402
 from cftrunner.store import Store  # noqa: E402

@@ -17,10 +17,11 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import LeaseLost
 from cftrunner.lease import Lease, provably_dead
-from cftrunner.models import Item, Owner
-from cftrunner.schema import items, utcnow, workers
+from cftrunner.records import Item, Owner
+from cftrunner.schema import items, workers
 from cftrunner.states import UNFINISHED_STAGES
 from cftrunner.store import Store
 from cftrunner.transaction import Tx, item_from

@@ -35,7 +35,7 @@ from cftrunner.states import ENDS_UNLESS_LOOPING, RunState
 if TYPE_CHECKING:
     from cftrunner import service
     from cftrunner.display import Display
-    from cftrunner.models import Run
+    from cftrunner.records import Run
     from cftrunner.shutdown import Stop
 
 EXIT_LAUNCHED = 0

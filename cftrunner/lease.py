@@ -14,7 +14,7 @@ from pathlib import Path
 import structlog
 
 from cftrunner.exceptions import RunBusy
-from cftrunner.models import LeaseInfo, Owner
+from cftrunner.records import LeaseInfo, Owner
 
 log = structlog.get_logger("cftrunner")
 

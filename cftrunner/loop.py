@@ -21,8 +21,8 @@ import structlog
 from cftrunner import crashpoints, serving
 from cftrunner.exceptions import JudgeOutputError, RejectedError, StillTraining
 from cftrunner.judge import Conversation
-from cftrunner.models import Run
 from cftrunner.payloads import RemoteJob
+from cftrunner.records import Run
 from cftrunner.run_config import LoopConfig, regression_counts
 from cftrunner.states import RunState
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from cftrunner import payloads
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import ApiError, RejectedError
-from cftrunner.models import EffectStatus, Run
-from cftrunner.schema import utcnow
+from cftrunner.records import EffectStatus, Run
 
 if TYPE_CHECKING:
     from cftrunner.runner import Runner

@@ -18,7 +18,8 @@ from cftrunner.serving import is_listed
 log = structlog.get_logger("cftrunner")
 
 if TYPE_CHECKING:
-    from cftrunner.runner import Runner, RunSpec
+    from cftrunner.records import RunSpec
+    from cftrunner.runner import Runner
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from typing import Any, Protocol, TypeVar
 
 from cftrunner import payloads
 from cftrunner.client import PremClient
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import RejectedError, RunStopped
-from cftrunner.models import Effect, Run
 from cftrunner.payloads import RemoteTrace
-from cftrunner.schema import utcnow
+from cftrunner.records import Effect, Run
 from cftrunner.settings import Settings
 from cftrunner.store import Store
 

@@ -6,8 +6,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from cftrunner.models import Completion, Item, RunSummary
 from cftrunner.prompt_source import describe as describe_source
+from cftrunner.records import Completion, Item, RunSummary
 from cftrunner.run_config import verdict
 from cftrunner.states import ITEM_FAILED, ItemStage
 

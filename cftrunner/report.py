@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cftrunner.exceptions import InputError
-from cftrunner.models import Run, RunSummary
 from cftrunner.prompt_source import describe as describe_source
+from cftrunner.records import Run, RunSummary
 from cftrunner.render import duration, regression_lines, regression_to_json
 from cftrunner.run_ids import check_run_id
 from cftrunner.settings import Settings

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import secrets
 
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import InputError
 
 MAX_LENGTH = 100
@@ -17,3 +19,8 @@ def check_run_id(run_id: str) -> str:
     if not _RUN_ID.fullmatch(run_id):
         raise InputError(f"run id {run_id!r} must be {RULE}")
     return run_id
+
+
+def new_run_id() -> str:
+    """A fresh run id: when it was made, and random enough that two never meet."""
+    return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)

@@ -13,8 +13,8 @@ import structlog
 
 from cftrunner import crashpoints, gate, markers, payloads
 from cftrunner.exceptions import ApiError, RunStopped
-from cftrunner.models import Item, Run
 from cftrunner.payloads import RemoteTrace
+from cftrunner.records import Item, Run
 from cftrunner.run_config import LoopConfig
 from cftrunner.states import ItemStage, RunState
 from cftrunner.transaction import Tx

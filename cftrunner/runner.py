@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ import structlog
 
 from cftrunner import claims, crashpoints, loop, markers, run_steps, steps
 from cftrunner.client import PremClient, Timeouts
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import (
     ApiError,
     AuthError,
@@ -40,14 +41,13 @@ from cftrunner.exceptions import (
 )
 from cftrunner.lease import Heartbeat, Lease, current_owner, provably_dead
 from cftrunner.limiter import RateLimiter
-from cftrunner.models import Effect, EffectStatus, Item, Run
 from cftrunner.polling import Backoff
 from cftrunner.prompts import Prompt
 from cftrunner.reconcile import Reconciler, Unknown, Verdict
+from cftrunner.records import Effect, EffectStatus, Item, Run, RunSpec
 from cftrunner.render import settle_command
 from cftrunner.retry import next_delay, rate_limited
-from cftrunner.run_config import GateConfig, JudgeConfig, LoopConfig
-from cftrunner.schema import utcnow
+from cftrunner.run_ids import new_run_id
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
 from cftrunner.states import RunState
@@ -75,23 +75,6 @@ def format_seconds(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    project_id: str
-    model_alias: str
-    prompts_source: str
-    judge_model: str
-    split_percentage: int = 80
-    run_id: str | None = None
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
-
-
-def new_run_id() -> str:
-    return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 class _Cancelled(Exception):

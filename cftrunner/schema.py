@@ -27,10 +27,6 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def varchar(length: int) -> sa.types.TypeEngine[str]:
     """VARCHAR(length) on SQLite, which never enforces the length; TEXT on PostgreSQL, which would,
     so that both databases accept the same values (migration 0002)."""

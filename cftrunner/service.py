@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from cftrunner import preflight, render
+from cftrunner.clock import utcnow
 from cftrunner.config import Cycle, Resolved, cycle_name
 from cftrunner.display import Display, no_display
 from cftrunner.exceptions import (
@@ -24,11 +25,10 @@ from cftrunner.exceptions import (
     RunExistsError,
 )
 from cftrunner.lease import busy, current_owner, keeps_out, provably_dead
-from cftrunner.models import Effect, EffectStatus, Run
 from cftrunner.prompt_source import every_prompt, holdout_places
-from cftrunner.run_ids import check_run_id
-from cftrunner.runner import Runner, RunSpec, new_run_id
-from cftrunner.schema import utcnow
+from cftrunner.records import Effect, EffectStatus, Run, RunSpec
+from cftrunner.run_ids import check_run_id, new_run_id
+from cftrunner.runner import Runner
 from cftrunner.settings import Settings
 from cftrunner.shutdown import Stop
 from cftrunner.states import RunState

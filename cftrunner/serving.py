@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from cftrunner import crashpoints
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import AuthError, ModelsLoading, RejectedError
-from cftrunner.models import Run
 from cftrunner.payloads import parse_time
-from cftrunner.schema import utcnow
+from cftrunner.records import Run
 from cftrunner.settings import duration_text
 from cftrunner.states import RunState
 

@@ -19,7 +19,7 @@ from cftrunner.exceptions import (
     RejectedError,
 )
 from cftrunner.judge import Conversation, Judgment, trace_feedback
-from cftrunner.models import Effect, Item, Run
+from cftrunner.records import Effect, Item, Run
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
 from cftrunner.transaction import Tx
 

@@ -16,10 +16,12 @@ import sqlalchemy as sa
 import structlog
 
 from cftrunner import dialect, logs, migrations
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import InputError, RunExistsError, RunNotFoundError
 from cftrunner.gate import Facts
 from cftrunner.lease import Lease, busy, keeps_out
-from cftrunner.models import (
+from cftrunner.prompts import Prompt, prompt_digest
+from cftrunner.records import (
     Completion,
     Effect,
     EffectStatus,
@@ -31,7 +33,6 @@ from cftrunner.models import (
     RunSummary,
     WorkerInfo,
 )
-from cftrunner.prompts import Prompt, prompt_digest
 from cftrunner.schema import (
     completions,
     effects,
@@ -41,7 +42,6 @@ from cftrunner.schema import (
     prompt_uses,
     rechecks,
     runs,
-    utcnow,
     workers,
 )
 from cftrunner.states import TERMINAL, UNFINISHED_STAGES, ItemStage, RunState

@@ -14,15 +14,16 @@ from typing import Any
 import structlog
 
 from cftrunner import crashpoints, preflight, prompt_source
+from cftrunner.clock import utcnow
 from cftrunner.config import Cycle, cycle_name
 from cftrunner.display import Display, no_display
 from cftrunner.exceptions import InputError
 from cftrunner.lease import Lease, current_owner
-from cftrunner.models import Run
 from cftrunner.prompt_source import Choice, Scan, holdout_places, scan
+from cftrunner.records import Run, RunSpec
 from cftrunner.render import duration
-from cftrunner.runner import Runner, RunSpec, new_run_id
-from cftrunner.schema import utcnow
+from cftrunner.run_ids import new_run_id
+from cftrunner.runner import Runner
 from cftrunner.states import RUN_ORDER, RunState
 from cftrunner.store import Store
 from cftrunner.transaction import Tx

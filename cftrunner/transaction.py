@@ -9,11 +9,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from cftrunner import dialect
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import LeaseLost, StaleStateError
 from cftrunner.lease import Lease
-from cftrunner.models import Effect, EffectStatus, Item, LeaseInfo, Owner, Run
 from cftrunner.payloads import ChatResult
 from cftrunner.prompts import prompt_digest
+from cftrunner.records import Effect, EffectStatus, Item, LeaseInfo, Owner, Run
 from cftrunner.schema import (
     completions,
     cycles,
@@ -24,7 +25,6 @@ from cftrunner.schema import (
     prompt_uses,
     rechecks,
     runs,
-    utcnow,
 )
 from cftrunner.states import (
     ITEM_FAILED,

@@ -23,13 +23,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from cftrunner import dialect, service
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import InputError
-from cftrunner.models import Run
 from cftrunner.payloads import MARKER_INPUT
+from cftrunner.records import Run, RunSpec
 from cftrunner.retry import RetryPolicy
-from cftrunner.runner import Runner, RunSpec
+from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
-from cftrunner.schema import utcnow
 from cftrunner.settings import Settings
 from cftrunner.states import RunState
 from cftrunner.store import Store

@@ -16,7 +16,7 @@ import pytest
 
 from cftrunner import crashpoints
 from cftrunner.exceptions import RunNotFoundError
-from cftrunner.models import EffectStatus
+from cftrunner.records import EffectStatus
 from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
 from cftrunner.states import ItemStage
 from cftrunner.store import Store

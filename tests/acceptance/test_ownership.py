@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from cftrunner import crashpoints, dialect
 from cftrunner.lease import HOST_ENV
-from cftrunner.models import Event, Item, Run
+from cftrunner.records import Event, Item, Run
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.schema import events, runs
 from cftrunner.store import Store

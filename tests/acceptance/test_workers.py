@@ -16,8 +16,9 @@ import sqlalchemy as sa
 
 from cftrunner import crashpoints
 from cftrunner.lease import HOST_ENV
+from cftrunner.records import RunSpec
 from cftrunner.run_config import LoopConfig
-from cftrunner.runner import Runner, RunSpec
+from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.schema import events, items, workers
 from cftrunner.states import RunState

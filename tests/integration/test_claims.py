@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from cftrunner import claims, render
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import LeaseLost
 from cftrunner.lease import Lease, current_owner
-from cftrunner.models import Owner
-from cftrunner.schema import events, items, utcnow, workers
+from cftrunner.records import Owner
+from cftrunner.schema import events, items, workers
 from cftrunner.states import ItemStage
 from cftrunner.store import Store
 from tests.conftest import make_run

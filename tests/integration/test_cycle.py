@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from cftrunner import dialect, run_steps
 from cftrunner.exceptions import RunStopped
-from cftrunner.models import EffectStatus
+from cftrunner.records import EffectStatus
 from cftrunner.retry import RetryPolicy
 from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from cftrunner.client import PremClient
 from cftrunner.exceptions import Interrupted
-from cftrunner.models import EffectStatus
+from cftrunner.records import EffectStatus
 from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
 from cftrunner.settings import Settings

@@ -10,8 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from cftrunner.exceptions import NeedsDecision, OutcomePending
-from cftrunner.models import EffectStatus, Run
 from cftrunner.reconcile import MARKS_AFTER, Unknown
+from cftrunner.records import EffectStatus, Run
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.service import settle
 from cftrunner.states import ItemStage, RunState

@@ -14,7 +14,8 @@ from cftrunner.config import Cycle
 from cftrunner.exceptions import PromptsError
 from cftrunner.prompt_source import scan
 from cftrunner.prompts import iter_prompts
-from cftrunner.runner import Runner, RunSpec
+from cftrunner.records import RunSpec
+from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.schema import items
 from cftrunner.states import RunState

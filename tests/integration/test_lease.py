@@ -13,7 +13,7 @@ import pytest
 from cftrunner.exceptions import LeaseLost, RunBusy
 from cftrunner.lease import Lease, current_owner, process_start, provably_dead
 from cftrunner.limiter import RateLimiter
-from cftrunner.models import LeaseInfo, Owner
+from cftrunner.records import LeaseInfo, Owner
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.states import ItemStage, RunState
 from cftrunner.store import Store

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from cftrunner.exceptions import RunStopped
-from cftrunner.models import Run
+from cftrunner.records import Run
 from cftrunner.run_config import LoopConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import RunState

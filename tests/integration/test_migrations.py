@@ -20,10 +20,11 @@ from alembic.script import ScriptDirectory
 from structlog.testing import capture_logs
 
 from cftrunner import dialect, migrations
+from cftrunner.clock import utcnow
 from cftrunner.exceptions import InputError
 from cftrunner.prompts import prompt_digest
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
-from cftrunner.schema import metadata, utcnow
+from cftrunner.schema import metadata
 from cftrunner.states import RunState
 from cftrunner.store import Store
 from tests import legacy_schema

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cftrunner.models import Run
 from cftrunner.polling import Backoff
+from cftrunner.records import Run
 from cftrunner.run_config import LoopConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import RunState

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cftrunner.exceptions import InputError, RunExistsError, RunNotFoundError, StaleStateError
-from cftrunner.models import EffectStatus
+from cftrunner.records import EffectStatus
 from cftrunner.states import ItemStage, RunState
 from cftrunner.store import Store
 from tests.conftest import make_run

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cftrunner.exceptions import InputError
-from cftrunner.models import Run, RunSummary
+from cftrunner.records import Run, RunSummary
 from cftrunner.report import (
     TrendRow,
     distribution,

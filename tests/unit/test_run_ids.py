@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cftrunner.exceptions import InputError
-from cftrunner.run_ids import check_run_id
-from cftrunner.runner import new_run_id
+from cftrunner.run_ids import check_run_id, new_run_id
 
 
 @pytest.mark.parametrize("run_id", ["a", "7", "first-run", "nightly_2026.11.21", "A.b-c_d",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cftrunner.clock import utcnow
 from cftrunner.retry import parse_retry_after
 from cftrunner.sandbox.ratelimit import RateLimit, retry_after_text
-from cftrunner.schema import utcnow
 
 
 def test_without_a_limit_every_request_is_let_through_unrecorded() -> None:

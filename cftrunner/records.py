@@ -1,4 +1,4 @@
-"""Frozen records that leave the store: runs, items, effects and events."""
+"""Frozen records: runs, items, effects and events as the store returns them, and a new run's spec."""
 
 from __future__ import annotations
 
@@ -210,3 +210,16 @@ class RunSummary:
     @property
     def total_items(self) -> int:
         return sum(self.stage_counts.values())
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    project_id: str
+    model_alias: str
+    prompts_source: str
+    judge_model: str
+    split_percentage: int = 80
+    run_id: str | None = None
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
