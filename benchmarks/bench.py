@@ -8,7 +8,7 @@ Usage:
     python benchmarks/bench.py --workers-n 600 --worker-concurrency 8 --pg-url postgresql://...
 
 Everything is real except the API: the sandbox serves over HTTP on 127.0.0.1 from this process,
-each cycle runs `Runner.create` + `Runner.drive` in a child process (`bench.py --child cycle`) on an
+each cycle runs `Driver.create` + `Driver.drive` in a child process (`bench.py --child cycle`) on an
 SQLite file in a temporary folder, so the runner and the sandbox do not share a GIL or a memory
 figure. Every sandbox request sleeps `--latency` seconds; additions are corrected after 0.2 s
 (`processing_seconds`), recommendations are ready at the first poll (`recs_polls=1`), and the
@@ -37,16 +37,16 @@ What it measures, in order:
     early in the cycle. Then a fresh `python -m cftrunner resume RUN_ID` is started: the time from
     spawning it to the first request the sandbox receives (a hook on the sandbox's request ledger,
     in this process) is the figure. A third fresh process (`bench.py --child resume`) splits that
-    time into interpreter and imports, setup, and `Runner.drive()` up to its first request.
+    time into interpreter and imports, setup, and `Driver.drive()` up to its first request.
  5. Workers on PostgreSQL: for k = 1, 2, 3, a database `cftrunner_bench_<k>` is created on the
     server of --pg-url (an admin URL, postgresql://postgres@127.0.0.1:5432/postgres by default) and
     dropped afterwards; a run of N = 600 items (--workers-n) is created in it, left without an owner,
-    and k processes (`bench.py --child work`, calling `Runner.work` as `cftrunner resume RUN_ID
+    and k processes (`bench.py --child work`, calling `Driver.work` as `cftrunner resume RUN_ID
     --worker` does) are started at once, each with --worker-concurrency requests in flight at most
     (8), against a sandbox at --latency. Figures: wall time from starting them to the run LAUNCHED
     and every one ended; requests per route; bound = requests x latency / (k x concurrency);
     efficiency = bound / wall (and excluding the slowest worker's startup, spawn to
-    `Runner.work()`); items per second; speed-up = wall time at k = 1 / wall time at k. Each k
+    `Driver.work()`); items per second; speed-up = wall time at k = 1 / wall time at k. Each k
     is checked: every worker exited 0 and the sandbox holds N traces, one addition per trace, one
     snapshot, one job; the benchmark exits 1 if not. With psycopg missing or PostgreSQL
     unreachable the phase prints "skipped: <reason>". On 2 cores the k workers, the sandbox and
@@ -89,12 +89,12 @@ if str(ROOT) not in sys.path:
 
 import cftrunner  # noqa: E402
 from cftrunner import logs  # noqa: E402
+from cftrunner.config.settings import Settings  # noqa: E402
+from cftrunner.driver import Driver  # noqa: E402
 from cftrunner.exceptions import RunStopped  # noqa: E402
 from cftrunner.records import RunSpec  # noqa: E402
 from cftrunner.retry import RetryPolicy  # noqa: E402
-from cftrunner.runner import Runner  # noqa: E402
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox  # noqa: E402
-from cftrunner.settings import Settings  # noqa: E402
 from cftrunner.store import Store  # noqa: E402
 
 MODEL = "bench-safety-model-v1"
@@ -164,7 +164,7 @@ def child_cycle(args: argparse.Namespace) -> None:
     logs.configure("warning")
     store = Store(args.db)
     waits = Waits()
-    runner = Runner(store, settings_for(args.url, args.db, args.concurrency), sleep=waits.sleep)
+    runner = Driver(store, settings_for(args.url, args.db, args.concurrency), sleep=waits.sleep)
     items = prompts(args.n)
     started = time.perf_counter()
     run = runner.create(spec(), items)
@@ -191,7 +191,7 @@ def child_resume(args: argparse.Namespace) -> None:
     main_at = time.time()
     logs.configure("warning")
     store = Store(args.db)
-    runner = Runner(store, settings_for(args.url, args.db, args.concurrency))
+    runner = Driver(store, settings_for(args.url, args.db, args.concurrency))
     print(json.dumps({"main_at": main_at, "drive_at": time.time()}), flush=True)
     runner.drive(args.run_id)
 
@@ -202,7 +202,7 @@ def child_work(args: argparse.Namespace) -> None:
     logs.configure("warning")
     store = Store(args.db)
     waits = Waits()
-    runner = Runner(store, settings_for(args.url, args.db, args.concurrency), sleep=waits.sleep)
+    runner = Driver(store, settings_for(args.url, args.db, args.concurrency), sleep=waits.sleep)
     work_at = time.time()
     cpu = time.process_time()
     stopped = None
@@ -344,11 +344,11 @@ def resume(tmp: Path, n: int, concurrency: int) -> dict[str, Any]:
     db = f"sqlite:///{folder}/state.db"
     with Sandbox(processing_seconds=PROCESSING_SECONDS, recs_polls=1) as sandbox:
         store = Store(db)
-        runner = Runner(store, settings_for(sandbox.url, db, concurrency))
+        runner = Driver(store, settings_for(sandbox.url, db, concurrency))
         started = time.perf_counter()
         run_id = runner.create(spec(), prompts(n)).id
         create_s = time.perf_counter() - started
-        runner.release()
+        runner.ownership.release()
         runner.client.close()
         store.close()
         env = {**child_env(), "API_KEY": DEFAULT_API_KEY, "CFTRUNNER_BASE_URL": sandbox.url,
@@ -483,11 +483,11 @@ def workers_cycle(tmp: Path, admin_url: str, k: int, n: int, latency: float, con
             Sandbox(latency=latency, processing_seconds=PROCESSING_SECONDS, recs_polls=1,
                     **options) as sandbox:
         store = Store(db)
-        runner = Runner(store, settings_for(sandbox.url, db, concurrency))
+        runner = Driver(store, settings_for(sandbox.url, db, concurrency))
         begun = time.perf_counter()
         run_id = runner.create(spec(), prompts(n)).id
         create_s = time.perf_counter() - begun
-        runner.release()
+        runner.ownership.release()
         runner.client.close()
         sandbox_cpu = time.process_time()  # the sandbox's threads, mostly, from here on
         started = time.perf_counter()
@@ -654,11 +654,11 @@ def print_workers(w: dict[str, Any]) -> None:
         print(f"skipped: {w['skipped']}")
         return
     print(f"N={w['n']:,}, latency {w['latency_s'] * 1000:g} ms, concurrency {w['concurrency']} "
-          f"per worker; k processes each calling `Runner.work` (as `cftrunner resume RUN_ID --worker` "
+          f"per worker; k processes each calling `Driver.work` (as `cftrunner resume RUN_ID --worker` "
           f"does), started at once, on a fresh database on {w['admin_url']}")
     print("  wall = from starting the workers to the run LAUNCHED and every worker ended; "
           "bound = requests x latency / (k x concurrency); efficiency = bound / wall; "
-          "startup = the slowest worker's spawn to Runner.work()")
+          "startup = the slowest worker's spawn to Driver.work()")
     print(f"  {'k':>2} {'wall s':>8} {'startup s':>9} {'requests':>9} {'bound s':>8} {'effic.':>7} "
           f"{'excl. startup':>13} {'items/s':>8} {'speed-up':>8}  {'load 1m':>7}")
     for c in w["cycles"]:

@@ -18,7 +18,7 @@ import structlog
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from cftrunner import logs, payloads
+from cftrunner import logs
 from cftrunner.exceptions import (
     AuthError,
     BadResponseError,
@@ -26,14 +26,9 @@ from cftrunner.exceptions import (
     TransientError,
 )
 from cftrunner.limiter import RateLimiter
-from cftrunner.payloads import (
-    AddResult,
-    ChatResult,
-    Recommendations,
-    RemoteJob,
-    RemoteSnapshot,
-    RemoteTrace,
-)
+from cftrunner.payloads import bodies, finetuning, replies
+from cftrunner.payloads.finetuning import Recommendations, RemoteJob, RemoteSnapshot
+from cftrunner.payloads.replies import AddResult, ChatResult, RemoteTrace
 from cftrunner.retry import parse_retry_after
 
 log = structlog.get_logger("cftrunner")
@@ -189,43 +184,43 @@ class PremClient:
     # -- reads -------------------------------------------------------------------------------
 
     def project(self, project_id: str) -> dict[str, Any]:
-        return payloads.project_root(self.request("GET", f"/api/v1/public/projects/{project_id}"))
+        return finetuning.project_root(self.request("GET", f"/api/v1/public/projects/{project_id}"))
 
     def dataset_snapshots(self, dataset_id: str) -> list[RemoteSnapshot] | None:
         body = self.request("GET", f"/api/v1/public/datasets/{dataset_id}")
-        return payloads.parse_dataset_snapshots(body)
+        return finetuning.parse_dataset_snapshots(body)
 
     def traces(self, project_id: str, model_id: str, page: int) -> tuple[list[RemoteTrace],
                                                                           int | None]:
         body = self.request("GET", "/api/v1/traces", params={
             "page": page, "projectId": project_id, "modelIds": model_id,
             "sortBy": "createdAt", "sortOrder": "desc"})
-        return payloads.parse_trace_page(body)
+        return replies.parse_trace_page(body)
 
     def finetuning_job(self, job_id: str) -> RemoteJob:
-        return payloads.parse_job(self.request("GET", f"/api/v1/public/finetuning/{job_id}"))
+        return finetuning.parse_job(self.request("GET", f"/api/v1/public/finetuning/{job_id}"))
 
     def recommendations(self, snapshot_id: str) -> Recommendations:
         body = self.request("GET", f"/api/v1/public/recommendations/{snapshot_id}")
-        return payloads.parse_recommendations(body)
+        return finetuning.parse_recommendations(body)
 
     def list_models(self) -> list[str]:
         """The ids of the models a chat request may name."""
-        return payloads.parse_model_ids(self.request("GET", "/api/v1/models"))
+        return finetuning.parse_model_ids(self.request("GET", "/api/v1/models"))
 
     def model_running(self, model: str) -> bool:
         """Whether `model` is loaded for inference (a query parameter: ids may hold "/")."""
         body = self.request("GET", "/api/v1/models/running", params={"model": model})
-        return payloads.parse_running(body)
+        return finetuning.parse_running(body)
 
     # -- calls with effects --------------------------------------------------------------------
 
     def chat(self, project_id: str, model: str, messages: list[dict[str, str]],
              temperature: float | None = None, max_tokens: int | None = None,
              response_format: dict[str, Any] | None = None) -> ChatResult:
-        body = payloads.chat_body(project_id, model, messages, temperature, max_tokens,
+        body = bodies.chat_body(project_id, model, messages, temperature, max_tokens,
                                   response_format)
-        return payloads.parse_chat(self.request("POST", "/api/v1/chat/completions", body))
+        return replies.parse_chat(self.request("POST", "/api/v1/chat/completions", body))
 
     def load_model(self, model: str) -> None:
         """Ask for `model` to be loaded for inference; asking again is harmless."""
@@ -235,18 +230,18 @@ class PremClient:
         self.request("POST", "/api/v1/models/down", {"model": model})
 
     def create_trace(self, body: Any) -> str:
-        return payloads.parse_trace_created(self.request("POST", "/api/v1/traces", body))
+        return replies.parse_trace_created(self.request("POST", "/api/v1/traces", body))
 
     def delete_trace(self, trace_id: str) -> None:
         self.request("DELETE", f"/api/v1/traces/{trace_id}")
 
     def add_to_dataset(self, trace_id: str) -> AddResult:
-        return payloads.parse_add(self.request("POST", f"/api/v1/traces/{trace_id}/addToDataset"))
+        return replies.parse_add(self.request("POST", f"/api/v1/traces/{trace_id}/addToDataset"))
 
     def create_snapshot(self, dataset_id: str, split_percentage: int) -> str:
         body = self.request("POST", "/api/v1/public/snapshots/create",
                             {"dataset_id": dataset_id, "split_percentage": split_percentage})
-        return payloads.parse_id(body, "snapshot_id", "snapshotId", "id")
+        return replies.parse_id(body, "snapshot_id", "snapshotId", "id")
 
     def generate_recommendations(self, snapshot_id: str) -> None:
         self.request("POST", "/api/v1/public/recommendations/generate", {"snapshot_id": snapshot_id})
@@ -255,5 +250,5 @@ class PremClient:
                               experiments: list[dict[str, Any]]) -> str:
         body = self.request("POST", "/api/v1/public/finetuning/create",
                             {"snapshot_id": snapshot_id, "name": name, "experiments": experiments})
-        return payloads.parse_id(body, "job_id", "jobId", "id")
+        return replies.parse_id(body, "job_id", "jobId", "id")
 

@@ -10,6 +10,8 @@
     ├── StaleStateError       a compare-and-set found another state than the one it moves from
     ├── UnusableDatabaseError the state database cannot be used as it is, and retrying would not
     │                         help: a directory, not a database, corrupt, read-only (CLI exit 65)
+    ├── DatabaseError         any other error of the state database: locked past the busy
+    │                         timeout, full, its server unreachable; worth a retry (CLI exit 3)
     ├── ApiError              the HTTP boundary (mapped from requests in exactly one place)
     │   ├── TransientError    worth trying again later: connection trouble, timeouts, 408, 429, 5xx
     │   ├── RejectedError     a 4xx: the server refused the request, so it surely did not happen
@@ -26,8 +28,9 @@
         └── OutcomePending    whether a lost request happened cannot be told yet: look again later
             └── NeedsDecision not told in time: a person decides with `cftrunner settle` (exit 5)
 
-The driver's errors become UnusableDatabaseError in one place, the engine's error hook (dialect.py);
-every other database error stays SQLAlchemy's own, which the CLI takes as worth a retry (exit 3).
+The driver's errors become UnusableDatabaseError in one place, the engine's error hook
+(store/dialect.py); every other database error becomes DatabaseError at the store's boundary
+(store/errors.py), so that nothing above the store sees SQLAlchemy's own.
 
 Each ApiError says whether the request may have reached the server (`maybe_happened`); that single
 bit decides between sending again and reconciling against remote state first.
@@ -79,6 +82,11 @@ class UnusableDatabaseError(CftrunnerError):
     """The state database cannot be used as it is: retrying will not help, repairing it or
     pointing at another one will. (A database that is locked, full, or whose server is down is
     not this: a later retry may succeed.)"""
+
+
+class DatabaseError(CftrunnerError):
+    """The state database failed in a way a later retry may fix (locked, full, its server down):
+    "state database: <the error's class>: <the first line of the driver's message>"."""
 
 
 class JudgeOutputError(CftrunnerError):

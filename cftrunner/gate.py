@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cftrunner.run_config import GateConfig
+from cftrunner.config.run_options import GateConfig
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cftrunner.config.run_options import DEFAULT_TEMPLATE, JudgeConfig
 from cftrunner.exceptions import InputError, JudgeOutputError
-from cftrunner.run_config import DEFAULT_TEMPLATE, JudgeConfig
 
 DEFAULT_JUDGE_MODEL = "claude-4.5-sonnet"
 FEEDBACK_LIMIT = 2048

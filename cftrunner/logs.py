@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from cftrunner.settings import LOG_LEVELS
+from cftrunner.config.settings import LOG_LEVELS
 
 LEVELS = LOG_LEVELS
 

@@ -12,30 +12,18 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from cftrunner import payloads
 from cftrunner.client import PremClient
 from cftrunner.clock import utcnow
+from cftrunner.config.settings import Settings
+from cftrunner.effects import Unknown, Verdict
 from cftrunner.exceptions import RejectedError, RunStopped
-from cftrunner.payloads import RemoteTrace
+from cftrunner.payloads import bodies, finetuning
+from cftrunner.payloads.replies import RemoteTrace
 from cftrunner.records import Effect, Run
-from cftrunner.settings import Settings
 from cftrunner.store import Store
-
-
-@dataclass(frozen=True)
-class Unknown:
-    """Whether the lost request happened cannot be told yet, and why; `unmarked`: the list
-    shows too little that the run wrote after it, and a marker trace would help."""
-
-    reason: str
-    unmarked: bool = False
-
-
-Verdict = dict[str, Any] | None | Unknown  # the outcome it had; None: it surely did not happen
 
 # The list shows each trace late by its own delay, and the lost request's may be longer than any
 # seen: its absence counts only once the list shows this many of the run's writes made after it,
@@ -48,7 +36,7 @@ T = TypeVar("T")
 
 
 class Retrying(Protocol):
-    """Call until it succeeds, retrying transient failures (Runner.retrying)."""
+    """Call until it succeeds, retrying transient failures (Driver.retrying)."""
 
     def __call__(self, what: str, call: Callable[[], T], /) -> T: ...
 
@@ -180,7 +168,7 @@ class Reconciler:
     def _listing(self, run: Run, since: datetime) -> Iterator[RemoteTrace]:
         """`traces_since`, noting the run's marker traces it shows."""
         for trace in self.traces_since(run, since):
-            if trace.input is not None and payloads.is_marker_of(trace.input, run.id):
+            if trace.input is not None and bodies.is_marker_of(trace.input, run.id):
                 with self._lock:
                     self.markers_seen.setdefault(run.id, set()).add(trace.id)
             yield trace
@@ -214,7 +202,7 @@ class Reconciler:
         dataset_id = effect.request["dataset_id"]
         snaps = self.client.dataset_snapshots(dataset_id)
         if snaps is None:
-            snaps = payloads.snapshots_in_tree(self.client.project(run.project_id), dataset_id)
+            snaps = finetuning.snapshots_in_tree(self.client.project(run.project_id), dataset_id)
         since = self.since(effect)
         candidates = [s for s in snaps if (s.created_at is None or s.created_at >= since)
                       and not self.store.snapshot_claimed(s.id)]
@@ -237,10 +225,10 @@ class Reconciler:
     def launch(self, run: Run, effect: Effect) -> Verdict:
         snapshot_id = effect.request["snapshot_id"]
         project = self.client.project(run.project_id)
-        if not any(node.get("id") == snapshot_id for node, _ in payloads.walk_tree(project)):
+        if not any(node.get("id") == snapshot_id for node, _ in finetuning.walk_tree(project)):
             # The tree does not show even the snapshot the job was made from.
             return Unknown(f"the project tree does not show snapshot {snapshot_id} yet")
-        jobs = payloads.jobs_in_tree(project, snapshot_id)
+        jobs = finetuning.jobs_in_tree(project, snapshot_id)
         named = [j for j in jobs if effect.request["name"] in (j.get("label"), j.get("name"))]
         unnamed = [j for j in jobs if not j.get("label") and not j.get("name")]
         # The snapshot was cut by this run, so a job under it with no readable name is ours

@@ -6,9 +6,9 @@ import enum
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from cftrunner.run_config import GateConfig, JudgeConfig, LoopConfig
+from cftrunner.config.run_options import GateConfig, JudgeConfig, LoopConfig
 from cftrunner.states import ITEM_FAILED, TERMINAL, ItemStage, RunState
 
 
@@ -42,6 +42,22 @@ class LeaseInfo:
     token: str
     owner: Owner
     expires_at: datetime
+
+
+class Holder(Protocol):
+    """Whoever holds a run's lease or a worker's claims, as the store writes and fences it."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def owner(self) -> Owner: ...
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def seconds(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -223,3 +239,11 @@ class RunSpec:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the checks found: the project's dataset, and what is worth a warning."""
+
+    dataset_id: str
+    warnings: tuple[str, ...] = ()

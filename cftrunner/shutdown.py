@@ -47,3 +47,7 @@ def install(stop: Stop, grace: float) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+class Cancelled(Exception):
+    """The run was asked to stop for good (`cftrunner cancel`); raised at a checkpoint."""

@@ -22,17 +22,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from cftrunner import dialect, service
+from cftrunner import service
 from cftrunner.clock import utcnow
+from cftrunner.config.settings import Settings
+from cftrunner.driver import Driver
 from cftrunner.exceptions import InputError
-from cftrunner.payloads import MARKER_INPUT
+from cftrunner.payloads.bodies import MARKER_INPUT
 from cftrunner.records import Run, RunSpec
 from cftrunner.retry import RetryPolicy
-from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
-from cftrunner.settings import Settings
 from cftrunner.states import RunState
-from cftrunner.store import Store
+from cftrunner.store import Store, dialect
 
 PROMPTS = [f"Classify message {i}: 'how do I fix my bike chain?'" for i in range(6)]
 MODEL = "safety-model-v2"
@@ -269,7 +269,7 @@ class Harness:
         self.settings = quick_settings(sandbox.url, db_url, **overrides)
         self.store = Store(db_url)
         self.sleeps: list[float] = []
-        self.runner = Runner(self.store, self.settings, sleep=self._sleep)
+        self.runner = Driver(self.store, self.settings, sleep=self._sleep)
 
     def _sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)

@@ -24,11 +24,35 @@ def test_the_code_passes_the_linter() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_imports_flow_one_way_as_the_contracts_declare() -> None:
+    """The layers and forbidden imports declared in pyproject.toml ([tool.importlinter])."""
+    result = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+MAX_MODULE_LINES = 300
+
+
+def test_every_module_says_what_it_is_for_in_its_first_line_and_stays_small() -> None:
+    """Each module of the package opens with a one-line docstring of its responsibility, and
+    none grows past about 300 lines."""
+    import ast
+
+    for path in sorted((ROOT / "cftrunner").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(ROOT)
+        docstring = ast.get_docstring(ast.parse(text))
+        if path.name != "__main__.py" and "versions" not in path.parts:
+            assert docstring and docstring.splitlines()[0].strip(), f"{name} has no docstring"
+        assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{name} is over {MAX_MODULE_LINES} lines"
+
+
 def test_pure_modules_import_no_io_libraries() -> None:
-    """states, models, payloads, judge, run_config, retry, prompts, render and progress stay free of
+    """states, models, payloads, judge, config.run_options, retry, prompts, render and progress stay free of
     SQLAlchemy, requests, click."""
-    pure = ["states", "models", "payloads", "judge", "run_config", "retry", "prompts", "render",
-            "progress"]
+    pure = ["states", "records", "payloads.bodies", "payloads.replies", "payloads.finetuning", "judge",
+            "config.run_options", "retry", "prompts", "views.status", "views.progress"]
     code = ("import sys; " + "; ".join(f"import cftrunner.{m}" for m in pure)
             + "; print(sorted(m for m in ('sqlalchemy', 'requests', 'click') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -36,7 +60,7 @@ def test_pure_modules_import_no_io_libraries() -> None:
 
 
 def test_the_library_never_imports_click() -> None:
-    code = ("import sys, cftrunner.service, cftrunner.runner, cftrunner.sandbox; "
+    code = ("import sys, cftrunner.service, cftrunner.driver, cftrunner.sandbox; "
             "print('click' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

@@ -8,11 +8,12 @@ from types import TracebackType
 from typing import Any
 
 from cftrunner.sandbox import llm
+from cftrunner.sandbox.control import Backend
 from cftrunner.sandbox.faults import FaultBook, FaultRule
 from cftrunner.sandbox.ratelimit import RateLimit
 from cftrunner.sandbox.records import WorldSettings
 from cftrunner.sandbox.routes import ROUTE_NAMES
-from cftrunner.sandbox.server import Backend, SandboxServer
+from cftrunner.sandbox.server import SandboxServer
 from cftrunner.sandbox.serving import DEFAULT_LOAD_DELAY, LoadPlan
 from cftrunner.sandbox.world import World
 

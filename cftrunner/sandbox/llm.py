@@ -19,7 +19,7 @@ BASE_QUALITY = 2 / 3
 CORRECT_SCORES = (0.6, 1.0)
 WRONG_SCORES = (0.0, 0.4)
 
-# The two sections of cftrunner.run_config.DEFAULT_TEMPLATE, each placeholder on a line of its own.
+# The two sections of cftrunner.config.run_options.DEFAULT_TEMPLATE, each placeholder on a line of its own.
 _SECTIONS = re.compile(
     r"<prompt>\n(?P<prompt>.*)\n</prompt>\s*<answer>\n(?P<answer>.*?)\n</answer>", re.DOTALL
 )

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cftrunner import crashpoints, dialect
-from cftrunner.lease import HOST_ENV
+from cftrunner import crashpoints
+from cftrunner.ownership import HOST_ENV
 from cftrunner.records import Event, Item, Run
 from cftrunner.sandbox import FaultRule, Sandbox
-from cftrunner.schema import events, runs
-from cftrunner.store import Store
+from cftrunner.store import Store, dialect
+from cftrunner.store.schema import events, runs
 from tests.conftest import (
     PROMPTS,
     Cli,

@@ -16,8 +16,8 @@ import pytest
 
 from cftrunner import crashpoints
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, llm
-from cftrunner.schema import prompt_uses
 from cftrunner.store import Store
+from cftrunner.store.schema import prompt_uses
 from tests.acceptance import test_tick
 from tests.acceptance.test_ownership import one_error_line, requests_sent
 from tests.acceptance.test_tick import Cron

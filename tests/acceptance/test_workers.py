@@ -15,14 +15,14 @@ import pytest
 import sqlalchemy as sa
 
 from cftrunner import crashpoints
-from cftrunner.lease import HOST_ENV
+from cftrunner.config.run_options import LoopConfig
+from cftrunner.driver import Driver
+from cftrunner.ownership import HOST_ENV
 from cftrunner.records import RunSpec
-from cftrunner.run_config import LoopConfig
-from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
-from cftrunner.schema import events, items, workers
 from cftrunner.states import RunState
 from cftrunner.store import Store
+from cftrunner.store.schema import events, items, workers
 from tests.acceptance import test_ownership as ownership
 from tests.acceptance.test_ownership import Proc, wait_all
 from tests.conftest import JUDGE, MODEL, Cli, assert_exactly_once, quick_settings
@@ -42,13 +42,13 @@ def prompts(n: int) -> list[str]:
 def create_run(sandbox: Sandbox, db_url: str, n: int, loop: LoopConfig | None = None) -> None:
     """The run, stored with its items and no owner, as a `start` killed at once would leave it."""
     store = Store(db_url)
-    runner = Runner(store, quick_settings(sandbox.url, db_url))
+    runner = Driver(store, quick_settings(sandbox.url, db_url))
     try:
         runner.create(RunSpec(project_id=DEFAULT_PROJECT_ID, model_alias=MODEL,
                               prompts_source="test", judge_model=JUDGE, run_id=RUN_ID,
                               loop=loop or LoopConfig()),
                       prompts(n))
-        runner.release()
+        runner.ownership.release()
     finally:
         runner.client.close()
         store.close()

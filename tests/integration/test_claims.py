@@ -10,14 +10,16 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from cftrunner import claims, render
+from cftrunner import ownership
 from cftrunner.clock import utcnow
 from cftrunner.exceptions import LeaseLost
-from cftrunner.lease import Lease, current_owner
+from cftrunner.holds import Lease
+from cftrunner.ownership import current_owner
 from cftrunner.records import Owner
-from cftrunner.schema import events, items, workers
 from cftrunner.states import ItemStage
 from cftrunner.store import Store
+from cftrunner.store.schema import events, items, workers
+from cftrunner.views import status as render
 from tests.conftest import make_run
 
 PROMPTS = [f"prompt {i}" for i in range(10)]
@@ -36,7 +38,7 @@ def run_store(store: Store) -> Store:
 
 def joined(store: Store, owner: Owner | None = None, seconds: float = 60) -> Lease:
     worker = Lease("r1", owner or current_owner(), seconds)
-    claims.register(store, worker)
+    ownership.register(store, worker)
     return worker
 
 
@@ -52,12 +54,12 @@ def positions(batch: list) -> list[int]:  # type: ignore[type-arg]
 
 def test_two_workers_claim_disjoint_batches_in_order(run_store: Store) -> None:
     a, b = joined(run_store), joined(run_store, other_host())
-    assert positions(claims.claim(run_store, a, 4)) == [0, 1, 2, 3]
-    assert positions(claims.claim(run_store, b, 4)) == [4, 5, 6, 7]
-    assert positions(claims.claim(run_store, a, 4)) == [8, 9]
-    assert claims.claim(run_store, b, 4) == []
-    assert claims.held_elsewhere(run_store, a) == 4
-    assert claims.held_elsewhere(run_store, b) == 6
+    assert positions(ownership.claim(run_store, a, 4)) == [0, 1, 2, 3]
+    assert positions(ownership.claim(run_store, b, 4)) == [4, 5, 6, 7]
+    assert positions(ownership.claim(run_store, a, 4)) == [8, 9]
+    assert ownership.claim(run_store, b, 4) == []
+    assert ownership.held_elsewhere(run_store, a) == 4
+    assert ownership.held_elsewhere(run_store, b) == 6
 
 
 def test_concurrent_claims_never_hand_one_item_to_two_workers(run_store: Store) -> None:
@@ -66,7 +68,7 @@ def test_concurrent_claims_never_hand_one_item_to_two_workers(run_store: Store) 
 
     def take(worker: Lease) -> None:
         mine: list[int] = []
-        while batch := claims.claim(run_store, worker, 1):
+        while batch := ownership.claim(run_store, worker, 1):
             mine += positions(batch)
         got[worker.token] = mine
 
@@ -84,60 +86,58 @@ def test_finished_items_are_not_claimed(run_store: Store) -> None:
     with run_store.tx() as tx:
         tx.conn.execute(items.update().where(items.c.position < 8)
                         .values(stage=ItemStage.ADDED.value))
-    assert positions(claims.claim(run_store, worker, 10)) == [8, 9]
+    assert positions(ownership.claim(run_store, worker, 10)) == [8, 9]
 
 
 def test_a_live_workers_items_wait_for_its_expiry_then_are_taken_over(run_store: Store) -> None:
     gone, taker = joined(run_store, other_host("host-a")), joined(run_store, other_host("host-b"))
-    claims.claim(run_store, gone, 3)
-    assert positions(claims.claim(run_store, taker, 10)) == [3, 4, 5, 6, 7, 8, 9]
-    assert claims.claim(run_store, taker, 10) == []  # host-a is live: its items stay its own
-    assert claims.held_elsewhere(run_store, taker) == 3
+    ownership.claim(run_store, gone, 3)
+    assert positions(ownership.claim(run_store, taker, 10)) == [3, 4, 5, 6, 7, 8, 9]
+    assert ownership.claim(run_store, taker, 10) == []  # host-a is live: its items stay its own
+    assert ownership.held_elsewhere(run_store, taker) == 3
     expire(run_store, gone)
-    assert positions(claims.claim(run_store, taker, 10)) == [0, 1, 2]
+    assert positions(ownership.claim(run_store, taker, 10)) == [0, 1, 2]
     with run_store.engine.connect() as conn:
         kinds = [k for k, in conn.execute(sa.select(events.c.kind).order_by(events.c.id))]
         left = conn.execute(sa.select(workers.c.host)).scalars().all()
     assert "worker_lapsed" in kinds and "claims_taken_over" in kinds
     assert left == ["host-b"]
     # The lapsed worker comes back: its renewal is refused, so it stops before any request.
-    assert claims.renew(run_store, gone) is False
+    assert ownership.renew_worker(run_store, gone) is False
     assert gone.lost.is_set()
 
 
 def test_a_worker_provably_dead_on_this_host_is_taken_over_at_once(run_store: Store) -> None:
     me = current_owner()
     dead = joined(run_store, Owner(me.host, me.boot_id, os.getpid(), "1"))  # start time differs
-    claims.claim(run_store, dead, 5)
+    ownership.claim(run_store, dead, 5)
     taker = joined(run_store)
-    assert positions(claims.claim(run_store, taker, 10)) == list(range(10))
+    assert positions(ownership.claim(run_store, taker, 10)) == list(range(10))
 
 
 def test_a_worker_that_renewed_in_time_keeps_its_items(run_store: Store) -> None:
     slow, other = joined(run_store, other_host("host-a")), joined(run_store, other_host("b"))
-    claims.claim(run_store, slow, 2)
+    ownership.claim(run_store, slow, 2)
     expire(run_store, slow)
-    assert claims.renew(run_store, slow) is True  # back before anyone took its items
-    assert positions(claims.claim(run_store, other, 10)) == list(range(2, 10))
+    assert ownership.renew_worker(run_store, slow) is True  # back before anyone took its items
+    assert positions(ownership.claim(run_store, other, 10)) == list(range(2, 10))
 
 
 def test_retiring_hands_unfinished_items_back_at_once(run_store: Store) -> None:
     leaving, staying = joined(run_store, other_host("host-a")), joined(run_store)
-    claims.claim(run_store, leaving, 10)
-    claims.retire(run_store, leaving)
-    assert positions(claims.claim(run_store, staying, 10)) == list(range(10))
+    ownership.claim(run_store, leaving, 10)
+    run_store.retire_worker(leaving)
+    assert positions(ownership.claim(run_store, staying, 10)) == list(range(10))
 
 
 def test_the_fence_refuses_a_write_to_an_item_another_worker_took(run_store: Store) -> None:
     first, second = joined(run_store, other_host("host-a")), joined(run_store, other_host("b"))
-    item = claims.claim(run_store, first, 1)[0]
-    with run_store.tx() as tx:
-        claims.fence(tx, item.id, first)
+    item = ownership.claim(run_store, first, 1)[0]
+    with ownership.claimed(run_store, item.id, first) as tx:
         tx.update_item(item, answer="mine")
     expire(run_store, first)
-    assert positions(claims.claim(run_store, second, 1)) == [0]
-    with pytest.raises(LeaseLost), run_store.tx() as tx:
-        claims.fence(tx, item.id, first)
+    assert positions(ownership.claim(run_store, second, 1)) == [0]
+    with pytest.raises(LeaseLost), ownership.claimed(run_store, item.id, first) as tx:
         tx.update_item(item, answer="too late")
     assert first.lost.is_set()
     assert run_store.item(item.id).answer == "mine"
@@ -145,8 +145,8 @@ def test_the_fence_refuses_a_write_to_an_item_another_worker_took(run_store: Sto
 
 def test_status_shows_each_worker_and_the_items_it_holds(run_store: Store) -> None:
     a, b = joined(run_store, other_host("host-a")), joined(run_store, other_host("host-b"))
-    claims.claim(run_store, a, 3)
-    claims.claim(run_store, b, 2)
+    ownership.claim(run_store, a, 3)
+    ownership.claim(run_store, b, 2)
     with run_store.tx() as tx:  # a finished item is no longer held
         tx.conn.execute(items.update().where(items.c.position == 0)
                         .values(stage=ItemStage.ADDED.value))

@@ -33,9 +33,9 @@ from premai.types import (
 from requests.adapters import HTTPAdapter
 from typing_extensions import is_typeddict
 
-from cftrunner import payloads
 from cftrunner.client import PremClient, Timeouts
-from cftrunner.run_config import RESPONSE_FORMAT, LoopConfig
+from cftrunner.config.run_options import RESPONSE_FORMAT, LoopConfig
+from cftrunner.payloads import bodies
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
 from cftrunner.states import RunState
 from tests.conftest import JUDGE, MODEL, Harness
@@ -179,7 +179,7 @@ def test_a_retuning_launch_is_valid_sdk_params_without_twin_experiments(
 def test_every_kind_of_chat_body_is_valid_sdk_params(options: dict[str, Any]) -> None:
     messages = [{"role": "user", "content": "judge this"},
                 {"role": "assistant", "content": "{"}, {"role": "user", "content": "again"}]
-    check_request(CHAT, payloads.chat_body("p", JUDGE, messages, **options))
+    check_request(CHAT, bodies.chat_body("p", JUDGE, messages, **options))
 
 
 def test_the_contract_check_refuses_an_experiment_without_training_type() -> None:
@@ -209,7 +209,7 @@ def _tree(client: PremClient) -> Any:
 
 def _snapshot(client: PremClient, sandbox: Sandbox, points: int = 2) -> str:
     for n in range(points):
-        trace_id = client.create_trace(payloads.trace_body(
+        trace_id = client.create_trace(bodies.trace_body(
             "tutorial", DEFAULT_PROJECT_ID, MODEL, f"prompt {n}", "answer", 0.9, "fine"))
         client.add_to_dataset(trace_id)
     answer = client.request("POST", SNAPSHOT, {"dataset_id": sandbox.dataset_id(),

@@ -11,14 +11,16 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from cftrunner import dialect, run_steps
+from cftrunner.config.settings import Settings
+from cftrunner.driver import Driver
+from cftrunner.effects import Effect
 from cftrunner.exceptions import RunStopped
 from cftrunner.records import EffectStatus
 from cftrunner.retry import RetryPolicy
-from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
-from cftrunner.settings import Settings
+from cftrunner.stages import launch
 from cftrunner.states import ItemStage, RunState
+from cftrunner.store import dialect
 from tests.conftest import PROMPTS, Harness, assert_exactly_once
 
 EFFECT_ROUTES = ["trace_create", "add_to_dataset", "snapshot_create", "recs_generate",
@@ -256,15 +258,15 @@ def test_a_connection_refused_effect_is_recorded_unsent_and_not_reconciled(
         harness: Harness) -> None:
     """A request that never left is marked UNSENT, so the next attempt sends without looking."""
     run = harness.store.run(harness.start())
-    dead = Runner(harness.store, replace(harness.settings, base_url="http://127.0.0.1:9",
+    dead = Driver(harness.store, replace(harness.settings, base_url="http://127.0.0.1:9",
                                          retry=RetryPolicy(max_attempts=1)))
     looked: list[object] = []
 
     def attempt() -> None:
-        dead.effect(run, "probe", "trace", None, {"n": 1},
-                    send=lambda req: {"trace_id": dead.client.create_trace(req)},
-                    reconcile=lambda eff: looked.append(eff),  # type: ignore[func-returns-value]
-                    on_done=lambda tx, out: None, on_rejected=lambda tx, exc: None)
+        dead.perform(Effect(run, "probe", "trace", {"n": 1},
+                            send=lambda req: {"trace_id": dead.client.create_trace(req)},
+                            reconcile=lambda eff: looked.append(eff),  # type: ignore[func-returns-value]
+                            record=lambda tx, out: None, rejected=lambda tx, exc: None))
 
     with pytest.raises(RunStopped, match="could not connect"):
         attempt()
@@ -320,7 +322,7 @@ def test_a_correction_the_platform_fails_sets_its_item_aside(
         make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Settled additions are recorded several to a transaction: here 4, to cover a partial one."""
-    monkeypatch.setattr(run_steps, "SETTLED_PER_TRANSACTION", 4)
+    monkeypatch.setattr(launch, "SETTLED_PER_TRANSACTION", 4)
     sandbox = make_sandbox(processing_seconds=0.3, add_threshold=1.01,
                            correction_failing="message 2")
     harness = make_harness(sandbox)

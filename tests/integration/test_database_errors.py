@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.engine import make_url
 
-from cftrunner import cli, dialect
-from cftrunner.store import Store
+from cftrunner.cli import exits as cli
+from cftrunner.store import Store, dialect
 from tests.conftest import make_run
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cftrunner.run_config import GateConfig
+from cftrunner.config.run_options import GateConfig
 from cftrunner.sandbox import Sandbox, llm
 from cftrunner.states import ItemStage, RunState
 from tests.conftest import PROMPTS, Harness

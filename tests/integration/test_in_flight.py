@@ -11,11 +11,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from cftrunner.client import PremClient
+from cftrunner.config.settings import Settings
+from cftrunner.driver import Driver
 from cftrunner.exceptions import Interrupted
 from cftrunner.records import EffectStatus
-from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
-from cftrunner.settings import Settings
 from cftrunner.states import RunState
 from cftrunner.store import Store
 from tests.conftest import Harness, assert_exactly_once, requests_sent
@@ -95,7 +95,7 @@ def test_a_request_given_its_slot_after_a_stop_is_not_sent(sandbox: Sandbox) -> 
 
 
 def test_a_quarter_more_items_than_requests_in_flight_are_worked_on_at_once(store: Store) -> None:
-    runner = Runner(store, Settings(concurrency=8))
+    runner = Driver(store, Settings(concurrency=8))
     lock = threading.Lock()
     now = most = 0
 
@@ -176,7 +176,7 @@ def test_a_stop_leaves_every_intent_not_yet_sent_unsent_and_resume_sends_it_with
     assert all(e.status is not EffectStatus.PREPARED for e in effects)
 
     with capture_logs() as logs:
-        run = Runner(harness.store, harness.settings).drive(run_id)
+        run = Driver(harness.store, harness.settings).drive(run_id)
     assert run.state is RunState.LAUNCHED
     assert_exactly_once(sandbox, len(prompts))
     assert not [e for e in logs if e["event"] == "reconciled"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cftrunner import payloads
+from cftrunner.config.run_options import RESPONSE_FORMAT, JudgeConfig
 from cftrunner.judge import REMINDER, judge_prompt
-from cftrunner.run_config import RESPONSE_FORMAT, JudgeConfig
+from cftrunner.payloads import bodies
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import ItemStage, RunState
 from tests.conftest import JUDGE, PROMPTS, Harness, assert_exactly_once
@@ -28,7 +28,7 @@ def test_every_item_keeps_the_exact_judge_request_and_answer(harness: Harness,
                                                                    ("judge", 1, "ok")]
         generate, judged = rows
         assert generate.request is None and generate.content is None  # the item holds them
-        assert judged.request == payloads.chat_body(
+        assert judged.request == bodies.chat_body(
             run.project_id, JUDGE,
             [{"role": "user", "content": judge_prompt(item.prompt, item.answer or "")}],
             config.temperature, config.max_tokens, RESPONSE_FORMAT)
@@ -134,7 +134,7 @@ def test_a_resumed_run_judges_with_the_template_it_started_with(
     first = make_harness(sandbox)
     template = "Judge {answer} for {prompt}; JSON only."
     run_id = first.start(judge=JudgeConfig(template=template))
-    first.runner.release()
+    first.runner.ownership.release()
     # A later process resumes the run; nothing of the template is passed to it.
     second = make_harness(sandbox)
     run = second.runner.drive(run_id)

@@ -9,8 +9,9 @@ from dataclasses import replace
 import pytest
 from structlog.testing import capture_logs
 
+from cftrunner.effects import Unknown
 from cftrunner.exceptions import NeedsDecision, OutcomePending
-from cftrunner.reconcile import MARKS_AFTER, Unknown
+from cftrunner.reconcile import MARKS_AFTER
 from cftrunner.records import EffectStatus, Run
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.service import settle

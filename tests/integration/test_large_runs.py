@@ -10,17 +10,17 @@ import pytest
 import sqlalchemy as sa
 
 from cftrunner import service
-from cftrunner.config import Cycle
+from cftrunner.config.cycle import Cycle
+from cftrunner.driver import Driver
 from cftrunner.exceptions import PromptsError
 from cftrunner.prompt_source import scan
 from cftrunner.prompts import iter_prompts
 from cftrunner.records import RunSpec
-from cftrunner.runner import Runner
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
-from cftrunner.schema import items
+from cftrunner.service.schedule import cycle_name, decide_and_claim, spec_from, tick
 from cftrunner.states import RunState
 from cftrunner.store import Store
-from cftrunner.tick import cycle_name, decide_and_claim, spec_from, tick
+from cftrunner.store.schema import items
 from tests.conftest import JUDGE, MODEL, make_run, quick_settings
 
 MANY = 20_000
@@ -114,7 +114,7 @@ def test_tick_starts_a_new_cycle_from_a_jsonl_file(
 ) -> None:
     path = write_jsonl(tmp_path / "p.jsonl", 3)
     cycle = Cycle(project_id=DEFAULT_PROJECT_ID, model_alias=MODEL, prompts=str(path))
-    runner = Runner(store, quick_settings(sandbox.url, db_url))
+    runner = Driver(store, quick_settings(sandbox.url, db_url))
     try:
         decision, run = tick(runner, cycle, lambda run_id: None)
     finally:
@@ -128,11 +128,11 @@ def test_tick_refuses_a_bad_prompts_file_before_resuming_the_unfinished_run(
 ) -> None:
     cycle = Cycle(project_id=DEFAULT_PROJECT_ID, model_alias=MODEL,
                   prompts=str(write_jsonl(tmp_path / "p.jsonl", 3)))
-    runner = Runner(store, quick_settings(sandbox.url, db_url))
+    runner = Driver(store, quick_settings(sandbox.url, db_url))
     try:
         unfinished = decide_and_claim(runner, cycle, spec_from(cycle, None, "tick"),
                                       scan(str(tmp_path / "p.jsonl")))
-        runner.release()
+        runner.ownership.release()
         write_jsonl(tmp_path / "p.jsonl", 3, last="3")
         with pytest.raises(PromptsError, match="line 3: prompt 2 is a number"):
             tick(runner, cycle, lambda run_id: None)

@@ -10,9 +10,11 @@ from dataclasses import replace
 
 import pytest
 
+from cftrunner import ownership
 from cftrunner.exceptions import LeaseLost, RunBusy
-from cftrunner.lease import Lease, current_owner, process_start, provably_dead
+from cftrunner.holds import Lease
 from cftrunner.limiter import RateLimiter
+from cftrunner.ownership import current_owner, process_start, provably_dead
 from cftrunner.records import LeaseInfo, Owner
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.states import ItemStage, RunState
@@ -67,75 +69,75 @@ def test_a_live_owner_is_not_dead() -> None:
 
 def test_a_free_run_is_taken(store: Store) -> None:
     lease = Lease("r1", current_owner(), 30)
-    run = store.acquire_lease(lease, never)
+    run = ownership.acquire(store, lease, never)
     assert run.lease is not None and run.lease.token == lease.token
     assert lease.locally_valid()
 
 
 def test_a_live_lease_makes_the_run_busy_naming_its_owner(store: Store) -> None:
     first = Lease("r1", Owner("host-a", "boot", 4242, "1"), 30)
-    store.acquire_lease(first, never)
+    ownership.acquire(store, first, never)
     with pytest.raises(RunBusy, match="host-a pid 4242 until"):
-        store.acquire_lease(Lease("r1", current_owner(), 30), never)
+        ownership.acquire(store, Lease("r1", current_owner(), 30), never)
 
 
 def test_an_expired_lease_is_taken_over(store: Store) -> None:
-    store.acquire_lease(Lease("r1", Owner("host-a", "boot", 1, "1"), 0.2), never)
+    ownership.acquire(store, Lease("r1", Owner("host-a", "boot", 1, "1"), 0.2), never)
     time.sleep(0.3)
     taker = Lease("r1", current_owner(), 30)
-    run = store.acquire_lease(taker, never)
+    run = ownership.acquire(store, taker, never)
     assert run.lease is not None and run.lease.token == taker.token
     assert store.events("r1")[-1].data["taken_from"] == "host-a pid 1"
 
 
 def test_a_provably_dead_owner_is_taken_over_before_expiry(store: Store) -> None:
-    store.acquire_lease(Lease("r1", Owner("host-a", "boot", 1, "1"), 300), never)
+    ownership.acquire(store, Lease("r1", Owner("host-a", "boot", 1, "1"), 300), never)
     taker = Lease("r1", current_owner(), 30)
-    store.acquire_lease(taker, lambda held: held.owner.host == "host-a")
+    ownership.acquire(store, taker, lambda held: held.owner.host == "host-a")
     assert store.run("r1").lease.token == taker.token  # type: ignore[union-attr]
 
 
 def test_a_process_that_lost_its_lease_cannot_write(store: Store) -> None:
     loser = Lease("r1", current_owner(), 0.1)
-    store.acquire_lease(loser, never)
+    ownership.acquire(store, loser, never)
     time.sleep(0.2)
-    store.acquire_lease(Lease("r1", Owner("other", "b", 2, "2"), 30), never)
+    ownership.acquire(store, Lease("r1", Owner("other", "b", 2, "2"), 30), never)
     item = store.items("r1")[0]
-    with pytest.raises(LeaseLost), store.tx(fence=loser) as tx:
+    with pytest.raises(LeaseLost), ownership.fenced(store, loser) as tx:
         tx.update_item(item, ItemStage.GENERATED, answer="late")
     assert store.items("r1")[0].answer is None and loser.lost.is_set()
 
 
 def test_a_lost_lease_cannot_be_renewed(store: Store) -> None:
     loser = Lease("r1", current_owner(), 0.1)
-    store.acquire_lease(loser, never)
+    ownership.acquire(store, loser, never)
     time.sleep(0.2)
-    store.acquire_lease(Lease("r1", Owner("other", "b", 2, "2"), 30), never)
-    assert store.renew_lease(loser) is False
+    ownership.acquire(store, Lease("r1", Owner("other", "b", 2, "2"), 30), never)
+    assert ownership.renew(store, loser) is False
     assert not loser.locally_valid()
 
 
 def test_renewal_extends_the_expiry(store: Store) -> None:
     lease = Lease("r1", current_owner(), 30)
-    store.acquire_lease(lease, never)
+    ownership.acquire(store, lease, never)
     before = store.run("r1").lease.expires_at  # type: ignore[union-attr]
     time.sleep(0.05)
-    assert store.renew_lease(lease)
+    assert ownership.renew(store, lease)
     assert store.run("r1").lease.expires_at > before  # type: ignore[union-attr]
 
 
 def test_a_released_lease_frees_the_run(store: Store) -> None:
     lease = Lease("r1", current_owner(), 30)
-    store.acquire_lease(lease, never)
+    ownership.acquire(store, lease, never)
     store.release_lease(lease)
     assert store.run("r1").lease is None
-    store.acquire_lease(Lease("r1", Owner("other", "b", 2, "2"), 30), never)
+    ownership.acquire(store, Lease("r1", Owner("other", "b", 2, "2"), 30), never)
 
 
 def test_a_fenced_transition_by_the_holder_succeeds(store: Store) -> None:
     lease = Lease("r1", current_owner(), 30)
-    store.acquire_lease(lease, never)
-    with store.tx(fence=lease) as tx:
+    ownership.acquire(store, lease, never)
+    with ownership.fenced(store, lease) as tx:
         tx.transition_run("r1", RunState.CREATED, RunState.CANCELLED, failure_reason="x")
     assert store.run("r1").state is RunState.CANCELLED
 
@@ -147,7 +149,7 @@ SHORT_LEASE = 0.5  # seconds; valid locally for 0.4 of them
 def taken_over(harness: Harness, run_id: str) -> None:
     """Another process takes the run, once its lease has lapsed."""
     time.sleep(SHORT_LEASE + 0.1)
-    harness.store.acquire_lease(Lease(run_id, Owner("other-host", "b", 2, "2"), 30), never)
+    ownership.acquire(harness.store, Lease(run_id, Owner("other-host", "b", 2, "2"), 30), never)
 
 
 def test_a_lease_lost_while_a_request_waits_for_its_turn_stops_it_unsent(

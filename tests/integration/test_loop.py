@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
+from cftrunner.config.run_options import LoopConfig
 from cftrunner.exceptions import RunStopped
 from cftrunner.records import Run
-from cftrunner.run_config import LoopConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import RunState
 from tests.conftest import MODEL, PROMPTS, Harness

@@ -19,14 +19,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from structlog.testing import capture_logs
 
-from cftrunner import dialect, migrations
 from cftrunner.clock import utcnow
 from cftrunner.exceptions import InputError
 from cftrunner.prompts import prompt_digest
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
-from cftrunner.schema import metadata
 from cftrunner.states import RunState
-from cftrunner.store import Store
+from cftrunner.store import Store, dialect, migrations
+from cftrunner.store.schema import metadata
 from tests import legacy_schema
 from tests.conftest import JUDGE, MODEL, PROMPTS, Cli, Harness, assert_exactly_once, make_run
 

@@ -16,10 +16,10 @@ import structlog
 from structlog.testing import capture_logs
 
 from cftrunner import logs
-from cftrunner.display import RunProgress
-from cftrunner.schema import items
 from cftrunner.states import RunState
 from cftrunner.store import Store
+from cftrunner.store.schema import items
+from cftrunner.views.live import RunProgress
 from tests.conftest import make_run
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

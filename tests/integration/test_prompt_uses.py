@@ -9,8 +9,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from cftrunner.prompts import Prompt, prompt_digest
-from cftrunner.schema import items, runs
 from cftrunner.store import Store
+from cftrunner.store.schema import items, runs
 from tests.conftest import make_run
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from cftrunner import run_steps
+from cftrunner.config.settings import Settings
+from cftrunner.driver import Driver
 from cftrunner.exceptions import RunStopped
-from cftrunner.payloads import RemoteTrace
+from cftrunner.payloads.replies import RemoteTrace
 from cftrunner.reconcile import Reconciler, Retrying
-from cftrunner.runner import Runner
-from cftrunner.settings import Settings
+from cftrunner.stages import launch
 from cftrunner.store import Store
 from tests.conftest import make_run
 
@@ -98,10 +98,10 @@ class SlowPagedTraces(PagedTraces):
         return [dataclasses.replace(t, created_at=when) for t in found] if when else found, total
 
 
-def corrections_reader(db_url: str, client: Any, concurrency: int) -> tuple[Runner, Any]:
+def corrections_reader(db_url: str, client: Any, concurrency: int) -> tuple[Driver, Any]:
     store = Store(db_url)
     store.create_run(make_run(), ["q"])
-    return Runner(store, Settings(concurrency=concurrency), client=client), store.run("r1")
+    return Driver(store, Settings(concurrency=concurrency), client=client), store.run("r1")
 
 
 def test_the_corrections_check_reads_pages_in_parallel_and_finds_every_trace(db_url: str
@@ -109,7 +109,7 @@ def test_the_corrections_check_reads_pages_in_parallel_and_finds_every_trace(db_
     client = SlowPagedTraces(pages=20, total=40)
     runner, run = corrections_reader(db_url, client, concurrency=4)
     wanted = {"t2", "t17", "t41"}  # pages 1, 8 and 20
-    found = run_steps._read_traces(runner, run, wanted, datetime.now(UTC) - timedelta(hours=1))
+    found = launch._read_traces(runner, run, wanted, datetime.now(UTC) - timedelta(hours=1))
     assert set(found) == wanted
     assert sorted(client.asked) == list(range(1, 21))
     assert 1 < client.most_in_flight <= 4
@@ -118,7 +118,7 @@ def test_the_corrections_check_reads_pages_in_parallel_and_finds_every_trace(db_
 def test_the_corrections_check_stops_once_every_trace_is_found(db_url: str) -> None:
     client = SlowPagedTraces(pages=20, total=40, quick=frozenset({3}))
     runner, run = corrections_reader(db_url, client, concurrency=4)
-    found = run_steps._read_traces(runner, run, {"t2", "t7"},  # pages 1 and 3
+    found = launch._read_traces(runner, run, {"t2", "t7"},  # pages 1 and 3
                                    datetime.now(UTC) - timedelta(hours=1))
     assert set(found) == {"t2", "t7"}
     # The first page, then up to four pages at once from page 2; page 3, answered before any
@@ -130,7 +130,7 @@ def test_the_corrections_check_stops_at_traces_older_than_the_run(db_url: str) -
     old = datetime.now(UTC) - timedelta(days=2)
     client = SlowPagedTraces(pages=20, total=40, created={n: old for n in range(4, 21)})
     runner, run = corrections_reader(db_url, client, concurrency=2)
-    found = run_steps._read_traces(runner, run, {"t2", "t40"},
+    found = launch._read_traces(runner, run, {"t2", "t40"},
                                    datetime.now(UTC) - timedelta(hours=1))
     assert set(found) == {"t2"}  # t40 is older than the run: not looked for past page 4
     assert set(range(1, 5)) <= set(client.asked) <= set(range(1, 6))  # at most one past it
@@ -139,6 +139,6 @@ def test_the_corrections_check_stops_at_traces_older_than_the_run(db_url: str) -
 def test_the_corrections_check_without_a_total_reads_page_after_page(db_url: str) -> None:
     client = SlowPagedTraces(pages=6, total=None)
     runner, run = corrections_reader(db_url, client, concurrency=4)
-    found = run_steps._read_traces(runner, run, {"t13"}, datetime.now(UTC) - timedelta(hours=1))
+    found = launch._read_traces(runner, run, {"t13"}, datetime.now(UTC) - timedelta(hours=1))
     assert set(found) == {"t13"}
     assert client.most_in_flight == 1

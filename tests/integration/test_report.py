@@ -13,10 +13,10 @@ import pytest
 import structlog
 
 from cftrunner.cli import main
-from cftrunner.report_html import FAILURE_TITLE, HISTOGRAM_TITLE, MEAN_TITLE
-from cftrunner.run_config import GateConfig
+from cftrunner.config.run_options import GateConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import ItemStage, RunState
+from cftrunner.views.report_html import FAILURE_TITLE, HISTOGRAM_TITLE, MEAN_TITLE
 from tests.conftest import PROMPTS, Harness
 
 ERROR = re.compile(r"^cftrunner: error: ", re.MULTILINE)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from cftrunner.config.run_options import LoopConfig
 from cftrunner.polling import Backoff
 from cftrunner.records import Run
-from cftrunner.run_config import LoopConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import RunState
 from tests.conftest import MODEL, Harness

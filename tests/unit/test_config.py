@@ -12,20 +12,17 @@ from typing import Any
 
 import pytest
 
-from cftrunner import config, logs
-from cftrunner.config import Resolved, describe, resolve
+from cftrunner import logs
+from cftrunner.config.cycle import Cycle
+from cftrunner.config.describe import describe, describe_cycles
+from cftrunner.config.resolution import Resolved, resolve, select
+from cftrunner.config.run_options import DEFAULT_TEMPLATE, GateConfig
+from cftrunner.config.settings import DEFAULT_DB, KEY_BY_NAME, LOG_LEVELS, Settings
+from cftrunner.config.values import parse_duration
 from cftrunner.exceptions import InputError
 from cftrunner.judge import DEFAULT_JUDGE_MODEL
 from cftrunner.prompt_source import Rules
 from cftrunner.retry import RetryPolicy
-from cftrunner.run_config import DEFAULT_TEMPLATE, GateConfig
-from cftrunner.settings import (
-    DEFAULT_DB,
-    KEY_BY_NAME,
-    LOG_LEVELS,
-    Settings,
-    parse_duration,
-)
 
 KEY = "sk-live-0123456789abcdefWXYZ"
 WriteConfig = Callable[..., Path]
@@ -71,7 +68,7 @@ def test_no_config_file_gives_the_defaults(run: Resolve) -> None:
     resolved = run()
     assert resolved.config_path is None
     assert resolved.settings == Settings(db_url=DEFAULT_DB)
-    assert resolved.cycle == config.Cycle(judge_model=DEFAULT_JUDGE_MODEL, split_percentage=80,
+    assert resolved.cycle == Cycle(judge_model=DEFAULT_JUDGE_MODEL, split_percentage=80,
                                           interval=86400.0, failed_retry_interval=3600.0)
     assert resolved.cycle.project_id is None and resolved.cycle.prompts is None
     assert resolved.log_level == "info"
@@ -91,7 +88,7 @@ def test_reads_the_top_level_keys(run: Resolve, write_config: WriteConfig, tmp_p
         log_level = "debug"
     """)
     resolved = run()
-    assert resolved.cycle == config.Cycle(
+    assert resolved.cycle == Cycle(
         project_id="proj-1", model_alias="my-model-v3", prompts=str(tmp_path / "prompts.json"),
         judge_model="gpt-judge", split_percentage=70, interval=43200.0, failed_retry_interval=1800.0)
     assert resolved.settings.base_url == "http://127.0.0.1:8765"
@@ -439,7 +436,7 @@ def test_the_held_out_prompts_are_checked_as_the_prompts_are(tmp_path: Path) -> 
     holdout = tmp_path / "holdout.json"
     holdout.write_text('["fine", "not\\u0000fine"]')
     with pytest.raises(InputError, match=re.escape(f"{holdout}: prompt 1 holds a NUL character")):
-        config.Cycle(promote=True, holdout_prompts=str(holdout)).loop()
+        Cycle(promote=True, holdout_prompts=str(holdout)).loop()
 
 
 @pytest.mark.parametrize("text", ["", " \n\t\n"])
@@ -666,7 +663,7 @@ def test_the_log_levels_are_the_logging_module_s() -> None:
 
 
 def test_config_imports_no_io_libraries() -> None:
-    code = ("import sys, cftrunner.config; "
+    code = ("import sys, cftrunner.config.describe; "
             "print(sorted(m for m in ('sqlalchemy', 'requests', 'click') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[2])
@@ -726,7 +723,7 @@ def test_an_entry_inherits_the_top_level_keys_it_does_not_set(
         run: Resolve, write_config: WriteConfig, tmp_path: Path) -> None:
     write_config(TWO_CYCLES)
     alpha = run().cycles[0]
-    assert alpha == config.Cycle(
+    assert alpha == Cycle(
         name="alpha", project_id="proj-1", model_alias="shared-model",
         prompts=str(tmp_path / "prompts.json"), interval=43200.0, judge_temperature=0.3,
         gate_min_traces=5)
@@ -769,15 +766,15 @@ def test_two_entries_for_the_same_model_with_different_names_are_two_cycles(
 def test_select_picks_a_cycle_by_name_or_all_of_them(run: Resolve, write_config: WriteConfig) -> None:
     write_config(TWO_CYCLES)
     resolved = run()
-    assert config.select(resolved, None) == resolved.cycles
-    assert config.select(resolved, "proj-2/other-model") == (resolved.cycles[1],)
+    assert select(resolved, None) == resolved.cycles
+    assert select(resolved, "proj-2/other-model") == (resolved.cycles[1],)
 
 
 def test_select_refuses_an_unknown_name_listing_the_cycles(run: Resolve,
                                                           write_config: WriteConfig) -> None:
     write_config(TWO_CYCLES)
     with pytest.raises(InputError) as raised:
-        config.select(run(), "beta")
+        select(run(), "beta")
     assert raised.value.message == ('no cycle named "beta"; the cycles are "alpha", '
                                     '"proj-2/other-model"')
 
@@ -795,19 +792,19 @@ def test_sources_name_the_entry_for_the_keys_the_first_entry_sets(
 def test_describe_cycles_lists_each_entry_s_own_keys(run: Resolve, write_config: WriteConfig) -> None:
     write_config('project_id = "p"\nmodel_alias = "m"\n[[cycles]]\nname = "a"\n'
                  '[[cycles]]\nmodel_alias = "n"\n[cycles.gate]\nmin_traces = 1000\n')
-    assert config.describe_cycles(run()) == ["cycle a: every key inherited",
+    assert describe_cycles(run()) == ["cycle a: every key inherited",
                                              "cycle p/n: model_alias = n, gate.min_traces = 1000"]
 
 
 def test_describe_cycles_is_empty_without_cycles(run: Resolve) -> None:
-    assert config.describe_cycles(run()) == []
+    assert describe_cycles(run()) == []
 
 
 def test_an_entry_missing_a_needed_key_is_refused_only_when_a_cycle_is_run(
         run: Resolve, write_config: WriteConfig) -> None:
     path = write_config('model_alias = "m"\n[[cycles]]\nproject_id = "p"\nprompts = "p.json"\n'
                         '[[cycles]]\nname = "lost"\n')
-    from cftrunner.tick import spec_from  # here: the rest of this module needs no runner
+    from cftrunner.service.schedule import spec_from  # here: the rest of this module needs no runner
 
     incomplete = run().cycles[1]  # resolving is fine: `config` shows such a file
     with pytest.raises(InputError) as raised:
@@ -918,7 +915,7 @@ def test_an_entry_sets_its_own_prompt_source_keys(run: Resolve, write_config: Wr
 def test_reuse_after_is_never_unless_set_and_config_shows_it(run: Resolve,
                                                              write_config: WriteConfig) -> None:
     write_config('project_id = "p"\n')
-    rows = {key: (value, source) for key, value, source in config.describe(run())}
+    rows = {key: (value, source) for key, value, source in describe(run())}
     assert rows["reuse_after"] == ("never", "default")
     assert rows["prompts_per_cycle"] == ("(not set)", "default")
     assert rows["min_new_prompts"] == ("1", "default")
@@ -940,8 +937,8 @@ def test_a_bad_prompt_source_key_is_refused_naming_it(run: Resolve, write_config
 
 def test_regression_needs_promote(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="regression = true needs promote = true"):
-        config.Cycle(regression=True).loop()
+        Cycle(regression=True).loop()
     holdout = tmp_path / "holdout.json"
     holdout.write_text('["h"]')
-    loop = config.Cycle(promote=True, regression=True, holdout_prompts=str(holdout)).loop()
+    loop = Cycle(promote=True, regression=True, holdout_prompts=str(holdout)).loop()
     assert loop.regression and loop.promote

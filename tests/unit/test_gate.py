@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cftrunner.config.run_options import GateConfig
 from cftrunner.gate import Facts, evaluate
-from cftrunner.run_config import GateConfig
 
 FACTS = Facts(traces_added=40, below_threshold=12, mean_score=0.71, tokens_used=90_000,
               items_over_budget=0)

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cftrunner.config.run_options import DEFAULT_TEMPLATE, RESPONSE_FORMAT, JudgeConfig
 from cftrunner.exceptions import JudgeOutputError
 from cftrunner.judge import (
     FEEDBACK_LIMIT,
@@ -18,7 +19,6 @@ from cftrunner.judge import (
     parse_judgment,
     trace_feedback,
 )
-from cftrunner.run_config import DEFAULT_TEMPLATE, RESPONSE_FORMAT, JudgeConfig
 
 VALID = '{"feedback": "Say safe.", "reasoning": "It is benign.", "score": 0.25}'
 EXPECTED = Judgment(feedback="Say safe.", reasoning="It is benign.", score=0.25)

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from cftrunner.config.run_options import LoopConfig
 from cftrunner.exceptions import BadResponseError
-from cftrunner.loop import decide
-from cftrunner.payloads import parse_job
-from cftrunner.run_config import LoopConfig
-from cftrunner.run_steps import retuned
+from cftrunner.payloads.finetuning import parse_job
+from cftrunner.stages.launch import retuned
+from cftrunner.stages.promote import decide
 
 
 def _job(status: str, *experiments: tuple[str, str | None]) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from cftrunner import payloads
 from cftrunner.exceptions import BadResponseError, RejectedError
+from cftrunner.payloads import bodies, finetuning, replies
 
 TRACE = {"id": "t-1", "createdAt": "2026-11-21T10:00:00.123Z", "modelId": "m", "projectId": "p",
          "input": "q", "output": "a", "score": 0.4, "feedback": "f", "addedToDataset": True,
@@ -24,35 +24,35 @@ TRACE = {"id": "t-1", "createdAt": "2026-11-21T10:00:00.123Z", "modelId": "m", "
     {"data": {"trace_id": "t-1"}},
 ])
 def test_a_created_trace_id_is_read_from_every_documented_shape(answer: Any) -> None:
-    assert payloads.parse_trace_created(answer) == "t-1"
+    assert replies.parse_trace_created(answer) == "t-1"
 
 
 def test_a_batch_result_with_success_false_is_a_rejection() -> None:
     with pytest.raises(RejectedError):
-        payloads.parse_trace_created({"results": [{"traceId": "t-1", "success": False}]})
+        replies.parse_trace_created({"results": [{"traceId": "t-1", "success": False}]})
 
 
 @pytest.mark.parametrize("answer", [{}, [], "t-1", {"results": []}, None])
 def test_a_trace_answer_without_an_id_is_unreadable(answer: Any) -> None:
     with pytest.raises(BadResponseError) as caught:
-        payloads.parse_trace_created(answer)
+        replies.parse_trace_created(answer)
     assert caught.value.maybe_happened
 
 
 def test_the_tutorial_trace_body_is_one_snake_case_object() -> None:
-    body = payloads.trace_body("tutorial", "p", "m", "q", "a", 0.5, "f")
+    body = bodies.trace_body("tutorial", "p", "m", "q", "a", 0.5, "f")
     assert body == {"project_id": "p", "model_id": "m", "input": "q", "output": "a",
                     "score": 0.5, "feedback": "f"}
 
 
 def test_the_batch_trace_body_is_a_camel_case_array() -> None:
-    body = payloads.trace_body("batch", "p", "m", "q", "a", 0.5, "f")
+    body = bodies.trace_body("batch", "p", "m", "q", "a", 0.5, "f")
     assert body == [{"projectId": "p", "modelId": "m", "input": "q", "output": "a",
                      "score": 0.5, "feedback": "f"}]
 
 
 def test_a_listed_trace_is_read_with_aware_times() -> None:
-    [trace], total = payloads.parse_trace_page({"results": [TRACE, {"no": "id"}], "total": 7})
+    [trace], total = replies.parse_trace_page({"results": [TRACE, {"no": "id"}], "total": 7})
     assert total == 7 and trace.id == "t-1" and trace.added_to_dataset
     assert trace.created_at == datetime(2026, 11, 21, 10, 0, 0, 123000, tzinfo=UTC)
     assert trace.processing_status == "processing"
@@ -65,7 +65,7 @@ def test_a_listed_trace_is_read_with_aware_times() -> None:
     ({"traceId": "t", "status": "failed", "success": True}, False),
 ])
 def test_an_addition_succeeds_only_when_it_says_so(answer: dict[str, Any], success: bool) -> None:
-    assert payloads.parse_add(answer).success is success
+    assert replies.parse_add(answer).success is success
 
 
 @pytest.mark.parametrize("body", [
@@ -73,20 +73,20 @@ def test_an_addition_succeeds_only_when_it_says_so(answer: dict[str, Any], succe
     {"choices": [{"message": {"content": ["a", "list"]}}]}])
 def test_a_chat_answer_without_a_message_is_unreadable(body: Any) -> None:
     with pytest.raises(BadResponseError):
-        payloads.parse_chat(body)
+        replies.parse_chat(body)
 
 
 @pytest.mark.parametrize("message", [{"role": "assistant", "content": None}, {"role": "assistant"}])
 def test_a_chat_answer_with_null_content_is_read_as_no_content(message: dict[str, Any]) -> None:
     """The SDK allows it: an answer, not an unreadable body to retry."""
-    result = payloads.parse_chat({"choices": [{"finish_reason": "content_filter",
+    result = replies.parse_chat({"choices": [{"finish_reason": "content_filter",
                                                "message": message}]})
     assert (result.no_content, result.content, result.finish_reason) == (
         True, "", "content_filter")
 
 
 def test_a_chat_answer_carries_content_finish_reason_and_usage() -> None:
-    result = payloads.parse_chat({"choices": [{"finish_reason": "length", "message": {
+    result = replies.parse_chat({"choices": [{"finish_reason": "length", "message": {
         "role": "assistant", "content": "hi"}}], "usage": {"total_tokens": 3}})
     assert (result.content, result.finish_reason, result.usage) == ("hi", "length",
                                                                     {"total_tokens": 3})
@@ -96,24 +96,24 @@ SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "judgment", "sch
 
 
 def test_a_chat_body_without_options_sends_none_of_them() -> None:
-    body = payloads.chat_body("p", "m", [{"role": "user", "content": "q"}])
+    body = bodies.chat_body("p", "m", [{"role": "user", "content": "q"}])
     assert body == {"project_id": "p", "model": "m", "messages": [{"role": "user", "content": "q"}]}
 
 
 def test_a_chat_body_sends_each_option_given() -> None:
-    body = payloads.chat_body("p", "m", [], 0.1, 300, SCHEMA_FORMAT)
+    body = bodies.chat_body("p", "m", [], 0.1, 300, SCHEMA_FORMAT)
     assert (body["temperature"], body["max_completion_tokens"], body["response_format"]) == (
         0.1, 300, SCHEMA_FORMAT)
 
 
 def test_a_chat_body_sends_max_tokens_alone_without_temperature() -> None:
-    body = payloads.chat_body("p", "m", [], max_tokens=5)
+    body = bodies.chat_body("p", "m", [], max_tokens=5)
     assert "temperature" not in body and "response_format" not in body
     assert body["max_completion_tokens"] == 5
 
 
-def chat_with_usage(usage: Any) -> payloads.ChatResult:
-    return payloads.parse_chat({"choices": [{"message": {"content": "x"}}], "usage": usage})
+def chat_with_usage(usage: Any) -> replies.ChatResult:
+    return replies.parse_chat({"choices": [{"message": {"content": "x"}}], "usage": usage})
 
 
 def test_usage_counts_are_read_with_the_total() -> None:
@@ -162,11 +162,11 @@ TREE = {"project": {"id": "p", "children": [
 
 
 def test_the_project_tree_yields_dataset_snapshots_and_jobs() -> None:
-    root = payloads.project_root(TREE)
-    assert payloads.find_dataset_id(root) == "ds"
-    assert [s.id for s in payloads.snapshots_in_tree(root, "ds")] == ["snap"]
-    assert [j["id"] for j in payloads.jobs_in_tree(root, "snap")] == ["job"]
-    assert payloads.jobs_in_tree(root, "another-snapshot") == []
+    root = finetuning.project_root(TREE)
+    assert finetuning.find_dataset_id(root) == "ds"
+    assert [s.id for s in finetuning.snapshots_in_tree(root, "ds")] == ["snap"]
+    assert [j["id"] for j in finetuning.jobs_in_tree(root, "snap")] == ["job"]
+    assert finetuning.jobs_in_tree(root, "another-snapshot") == []
 
 
 def test_the_experiments_launched_are_the_recommended_ones_minus_two_keys() -> None:
@@ -176,7 +176,7 @@ def test_the_experiments_launched_are_the_recommended_ones_minus_two_keys() -> N
         {"base_model_id": "c", "training_type": "full", "recommended": False,
          "reason_for_recommendation": "too big"},
     ]
-    launchable = payloads.experiments_to_launch(experiments)
+    launchable = bodies.experiments_to_launch(experiments)
     assert launchable.experiments == [
         {"base_model_id": "b", "n_epochs": 3, "training_type": "lora", "extra": {"kept": 1}}]
 
@@ -184,7 +184,7 @@ def test_the_experiments_launched_are_the_recommended_ones_minus_two_keys() -> N
 @pytest.mark.parametrize(("flag", "training_type"), [(True, "lora"), (False, "full")])
 def test_an_older_lora_flag_becomes_a_training_type_and_the_conversion_is_told(
         flag: bool, training_type: str) -> None:
-    launchable = payloads.experiments_to_launch(
+    launchable = bodies.experiments_to_launch(
         [{"base_model_id": "b", "n_epochs": 3, "lora": flag, "recommended": True}])
     assert launchable.experiments == [
         {"base_model_id": "b", "n_epochs": 3, "training_type": training_type}]
@@ -194,7 +194,7 @@ def test_an_older_lora_flag_becomes_a_training_type_and_the_conversion_is_told(
 
 
 def test_a_training_type_given_wins_over_a_lora_flag_and_is_no_conversion() -> None:
-    launchable = payloads.with_training_type(
+    launchable = bodies.with_training_type(
         [{"base_model_id": "b", "lora": False, "training_type": "qlora"},
          {"base_model_id": "c", "training_type": "full"}])
     assert launchable.experiments == [{"base_model_id": "b", "training_type": "qlora"},
@@ -203,13 +203,13 @@ def test_a_training_type_given_wins_over_a_lora_flag_and_is_no_conversion() -> N
 
 
 def test_converting_again_changes_nothing() -> None:
-    once = payloads.experiments_to_launch([{"base_model_id": "b", "lora": True, "recommended": True}])
-    again = payloads.with_training_type(once.experiments)
+    once = bodies.experiments_to_launch([{"base_model_id": "b", "lora": True, "recommended": True}])
+    again = bodies.with_training_type(once.experiments)
     assert (again.experiments, again.converted) == (once.experiments, [])
 
 
 def test_an_experiment_with_neither_a_type_nor_a_flag_is_untyped() -> None:
-    launchable = payloads.with_training_type([{"base_model_id": "b", "lora": "yes"},
+    launchable = bodies.with_training_type([{"base_model_id": "b", "lora": "yes"},
                                               {"base_model_id": "c", "training_type": "lora"}])
     assert launchable.untyped == [{"base_model_id": "b", "lora": "yes"}]
 
@@ -217,12 +217,12 @@ def test_an_experiment_with_neither_a_type_nor_a_flag_is_untyped() -> None:
 def test_twin_experiments_are_left_out_keeping_the_first_of_each() -> None:
     first = {"base_model_id": "b", "n_epochs": 3, "training_type": "lora"}
     other = {**first, "n_epochs": 1}
-    assert payloads.without_twins([first, other, dict(first), dict(other)]) == [first, other]
+    assert bodies.without_twins([first, other, dict(first), dict(other)]) == [first, other]
 
 
 def test_dataset_snapshots_are_none_when_the_answer_does_not_list_them() -> None:
-    assert payloads.parse_dataset_snapshots({"id": "ds"}) is None
-    [snap] = payloads.parse_dataset_snapshots(
+    assert finetuning.parse_dataset_snapshots({"id": "ds"}) is None
+    [snap] = finetuning.parse_dataset_snapshots(
         {"snapshots": [{"id": "s", "created_at": "2026-11-21T10:00:00+01:00"}]}) or []
     assert snap.created_at == datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 
@@ -230,7 +230,7 @@ def test_dataset_snapshots_are_none_when_the_answer_does_not_list_them() -> None
 @pytest.mark.parametrize("body", [{"snapshot_id": "s"}, {"snapshotId": "s"}, {"id": "s"},
                                   {"data": {"snapshot_id": "s"}}])
 def test_ids_are_read_under_their_known_names(body: dict[str, Any]) -> None:
-    assert payloads.parse_id(body, "snapshot_id", "snapshotId", "id") == "s"
+    assert replies.parse_id(body, "snapshot_id", "snapshotId", "id") == "s"
 
 
 @pytest.mark.parametrize(("stored", "same"), [

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cftrunner.plan import LastRun, lines
-from cftrunner.preflight import Checked
-from cftrunner.run_config import LoopConfig
+from cftrunner.config.run_options import LoopConfig
+from cftrunner.records import Checked
+from cftrunner.views.plan import LastRun, lines
 
 CHECKED = Checked("ds-1", ("model m is not among the 3 models",))
 

@@ -7,9 +7,9 @@ import io
 import pytest
 from rich.console import Console
 
-from cftrunner.display import renderable
-from cftrunner.progress import Speed, StageCounts, StageRow, Tracker, eta, stage_counts
 from cftrunner.states import RunState
+from cftrunner.views.live import renderable
+from cftrunner.views.progress import Speed, StageCounts, StageRow, Tracker, eta, stage_counts
 
 
 class Clock:

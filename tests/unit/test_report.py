@@ -12,20 +12,10 @@ import pytest
 
 from cftrunner.exceptions import InputError
 from cftrunner.records import Run, RunSummary
-from cftrunner.report import (
-    TrendRow,
-    distribution,
-    histogram,
-    percentile,
-    project_of,
-    render_run,
-    run_report,
-    trend_cells,
-    trend_row,
-    trend_table,
-)
-from cftrunner.report_html import NEEDS_PLOTLY, write_trend_html
 from cftrunner.states import RunState
+from cftrunner.views.report import distribution, histogram, percentile, render_run, run_report
+from cftrunner.views.report_html import NEEDS_PLOTLY, write_trend_html
+from cftrunner.views.trend import TrendRow, project_of, trend_cells, trend_row, trend_table
 
 T0 = datetime(2026, 11, 21, 22, 30, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from cftrunner.run_config import DEFAULT_TEMPLATE, GateConfig, JudgeConfig, LoopConfig
+from cftrunner.config.run_options import DEFAULT_TEMPLATE, GateConfig, JudgeConfig, LoopConfig
 from cftrunner.states import RunState
 from tests.conftest import make_run
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cftrunner.config.run_options import DEFAULT_TEMPLATE
 from cftrunner.judge import judge_prompt, parse_judgment
-from cftrunner.run_config import DEFAULT_TEMPLATE
 from cftrunner.sandbox import llm
 from cftrunner.sandbox.records import WorldSettings
 from cftrunner.sandbox.training import ModelBook, TrainingPlan

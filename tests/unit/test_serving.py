@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from cftrunner import config
+from cftrunner.config.cycle import Cycle
+from cftrunner.config.resolution import resolve
+from cftrunner.config.settings import KEY_BY_NAME
 from cftrunner.exceptions import BadResponseError, InputError
-from cftrunner.loop import decide
-from cftrunner.payloads import parse_model_ids, parse_running
-from cftrunner.serving import is_listed
-from cftrunner.settings import KEY_BY_NAME
+from cftrunner.payloads.finetuning import parse_model_ids, parse_running
+from cftrunner.stages.promote import decide
+from cftrunner.stages.serving import is_listed
 
 
 @pytest.mark.parametrize(("body", "ids"), [
@@ -66,7 +67,7 @@ def test_models_left_out_are_in_the_decision_and_none_left_means_not_promoted() 
 
 def test_unload_losers_needs_promote_and_is_a_per_cycle_key() -> None:
     with pytest.raises(InputError, match="unload_losers = true needs promote = true"):
-        config.Cycle(unload_losers=True).loop()
+        Cycle(unload_losers=True).loop()
     assert KEY_BY_NAME["unload_losers"].target == "cycle.unload_losers"
     assert KEY_BY_NAME["timeouts.model_load"].target == "settings.model_load_timeout"
 
@@ -77,7 +78,7 @@ def test_the_loading_settings_come_from_the_file_and_the_environment(tmp_path: A
     (tmp_path / "cftrunner.toml").write_text(
         'promote = true\nholdout_prompts = "holdout.json"\nunload_losers = true\n'
         '[timeouts]\nmodel_give_up = "30m"\n')
-    resolved = config.resolve({}, env={"CFTRUNNER_MODEL_LOAD_TIMEOUT": "90s"}, cwd=tmp_path)
+    resolved = resolve({}, env={"CFTRUNNER_MODEL_LOAD_TIMEOUT": "90s"}, cwd=tmp_path)
     assert resolved.settings.model_load_timeout == 90.0
     assert resolved.settings.model_give_up == 1800.0
     assert resolved.cycle.loop().unload_losers

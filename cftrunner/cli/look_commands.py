@@ -1,0 +1,111 @@
+"""The commands that look at runs and settings: status, show, report and config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cftrunner.cli.options import (
+    checked_run_id,
+    connection_options,
+    cycle_options,
+    resolve_with_cycle,
+    settings_of,
+    throughput_options,
+)
+from cftrunner.config.describe import describe, describe_cycles
+
+
+@click.command("config")
+@cycle_options
+@throughput_options
+@connection_options
+def show_config(**options: Any) -> int:
+    """Print every effective setting and where it came from; the API key is redacted.
+
+    Example: cftrunner config --config cftrunner.toml
+    """
+    resolved = resolve_with_cycle(options)
+    rows = describe(resolved)
+    width = max(len(key) for key, _, _ in rows)
+    value_width = min(50, max(len(value) for _, value, _ in rows))
+    if resolved.config_path:
+        click.echo(f"# config file: {resolved.config_path}")
+    for key, value, source in rows:
+        click.echo(f"{key:<{width}}  {value:<{value_width}}  ({source})")
+    if lines := describe_cycles(resolved):
+        click.echo(f"# {len(lines)} [[cycles]]: the per-cycle keys above are the first one's; "
+                   "each sets these itself and inherits the others")
+        for line in lines:
+            click.echo(line)
+    return 0
+
+
+@click.command()
+@click.argument("run_id", required=False, callback=checked_run_id)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (a list without RUN_ID).")
+@connection_options
+def status(run_id: str | None, as_json: bool, **options: Any) -> int:
+    """Show every run as a table, or one run in detail.
+
+    Example: cftrunner status --json 20261121-223000-a1b2c3
+    """
+    from cftrunner import service
+
+    click.echo(service.status_text(settings_of(options), run_id, as_json))
+    return 0
+
+
+@click.command()
+@click.argument("run_id", required=False, callback=checked_run_id)
+@click.option("--trend", is_flag=True, help="One line per cycle of a project, and an HTML page "
+                                            "of charts.")
+@click.option("--project", "project_id", metavar="PROJECT_ID",
+              help="With --trend: the project [default: the only one in the state database].")
+@click.option("--html", "html_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --trend: where the HTML page goes [default cftrunner-trend.html].")
+@click.option("--no-html", is_flag=True, help="With --trend: write no HTML page.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@connection_options
+def report(run_id: str | None, trend: bool, project_id: str | None, html_file: str | None,
+           no_html: bool, as_json: bool, **options: Any) -> int:
+    """Report a run: items per stage and failure kind, the score distribution, judge retries,
+    tokens and time per state. With --trend instead of RUN_ID: every cycle of a project, one
+    line each, and a self-contained HTML page of charts (needs the `report` extra, plotly).
+
+    Example: cftrunner report --trend --project P --html trend.html
+    """
+    from cftrunner.service.reports import report_text, trend_text
+
+    if (run_id is None) == (not trend):
+        raise click.UsageError("give either RUN_ID or --trend")
+    if run_id is not None and (project_id or html_file or no_html):
+        raise click.UsageError("--project, --html and --no-html go with --trend")
+    if html_file and no_html:
+        raise click.UsageError("--html and --no-html exclude each other")
+    settings = settings_of(options)
+    if run_id is not None:
+        click.echo(report_text(settings, run_id, as_json))
+        return 0
+    html = None if no_html else Path(html_file or "cftrunner-trend.html")
+    click.echo(trend_text(settings, project_id, html, as_json))
+    return 0
+
+
+@click.command()
+@click.argument("run_id", callback=checked_run_id)
+@click.argument("item", type=click.IntRange(0))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@connection_options
+def show(run_id: str, item: int, as_json: bool, **options: Any) -> int:
+    """Show one item: its prompt, answer and judgment, and every completion of its steps with the
+    exact judge request and answer. ITEM is its position, from 0, as the logs number items.
+
+    Example: cftrunner show 20261121-223000-a1b2c3 17
+    """
+    from cftrunner import service
+
+    click.echo(service.show_text(settings_of(options), run_id, item, as_json))
+    return 0

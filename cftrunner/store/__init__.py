@@ -1,0 +1,26 @@
+"""The state store, the one place with SQL: `Store` opens a state database (SQLite or PostgreSQL)
+and offers its transactions, reads, run creation, leases and item claims.
+
+    core.py      opening the database, write and read transactions
+    writes.py    Tx: the writes of one transaction, each checking the state it changes from
+    reads.py     the read queries
+    runs.py      creating runs, asking to cancel one
+    leases.py    a run's lease, workers and their claims on items
+    rows.py      row → record mapping
+    errors.py    database errors translated into cftrunner's own
+    schema.py, dialect.py, migrations/   the tables, the database quirks, the schema history
+"""
+
+from __future__ import annotations
+
+from cftrunner.store.core import missing_sqlite_file, without_password
+from cftrunner.store.leases import Leases
+from cftrunner.store.reads import Reads
+from cftrunner.store.runs import Runs
+
+__all__ = ["Store", "missing_sqlite_file", "without_password"]
+
+
+class Store(Reads, Runs, Leases):
+    """One state database: opened (and brought to the current schema) by `Store(url)`, or
+    `Store.existing(url)` for one that must be there already; closed by `close()`."""

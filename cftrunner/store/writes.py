@@ -1,0 +1,297 @@
+"""Tx: the writes of one transaction, each checking the state it changes from."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from cftrunner.clock import utcnow
+from cftrunner.exceptions import LeaseLost, StaleStateError
+from cftrunner.payloads.replies import ChatResult
+from cftrunner.prompts import prompt_digest
+from cftrunner.records import Effect, EffectStatus, Holder, Item, Run
+from cftrunner.states import ITEM_FAILED, ItemStage, RunState, check_item_transition, check_run_transition
+from cftrunner.store import dialect
+from cftrunner.store.rows import run_from
+from cftrunner.store.schema import (
+    completions,
+    cycles,
+    effects,
+    evaluations,
+    events,
+    items,
+    prompt_uses,
+    rechecks,
+    runs,
+    workers,
+)
+
+# The statements of every item step, built once: SQLAlchemy then finds them in its compiled
+# cache without building and hashing a new statement each time. An UPDATE's columns are the
+# keys of the parameters it is executed with.
+_LEASE_TOKEN = (sa.select(runs.c.lease_token).where(runs.c.id == sa.bindparam("run_id"))
+                .with_for_update())
+# Only the item's row is locked: locking the worker's own row would queue all of its threads on
+# it. The join makes a worker that is no longer registered (nobody took any of its items) fail too.
+_CLAIM_TOKEN = (sa.select(items.c.claim_token)
+                .select_from(items.join(workers, workers.c.token == items.c.claim_token))
+                .where(items.c.id == sa.bindparam("item_id"))
+                .with_for_update(of=items))
+_INSERT_EVENT = events.insert()
+_INSERT_COMPLETION = completions.insert()
+_INSERT_EFFECT = effects.insert()
+_UPDATE_ITEM = items.update().where(items.c.id == sa.bindparam("item_id"),
+                                    items.c.stage == sa.bindparam("from_stage"))
+_UPDATE_EFFECT = effects.update().where(
+    effects.c.run_id == sa.bindparam("effect_run"), effects.c.key == sa.bindparam("effect_key"),
+    effects.c.status == sa.bindparam("from_status"),
+    effects.c.attempts == sa.bindparam("from_attempts"))
+
+
+class Tx:
+    """The writes of one transaction; each checks the state it changes from."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.logged: list[tuple[str, dict[str, Any]]] = []
+
+    def fence(self, holder: Holder) -> None:
+        """Fail (LeaseLost) unless `holder` still holds the run's lease, with the run's row
+        locked until commit."""
+        token = self.conn.execute(_LEASE_TOKEN, {"run_id": holder.run_id}).scalar()
+        if token != holder.token:
+            raise LeaseLost(f"run {holder.run_id} was taken over by another process")
+
+    def fence_item(self, item_id: int, holder: Holder) -> None:
+        """Fail (LeaseLost) unless the worker `holder` still holds the item's claim and is still
+        registered (nobody took any of its items), with the item's row locked until commit."""
+        token = self.conn.execute(_CLAIM_TOKEN, {"item_id": item_id}).scalar()
+        if token != holder.token:
+            raise LeaseLost(f"run {holder.run_id}: this worker's items were taken over by "
+                            "another process")
+
+    def event(self, run_id: str, kind: str, item_id: int | None = None, **data: Any) -> None:
+        """An event row; the same fact is logged once the transaction has committed."""
+        self.conn.execute(_INSERT_EVENT, {"run_id": run_id, "item_id": item_id, "at": utcnow(),
+                                          "kind": kind, "data": data})
+        self.logged.append((kind, {"run_id": run_id, **data}))
+
+    def transition_run(self, run_id: str, current: RunState, target: RunState,
+                       **fields: Any) -> None:
+        check_run_transition(current, target)
+        now = utcnow()
+        result = self.conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.state == current.value)
+            # last_error speaks of the state being left; a failure keeps it as evidence.
+            .values(state=target.value, updated_at=now, state_changed_at=now,
+                    **({} if target is RunState.FAILED else {"last_error": None}), **fields))
+        if result.rowcount != 1:
+            raise StaleStateError(f"run {run_id} is no longer {current.value}")
+        reason = fields.get("failure_reason") or fields.get("skip_reason")
+        self.event(run_id, "run_transitioned", state=target.value, from_state=current.value,
+                   **({"reason": reason} if reason else {}))
+
+    def advance_items_state(self, run_id: str, current: RunState, target: RunState,
+                            wanted: ItemStage) -> None:
+        """Move the run to `target` if every item is at `wanted` (or past it) or failed; FAILED
+        if all failed. Items move on independently, so some may be stages ahead of the run."""
+        counts: dict[str, int] = {stage: n for stage, n in self.conn.execute(
+            sa.select(items.c.stage, sa.func.count()).where(items.c.run_id == run_id)
+            .group_by(items.c.stage))}
+        order = list(ItemStage)
+        behind = {s.value for s in order[:order.index(wanted)] if s not in ITEM_FAILED}
+        if any(counts.get(stage) for stage in behind):
+            raise StaleStateError(f"run {run_id}: items are still short of {wanted.value}")
+        alive = {s.value for s in order[order.index(wanted):] if s not in ITEM_FAILED}
+        if not any(counts.get(stage) for stage in alive):
+            failed = ", ".join(f"{n} {stage.lower()}" for stage, n in sorted(counts.items()))
+            self.transition_run(run_id, current, RunState.FAILED,
+                                failure_reason=f"every item failed ({failed or 'no items'})")
+            return
+        self.transition_run(run_id, current, target)
+
+    def record_error(self, run_id: str, message: str) -> None:
+        self.conn.execute(runs.update().where(runs.c.id == run_id)
+                          .values(last_error=message, updated_at=utcnow()))
+        self.event(run_id, "run_error", message=message)
+
+    def lock_cycle(self, name: str) -> None:
+        """Hold the cycle's row until commit, so two ticks cannot both start a run for it."""
+        dialect.insert_ignoring_duplicates(self.conn, cycles, name=name, created_at=utcnow())
+        self.conn.execute(sa.select(cycles.c.name).where(cycles.c.name == name).with_for_update())
+
+    def used_prompts(self, cycle: str) -> dict[str, datetime]:
+        """When the cycle's runs last took each prompt, by digest."""
+        query = sa.select(prompt_uses.c.digest, prompt_uses.c.used_at).where(
+            prompt_uses.c.cycle == cycle)
+        return {digest: used_at for digest, used_at in self.conn.execute(query)}
+
+    def tag_means(self, cycle: str) -> dict[str, float]:
+        """The mean score of the cycle's judged prompts by tag, as far as their items are kept."""
+        query = (sa.select(prompt_uses.c.tag, sa.func.avg(items.c.score))
+                 .join(items, sa.and_(items.c.run_id == prompt_uses.c.run_id,
+                                      items.c.position == prompt_uses.c.position))
+                 .where(prompt_uses.c.cycle == cycle, prompt_uses.c.tag.is_not(None),
+                        items.c.score.is_not(None))
+                 .group_by(prompt_uses.c.tag))
+        return {tag: float(mean) for tag, mean in self.conn.execute(query)}
+
+    def latest_run(self, cycle: str, states: tuple[RunState, ...] = ()) -> Run | None:
+        query = sa.select(runs).where(runs.c.cycle == cycle)
+        if states:
+            query = query.where(runs.c.state.in_([s.value for s in states]))
+        row = self.conn.execute(query.order_by(runs.c.created_at.desc()).limit(1)).first()
+        return None if row is None else run_from(row)
+
+    def update_run(self, run_id: str, current: RunState, **fields: Any) -> None:
+        result = self.conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.state == current.value)
+            .values(updated_at=utcnow(), **fields))
+        if result.rowcount != 1:
+            raise StaleStateError(f"run {run_id} is no longer {current.value}")
+
+    def update_item(self, item: Item, target: ItemStage | None = None, **fields: Any) -> Item:
+        """Change an item that is still at `item.stage`; move it to `target` when given.
+        Returns the item as now stored."""
+        values = dict(fields)
+        if target is not None:
+            check_item_transition(item.stage, target)
+            values["stage"] = target.value
+        now = utcnow()
+        result = self.conn.execute(_UPDATE_ITEM, {"item_id": item.id,
+                                                  "from_stage": item.stage.value,
+                                                  "updated_at": now, **values})
+        if result.rowcount != 1:
+            raise StaleStateError(f"item {item.position} is no longer {item.stage.value}")
+        if target is not None:
+            detail = {"error_kind": fields["error_kind"]} if "error_kind" in fields else {}
+            self.event(item.run_id, "item_transitioned", item.id, item=item.position,
+                       from_stage=item.stage.value, stage=target.value, **detail)
+        return dataclasses.replace(item, stage=target or item.stage, updated_at=now, **fields)
+
+    def record_completion(self, item: Item, kind: str, attempt: int, outcome: str, *,
+                          result: ChatResult | None = None, request: dict[str, Any] | None = None,
+                          error: str | None = None) -> None:
+        """Keep one completion of `item`'s step (or its refusal), with the tokens it used."""
+        self.conn.execute(_INSERT_COMPLETION, {
+            "run_id": item.run_id, "item_id": item.id, "kind": kind, "attempt": attempt,
+            "request": request, "content": (result.content if result and kind == "judge"
+                                             and not result.no_content else None),
+            "finish_reason": result.finish_reason if result else None,
+            "prompt_tokens": result.prompt_tokens if result else None,
+            "completion_tokens": result.completion_tokens if result else None,
+            "total_tokens": result.tokens if result else None,
+            "outcome": outcome, "error": error, "at": utcnow()})
+
+    def record_evaluation(self, run_id: str, model_id: str, position: int, **fields: Any) -> None:
+        """Keep one held-out result; one already kept for that model and prompt stays."""
+        dialect.insert_ignoring_duplicates(self.conn, evaluations,
+                                           ("run_id", "model_id", "position"), run_id=run_id,
+                                           model_id=model_id, position=position, at=utcnow(),
+                                           **fields)
+
+    def choose_rechecks(self, run: Run, model_id: str, threshold: float) -> int:
+        """Store the run's regression set, once: each prompt of the cycle's runs so far (this
+        one included) that last scored below `threshold`, unless a regression check found it
+        fixed since; how many."""
+        weak: dict[str, tuple[str, str, float, datetime]] = {}
+        query = (sa.select(items.c.prompt, items.c.score, runs.c.id, runs.c.created_at)
+                 .join(runs, runs.c.id == items.c.run_id)
+                 .where(runs.c.cycle == run.cycle, runs.c.created_at <= run.created_at,
+                        items.c.score.is_not(None))
+                 .order_by(runs.c.created_at, items.c.position))
+        for prompt, score, run_id, created_at in self.conn.execute(query):
+            digest = prompt_digest(prompt)
+            if score < threshold:
+                weak[digest] = (prompt, run_id, score, created_at)
+            else:
+                weak.pop(digest, None)  # scored well later
+        fixed = (sa.select(rechecks.c.digest, rechecks.c.at)
+                 .join(runs, runs.c.id == rechecks.c.run_id)
+                 .where(runs.c.cycle == run.cycle, rechecks.c.score >= threshold))
+        for digest, at in self.conn.execute(fixed):
+            if digest in weak and at > weak[digest][3]:
+                del weak[digest]
+        rows = [{"run_id": run.id, "position": n, "digest": digest, "prompt": prompt,
+                 "earlier_run_id": earlier, "earlier_score": score, "model_id": model_id}
+                for n, (digest, (prompt, earlier, score, _)) in enumerate(weak.items())]
+        if rows:
+            self.conn.execute(rechecks.insert(), rows)
+        return len(rows)
+
+    def record_recheck(self, run_id: str, position: int, **fields: Any) -> None:
+        """Keep one regression check's answer and score."""
+        self.conn.execute(rechecks.update().where(rechecks.c.run_id == run_id,
+                                                  rechecks.c.position == position)
+                          .values(at=utcnow(), **fields))
+
+    def prepare_effect(self, run_id: str, key: str, kind: str, item_id: int | None,
+                       request: dict[str, Any], previous: Effect | None) -> Effect:
+        """Store the intent to send `request`; the effect as now stored."""
+        now = utcnow()
+        if previous is None:
+            self.conn.execute(_INSERT_EFFECT, {
+                "run_id": run_id, "key": key, "kind": kind, "item_id": item_id,
+                "status": EffectStatus.PREPARED.value, "request": request, "prepared_at": now,
+                "attempts": 1, "updated_at": now})
+            prepared = Effect(run_id=run_id, key=key, kind=kind, item_id=item_id,
+                              status=EffectStatus.PREPARED, request=request, prepared_at=now,
+                              attempts=1, updated_at=now)
+        else:
+            # prepared_at keeps the first attempt's time: any earlier attempt may be the one that
+            # landed, so reconciliation must look back that far.
+            self._set_effect(previous, now, status=EffectStatus.PREPARED.value, request=request,
+                             attempts=previous.attempts + 1, outcome=None, error=None)
+            prepared = dataclasses.replace(previous, status=EffectStatus.PREPARED,
+                                           request=request, attempts=previous.attempts + 1,
+                                           updated_at=now, outcome=None, error=None)
+        self.event(run_id, "effect_prepared", item_id, key=key, attempt=prepared.attempts)
+        return prepared
+
+    def finish_effect(self, effect: Effect, status: EffectStatus,
+                      outcome: dict[str, Any] | None = None, error: str | None = None,
+                      verdict: str | None = None) -> None:
+        self._set_effect(effect, utcnow(), status=status.value, outcome=outcome, error=error)
+        facts = {k: v for k, v in (outcome or {}).items() if isinstance(v, str | int | float)}
+        self.event(effect.run_id, f"effect_{status.value.lower()}", effect.item_id,
+                   key=effect.key, attempt=effect.attempts, **facts,
+                   **({"verdict": verdict} if verdict else {}),
+                   **({"error": error} if error else {}))
+
+    def give_up_effect(self, effect: Effect, reason: str) -> None:
+        """Stop sending or deciding on our own: a person settles it. `updated_at` stays the last
+        moment the request may have been sent."""
+        self._set_effect(effect, effect.updated_at, status=EffectStatus.UNKNOWN.value, error=reason)
+        self.event(effect.run_id, "effect_unknown_given_up", effect.item_id, key=effect.key,
+                   error=reason)
+
+    def settle_effect(self, effect: Effect, outcome: dict[str, Any] | None) -> None:
+        """A person's word on an effect whose outcome is unknown: it happened with `outcome`
+        (applied by the next resume, as if reconciled), or, with None, it did not (sent again)."""
+        if outcome is None:
+            self._set_effect(effect, effect.updated_at, status=EffectStatus.UNSENT.value,
+                             error="settled by a person: it did not happen")
+        else:
+            self._set_effect(effect, effect.updated_at, outcome={**outcome, "settled": True})
+        self.event(effect.run_id, "effect_settled", effect.item_id, key=effect.key,
+                   happened=outcome is not None, **(outcome or {}))
+
+    def note_unknown_outcome(self, effect: Effect, error: str) -> Effect:
+        """The request may have been in flight until now: `updated_at` says so."""
+        now = utcnow()
+        self._set_effect(effect, now, error=error)
+        self.event(effect.run_id, "effect_unknown", effect.item_id, key=effect.key, error=error)
+        return dataclasses.replace(effect, updated_at=now, error=error)
+
+    def _set_effect(self, effect: Effect, now: datetime, **values: Any) -> None:
+        result = self.conn.execute(_UPDATE_EFFECT, {
+            "effect_run": effect.run_id, "effect_key": effect.key,
+            "from_status": effect.status.value, "from_attempts": effect.attempts,
+            **values, "updated_at": now})
+        if result.rowcount != 1:
+            raise StaleStateError(f"effect {effect.key} of run {effect.run_id} changed meanwhile")
