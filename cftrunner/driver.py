@@ -1,33 +1,23 @@
-"""Drives a run through its states: holds it, calls each state's stage, and stops it cleanly.
+"""Drives a run through its states: holds it, calls each state's stage, and ends it cleanly.
 
-The driver is what the stages see as their `Context`: it owns the client, the retries and the
-pauses between them, the checkpoints where a stop, a cancel or a lost lease is noticed, and the
-performer of effects. What each state does is in `stages`; who may drive is in `ownership`."""
+What each state does is in `stages`; what they use while they do it (client, checkpoints,
+retries, effects) in `session`; who may drive is in `ownership`."""
 
 from __future__ import annotations
 
 import contextlib
-import random
 import secrets
-import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import TypeVar
 
 import structlog
 
-from cftrunner import fanout
-from cftrunner.client import PremClient, Timeouts
 from cftrunner.clock import utcnow
-from cftrunner.config.settings import Settings
-from cftrunner.effects import Effect, Performer
 from cftrunner.exceptions import (
     AuthError,
     BadResponseError,
     InputError,
-    Interrupted,
     KeyRejected,
     LeaseLost,
     ModelNotFound,
@@ -36,30 +26,19 @@ from cftrunner.exceptions import (
     RunBusy,
     RunStopped,
     StillTraining,
-    TransientError,
 )
 from cftrunner.holds import Lease
-from cftrunner.limiter import RateLimiter
-from cftrunner.ownership import Ownership, current_owner
-from cftrunner.polling import Backoff
+from cftrunner.ownership import current_owner
 from cftrunner.prompts import Prompt
-from cftrunner.reconcile import Reconciler
-from cftrunner.records import Effect as StoredEffect
-from cftrunner.records import Item, Run, RunSpec
-from cftrunner.retry import next_delay, rate_limited
+from cftrunner.records import Run, RunSpec
 from cftrunner.run_ids import new_run_id
-from cftrunner.shutdown import Cancelled, Stop
+from cftrunner.session import Session
+from cftrunner.shutdown import Cancelled
 from cftrunner.stages import STAGES
-from cftrunner.stages.budget import TokenMeter
-from cftrunner.stages.context import Memory
 from cftrunner.stages.items import find_dataset_if_free, item_stage, work_items
 from cftrunner.states import RunState
-from cftrunner.store import Store
-from cftrunner.store.writes import Tx
 
 log = structlog.get_logger("cftrunner")
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def new_run(run_id: str, spec: RunSpec, cycle: str | None = None,
@@ -77,32 +56,8 @@ def new_run(run_id: str, spec: RunSpec, cycle: str | None = None,
         loop_config=spec.loop.to_json(), base_url=base_url)
 
 
-class Driver:
-    """Drives runs for this process; the stages' `Context`."""
-
-    def __init__(self, store: Store, settings: Settings, client: PremClient | None = None, *,
-                 sleep: Callable[[float], object] | None = None,
-                 rand: Callable[[], float] = random.random, stop: Stop | None = None) -> None:
-        self.store = store
-        self.settings = settings
-        self.client = client or PremClient(
-            settings.base_url, settings.api_key,
-            Timeouts(settings.connect_timeout, settings.read_timeout),
-            limiter=RateLimiter(settings.max_rps), in_flight=settings.concurrency,
-            before_send=self.checkpoint)
-        self.reconcile = Reconciler(store, self.client, settings, retrying=self.retrying)
-        self.ownership = Ownership(store, settings.lease_seconds)
-        self.stop = stop or Stop()
-        self.sleep = sleep or self.stop.wait
-        self.rand = rand
-        self.tokens = TokenMeter(store)
-        self.memory = Memory()
-        # Whether an effect waits for an outcome not known yet (see stages.items.work_items).
-        self.patient = True
-        # A cancel is read from the database at most this often (seconds), not before every request.
-        self.cancel_check = 1.0
-        self._cancel_checked = 0.0
-        self._effects = Performer(self)
+class Driver(Session):
+    """Drives runs for this process: the stages' `Context` (see `Session`) with the loop on top."""
 
     def create(self, spec: RunSpec, prompts: Iterable[str | Prompt], cycle: str | None = None,
                dataset_id: str | None = None) -> Run:
@@ -204,68 +159,3 @@ class Driver:
         if not self.ownership.lost():
             with contextlib.suppress(LeaseLost), self.tx() as tx:
                 tx.record_error(run_id, message)
-
-    # The stages' Context.
-
-    def tx(self) -> AbstractContextManager[Tx]:
-        return self.ownership.tx()
-
-    def item_tx(self, item: Item, durable: bool = True) -> AbstractContextManager[Tx]:
-        return self.ownership.item_tx(item, durable)
-
-    def perform(self, effect: Effect[R], *, new: bool = False,
-                intent: StoredEffect | None = None) -> R | None:
-        return self._effects.perform(effect, new=new, intent=intent)
-
-    def for_each(self, items: Iterable[T], work: Callable[[T], None],
-                 workers: int | None = None) -> None:
-        fanout.for_each(items, work, workers or self.settings.item_workers)
-
-    def checkpoint(self) -> None:
-        """Between two pieces of work: stop here if asked to, or if the run is no longer ours."""
-        held = self.ownership.lease or self.ownership.worker
-        if self.stop.requested:
-            name = signal.Signals(self.stop.signum or signal.SIGTERM).name
-            raise Interrupted(self.stop.signum or signal.SIGTERM,
-                              f"stopped by {name}; the run is intact, resume it",
-                              run_id=held.run_id if held is not None else None)
-        if held is not None:
-            now = time.monotonic()
-            if now - self._cancel_checked >= self.cancel_check:
-                self._cancel_checked = now
-                if self.store.cancel_requested(held.run_id):
-                    raise Cancelled()
-            # Last, as the client calls this just before a send: no database read stands between
-            # the check and the request.
-            self.ownership.ensure()
-
-    def pause(self, seconds: float) -> None:
-        self.sleep(seconds)
-        self.checkpoint()
-
-    def polls(self, cap: float) -> Iterator[float]:
-        """The waits between looks at something the platform is doing: soon, then backing off
-        to `cap` (see Settings.poll_first)."""
-        return Backoff(self.settings.poll_first, self.settings.poll_factor, cap).delays()
-
-    def retrying(self, what: str, call: Callable[[], T]) -> T:
-        """Call until it succeeds, sleeping per the retry policy between transient failures;
-        429s are counted apart from other failures (see RetryPolicy.max_rate_limited)."""
-        failures = {True: 0, False: 0}  # by whether the failure was a 429
-        while True:
-            self.ownership.ensure()
-            try:
-                return call()
-            except (TransientError, BadResponseError) as exc:
-                limited = rate_limited(exc)
-                failures[limited] += 1
-                attempt = failures[limited]
-                delay = next_delay(self.settings.retry, exc, attempt, self.rand)
-                if delay is None:
-                    raise RunStopped(f"{what}: {exc.message} (gave up after {attempt} "
-                                     f"{'refusals' if limited else 'attempts'}; the run is "
-                                     "intact, resume it later)") from None
-                log.warning("request_retry", what=what, attempt=sum(failures.values()),
-                            error=exc.kind, status_code=exc.status_code, delay=round(delay, 3),
-                            maybe_happened=exc.maybe_happened)
-                self.pause(delay)

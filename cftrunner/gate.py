@@ -1,6 +1,6 @@
 """The gate before the snapshot: whether a cycle's new data is worth a fine-tuning job.
 
-Its conditions, GateConfig, live in `run_config` with the run's other stored settings."""
+Its conditions, GateConfig, live in `config.run_options` with the run's other stored settings."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The judge prompt, and validation of the judge's answer into a Judgment.
 
 How a run asks its judge (JudgeConfig, the default template and response format) lives in
-`run_config` with the run's other stored settings."""
+`config.run_options` with the run's other stored settings."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Judgment:
 
 
 class ChatCall(NamedTuple):
-    """The arguments of `Client.chat`, and of `payloads.chat_body` for the record of the request."""
+    """The arguments of `Client.chat`, and of `payloads.bodies.chat_body` for the record of the request."""
 
     project_id: str
     model: str

@@ -119,7 +119,7 @@ class Reconciler:
         The marks are the traces, additions and markers this run made since the lost request
         was first prepared, in the order they were prepared. The list must show them, in that
         order, up to at least MARKS_AFTER prepared after the lost request last possibly went out
-        (its `updated_at`, see Runner._what_became_of). The delays of at least MARKS_AFTER marks
+        (its `updated_at`, see effects.Performer._what_became_of). The delays of at least MARKS_AFTER marks
         must have been measured, and the lost request must be older than LAG_MARGIN times the
         longest (see `_seen_behind`)."""
         sent_by = effect.updated_at

@@ -82,11 +82,11 @@ class Run:
     cycle: str | None = None
     cancel_requested: bool = False
     lease: LeaseInfo | None = None
-    judge_config: dict[str, Any] | None = None  # run_config.JudgeConfig as stored; None before 0004
-    gate_config: dict[str, Any] | None = None  # run_config.GateConfig as stored; None: no gate
+    judge_config: dict[str, Any] | None = None  # config.run_options.JudgeConfig as stored; None before 0004
+    gate_config: dict[str, Any] | None = None  # config.run_options.GateConfig as stored; None: no gate
     gate_result: dict[str, Any] | None = None  # what the gate found, once it has looked
     skip_reason: str | None = None
-    loop_config: dict[str, Any] | None = None  # run_config.LoopConfig as stored; None: neither
+    loop_config: dict[str, Any] | None = None  # config.run_options.LoopConfig as stored; None: neither
     training: dict[str, Any] | None = None  # the job and its experiments as last read
     promotion: dict[str, Any] | None = None  # the promotion decision, its scores and reason
     prompt_source: dict[str, Any] | None = None  # where a cycle's run took its prompts from
@@ -138,7 +138,7 @@ class Item:
     processing_status: str | None = None
     error_kind: str | None = None
     error: str | None = None
-    claim_token: str | None = None  # the worker whose item it is (see claims.py)
+    claim_token: str | None = None  # the worker whose item it is (see ownership.py)
 
     @property
     def failed(self) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeVar
 
 from cftrunner.client import PremClient
@@ -12,19 +11,11 @@ from cftrunner.effects import Effect, Host
 from cftrunner.reconcile import Reconciler
 from cftrunner.records import Effect as StoredEffect
 from cftrunner.records import Item
-from cftrunner.stages.budget import TokenMeter
+from cftrunner.session import Memory, TokenMeter
 from cftrunner.store.writes import Tx
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass
-class Memory:
-    """What the stages learn in one process and keep for the items after."""
-
-    # The API refused the judge's response_format: later judgments are asked without it.
-    structured_refused: bool = False
 
 
 class Stored(NamedTuple):
@@ -37,7 +28,8 @@ class Stored(NamedTuple):
 
 
 class Context(Host, Protocol):
-    """The driver, as the stages see it (see effects.Host for the rest)."""
+    """What the stages use of the process driving the run (`session.Session` is one); see
+    effects.Host for the rest."""
 
     client: PremClient
     reconcile: Reconciler

@@ -19,7 +19,7 @@ from cftrunner.records import Owner
 from cftrunner.states import ItemStage
 from cftrunner.store import Store
 from cftrunner.store.schema import events, items, workers
-from cftrunner.views import status as render
+from cftrunner.views import status
 from tests.conftest import make_run
 
 PROMPTS = [f"prompt {i}" for i in range(10)]
@@ -152,6 +152,6 @@ def test_status_shows_each_worker_and_the_items_it_holds(run_store: Store) -> No
                         .values(stage=ItemStage.ADDED.value))
     summary = run_store.summary(run_store.run("r1"))
     assert [(w.owner.host, w.holding) for w in summary.workers] == [("host-a", 2), ("host-b", 2)]
-    shown = render.detail(summary, utcnow())
+    shown = status.detail(summary, utcnow())
     assert f"{a.owner.label()} holding 2 until" in shown
-    assert [w["holding"] for w in render.to_json(summary)["workers"]] == [2, 2]
+    assert [w["holding"] for w in status.to_json(summary)["workers"]] == [2, 2]

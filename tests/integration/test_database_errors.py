@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.engine import make_url
 
-from cftrunner.cli import exits as cli
+from cftrunner.cli import exits
 from cftrunner.store import Store, dialect
 from tests.conftest import make_run
 
@@ -34,6 +34,6 @@ def test_a_database_still_locked_after_the_busy_timeout_is_worth_a_retry(
         holder.rollback()
         holder.close()
         store.close()
-    message, code = cli._outcome(error)
-    assert code == cli.EXIT_STOPPED
+    message, code = exits._outcome(error)
+    assert code == exits.EXIT_STOPPED
     assert message == "state database: OperationalError: database is locked"
