@@ -100,7 +100,8 @@ class Session:
         self.patient = True
         # A cancel is read from the database at most this often (seconds), not before every request.
         self.cancel_check = 1.0
-        self._cancel_checked = 0.0
+        self._cancel_checked = float("-inf")
+        self._cancelled: set[str] = set()  # runs seen cancelled: every later checkpoint stops
         self._effects = Performer(self)
 
     def tx(self) -> AbstractContextManager[Tx]:
@@ -131,10 +132,13 @@ class Session:
                               run_id=held.run_id if held is not None else None)
         if held is not None:
             now = time.monotonic()
-            if now - self._cancel_checked >= self.cancel_check:
+            if held.run_id not in self._cancelled and now - self._cancel_checked >= self.cancel_check:
                 self._cancel_checked = now
                 if self.store.cancel_requested(held.run_id):
-                    raise Cancelled()
+                    self._cancelled.add(held.run_id)
+            if held.run_id in self._cancelled:
+                # Every thread stops at its next checkpoint, not only the one that read it.
+                raise Cancelled()
             # Last, as the client calls this just before a send: no database read stands between
             # the check and the request.
             self.ownership.ensure()

@@ -16,6 +16,7 @@ from cftrunner.driver import Driver
 from cftrunner.exceptions import Interrupted
 from cftrunner.records import EffectStatus
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
+from cftrunner.shutdown import Cancelled
 from cftrunner.states import RunState
 from cftrunner.store import Store
 from tests.conftest import Harness, assert_exactly_once, requests_sent
@@ -206,3 +207,22 @@ def test_a_cancel_noticed_before_a_carried_intent_is_sent_leaves_it_unsent_not_i
         ("trace", EffectStatus.DONE), ("add", EffectStatus.UNSENT)]
     assert effects[1].error == "stopped before sending"
     assert "add_to_dataset" not in sandbox.counts()["requests"]
+
+
+def test_once_one_thread_sees_a_cancel_every_checkpoint_of_the_run_stops_not_only_its_own(
+        harness: Harness) -> None:
+    """The cancel is read from the database at most once a second; a thread whose checkpoint
+    falls inside that second, after another thread saw the cancel, stops too instead of sending."""
+    run_id = harness.start()
+    driver = harness.runner
+    driver.ownership.take(run_id)
+    driver.cancel_check = 3600.0  # only the first checkpoint reads the database
+    assert harness.store.request_cancel(run_id)
+    seen: list[str] = []
+    for _ in range(2):  # the first reads the cancel; the second, inside the hour, must stop too
+        try:
+            driver.checkpoint()
+        except Cancelled:
+            seen.append("cancelled")
+    driver.ownership.release()
+    assert seen == ["cancelled", "cancelled"]
