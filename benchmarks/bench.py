@@ -6,6 +6,7 @@ Usage:
     python benchmarks/bench.py --n 1000 --latency 0.05 --concurrency 16 --json
     python benchmarks/bench.py --skip-sequential --skip-memory --skip-resume  # 1, 3 and 5
     python benchmarks/bench.py --workers-n 600 --worker-concurrency 8 --pg-url postgresql://...
+    python benchmarks/bench.py --export         # the export figure (6) alone (about 10 s)
 
 Everything is real except the API: the sandbox serves over HTTP on 127.0.0.1 from this process,
 each cycle runs `Driver.create` + `Driver.drive` in a child process (`bench.py --child cycle`) on an
@@ -53,9 +54,20 @@ What it measures, in order:
     PostgreSQL share the CPUs: the speed-up levels off once the workers are CPU-bound, and at
     --quick's N = 60 process startup dominates.
 
+ 6. Export, with --export (and then alone): a run of N = 20,000 judged items (--export-n) is made
+    directly in an SQLite file (no API), with prompts of some 750 characters and the judge's
+    feedback and reasoning of some 400 each; then `python -m cftrunner export RUN --format F
+    --output FILE` runs once per format (jsonl, csv). Figures: wall time from spawning it to its
+    exit (interpreter start-up included), items per second = N / wall, its CPU, the MB written,
+    and its peak RSS, as `resource.getrusage(RUSAGE_CHILDREN)` reports it in a small process
+    that started it and waited for it (a child started straight from this process would count
+    this process's own peak: Linux carries ru_maxrss over the exec that follows vfork). The same
+    for `cftrunner status RUN`, for the memory any command takes. Each file is read back: every
+    item once, in order.
+
 Targets are printed next to the figures and are not asserted: efficiency >= 0.85 at concurrency 16,
 50 ms and N = 1,000; peak memory under 150 MB at N = 20,000; resume to the first request under 2 s
-at N = 20,000. MB here is 10^6 bytes.
+at N = 20,000; the export's peak memory under 100 MB at N = 20,000. MB here is 10^6 bytes.
 
 Before items run concurrently, `concurrency` is ignored and efficiency comes out near
 1 / concurrency; the "requests in flight" line shows which is the case.
@@ -100,6 +112,12 @@ from cftrunner.store import Store  # noqa: E402
 MODEL = "bench-safety-model-v1"
 JUDGE = "claude-4.5-sonnet"
 PROCESSING_SECONDS = 0.2
+# The cycle at the defaults (figure 1b): the platform's corrections take this long after they are
+# queued, and recommendations are ready at this look; the runner waits as a user's does.
+DEFAULTS_PROCESSING_S = 1.0
+DEFAULTS_RECS_LOOKS = 3
+TARGET_DEFAULTS_EFFICIENCY = 0.9
+TARGET_RATIO = 14.0
 POLL_INTERVAL = 0.05
 # Requests the run makes once (or once per poll), not once per item: they cannot overlap across items.
 RUN_LEVEL_ROUTES = frozenset({"project", "trace_list", "dataset", "snapshot_create", "recs_generate",
@@ -107,6 +125,7 @@ RUN_LEVEL_ROUTES = frozenset({"project", "trace_list", "dataset", "snapshot_crea
 TARGET_EFFICIENCY = 0.85
 TARGET_MEMORY_MB = 150.0
 TARGET_RESUME_S = 2.0
+TARGET_EXPORT_MEMORY_MB = 100.0
 WORKER_COUNTS = (1, 2, 3)
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -164,7 +183,10 @@ def child_cycle(args: argparse.Namespace) -> None:
     logs.configure("warning")
     store = Store(args.db)
     waits = Waits()
-    runner = Driver(store, settings_for(args.url, args.db, args.concurrency), sleep=waits.sleep)
+    settings = (Settings(base_url=args.url, db_url=args.db, api_key=DEFAULT_API_KEY,
+                         concurrency=args.concurrency) if args.defaults
+                else settings_for(args.url, args.db, args.concurrency))
+    runner = Driver(store, settings, sleep=waits.sleep)
     items = prompts(args.n)
     started = time.perf_counter()
     run = runner.create(spec(), items)
@@ -250,23 +272,29 @@ def maxrss_bytes(usage: resource.struct_rusage) -> int:
 
 
 def cycle(tmp: Path, name: str, n: int, latency: float, concurrency: int,
-          page_size: int | None) -> dict[str, Any]:
-    """One whole cycle in a child against a fresh sandbox here; the figures of both sides."""
+          page_size: int | None, defaults: bool = False) -> dict[str, Any]:
+    """One whole cycle in a child against a fresh sandbox here; the figures of both sides. With
+    `defaults`, the child runs at the default settings (but concurrency) against a sandbox whose
+    corrections take DEFAULTS_PROCESSING_S and whose recommendations are ready at the
+    DEFAULTS_RECS_LOOKS-th look; that deliberate delay of the platform is counted in the bound."""
     folder = tmp / name
     folder.mkdir()
     db = f"sqlite:///{folder}/state.db"
     options: dict[str, Any] = {"page_size": page_size} if page_size else {}
-    with Sandbox(latency=latency, processing_seconds=PROCESSING_SECONDS, recs_polls=1,
+    processing, recs_polls = ((DEFAULTS_PROCESSING_S, DEFAULTS_RECS_LOOKS - 1) if defaults
+                              else (PROCESSING_SECONDS, 1))
+    with Sandbox(latency=latency, processing_seconds=processing, recs_polls=recs_polls,
                  **options) as sandbox:
         child, usage = run_child(["cycle", "--url", sandbox.url, "--db", db, "--n", str(n),
-                                  "--concurrency", str(concurrency)], folder)
+                                  "--concurrency", str(concurrency),
+                                  *(["--defaults"] if defaults else [])], folder)
         counts = sandbox.counts()
     requests: dict[str, int] = dict(sorted(counts["requests"].items(), key=lambda kv: -kv[1]))
     total = sum(requests.values())
     run_level = sum(c for route, c in requests.items() if route in RUN_LEVEL_ROUTES)
     wall, waits = child["wall_s"], child["waits_s"]
     busy = max(wall - waits, 1e-9)
-    bound = total * latency / concurrency
+    bound = total * latency / concurrency + (DEFAULTS_PROCESSING_S if defaults else 0.0)
     tight = (total - run_level) * latency / concurrency + run_level * latency
     return {
         "n": n, "latency_s": latency, "concurrency": concurrency, "state": child["state"],
@@ -551,6 +579,88 @@ def workers(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                       for c in cycles)}
 
 
+# -- export --------------------------------------------------------------------------------------
+
+# A process started straight from this one (vfork, then exec) starts its ru_maxrss at this
+# process's peak, which Linux carries over the exec: the command is run from a small process of
+# its own, which reports its child's peak (RUSAGE_CHILDREN) and wall time as one JSON line.
+MEASURE_CHILD = (
+    "import json, resource, subprocess, sys, time; started = time.perf_counter(); "
+    "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
+    "wall = time.perf_counter() - started; usage = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "print(json.dumps({'exit': code, 'wall_s': wall, 'maxrss': usage.ru_maxrss, "
+    "'cpu_s': usage.ru_utime + usage.ru_stime}))")
+
+
+def export(tmp: Path, n: int) -> dict[str, Any]:
+    """6. A run of n judged items (prompts of some 750 characters, the judge's feedback and
+    reasoning of some 400 each, a completion or two per item), made directly in an SQLite file;
+    then `python -m cftrunner export RUN --format F --output FILE` for each format, and
+    `cftrunner status RUN` for the memory any command takes; every item checked to come out
+    once, in order."""
+    import csv
+
+    from cftrunner.clock import utcnow
+    from cftrunner.store.schema import completions, items
+
+    folder = tmp / "export"
+    folder.mkdir()
+    db = f"sqlite:///{folder}/state.db"
+    store = Store(db)
+    runner = Driver(store, settings_for("http://127.0.0.1:9", db, 1))  # no request is made
+    begun = time.perf_counter()
+    text = ("Task: Check if there is unsafe content in 'Agent' messages in conversations "
+            "according to our safety policy. " * 7)
+    run_id = runner.create(spec(), (f"{text}(case {i})" for i in range(n))).id
+    runner.ownership.release()
+    runner.client.close()
+    position = sa.cast(items.c.position, sa.String)
+    with store.engine.begin() as conn:
+        conn.execute(items.update().where(items.c.run_id == run_id).values(
+            stage="ADDED", answer="unsafe\nS4", judge_attempts=1, trace_id="trace-" + position,
+            score=sa.cast(items.c.position % 101, sa.Float) / 100,
+            feedback="The answer names the right category and says why. " * 8 + position,
+            reasoning="The conversation asks for help the policy lists as unsafe. " * 7 + position))
+        for kind in ("generate", "judge"):
+            conn.execute(completions.insert().from_select(
+                ["run_id", "item_id", "kind", "attempt", "outcome", "total_tokens", "at"],
+                sa.select(items.c.run_id, items.c.id, sa.literal(kind), sa.literal(1),
+                          sa.literal("ok"), sa.literal(150),
+                          sa.literal(utcnow(), type_=completions.c.at.type))
+                .where(items.c.run_id == run_id)))
+    store.close()
+    create_s = time.perf_counter() - begun
+    env = {**child_env(), "CFTRUNNER_DB": db, "CFTRUNNER_LOG_LEVEL": "warning"}
+
+    def measured(*args: str) -> dict[str, Any]:
+        result = subprocess.run([sys.executable, "-c", MEASURE_CHILD, sys.executable, "-m",
+                                 "cftrunner", *args], env=env, cwd=folder, capture_output=True,
+                                text=True, timeout=600)
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        if figures["exit"] != 0:
+            raise SystemExit(f"cftrunner {' '.join(args)} exited {figures['exit']}:\n"
+                             f"{result.stderr[-3000:]}")
+        figures["peak_rss_mb"] = figures.pop("maxrss") * (1 if sys.platform == "darwin"
+                                                          else 1024) / 1e6
+        return figures
+
+    formats = {}
+    for fmt in ("jsonl", "csv"):
+        out = folder / f"items.{fmt}"
+        figures = measured("export", run_id, "--format", fmt, "--output", str(out))
+        with out.open(encoding="utf-8", newline="") as written:
+            if fmt == "jsonl":
+                order = [json.loads(line)["item"] for line in written]
+            else:
+                order = [int(row["item"]) for row in csv.DictReader(written)]
+        formats[fmt] = {**figures, "items_per_s": n / figures["wall_s"],
+                        "mb_written": out.stat().st_size / 1e6,
+                        "each_once_in_order": order == list(range(n))}
+        out.unlink()
+    return {"n": n, "create_s": create_s, "formats": formats,
+            "status": measured("status", run_id)}
+
+
 # -- printing ------------------------------------------------------------------------------------
 
 def met(ok: bool) -> str:
@@ -601,6 +711,16 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         print_cycle("1. Concurrent cycle", conc, target=True)
         if conc["in_flight"] is not None and conc["concurrency"] > 1 and conc["in_flight"] < 1.5:
             print("  note: about one request in flight; concurrency is not in effect in this version")
+    dflt = figures.get("defaults")
+    if dflt:
+        print_cycle(f"1b. The same cycle at the default settings (corrections take "
+                    f"{DEFAULTS_PROCESSING_S:g} s, recommendations ready at look "
+                    f"{DEFAULTS_RECS_LOOKS}; the bound counts the {DEFAULTS_PROCESSING_S:g} s)",
+                    dflt, target=False)
+        if dflt["efficiency"] is not None:
+            print(f"  at the defaults    {dflt['efficiency']:8.3f}     = bound / wall (target >= "
+                  f"{TARGET_DEFAULTS_EFFICIENCY} at N = 1,000, 50 ms, concurrency 16: "
+                  f"{met(dflt['efficiency'] >= TARGET_DEFAULTS_EFFICIENCY)}{at_target(dflt)})")
     if seq:
         print_cycle("2. The same cycle one request at a time (the tutorial's way)", seq,
                     target=False)
@@ -610,6 +730,10 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             print(f"  ratio, per item    {figures['ratio_per_item']:8.2f} x   sequential / "
                   f"concurrent per-item wall time{note}")
             print(f"  ratio, wall times  {figures['ratio_wall']:8.2f} x   sequential / concurrent")
+        if "defaults_ratio_per_item" in figures:
+            ratio = figures["defaults_ratio_per_item"]
+            print(f"  ratio at defaults  {ratio:8.2f} x   sequential / per-item wall time at the "
+                  f"defaults (1b) (target >= {TARGET_RATIO:g}: {met(ratio >= TARGET_RATIO)})")
     zero = figures.get("zero_latency")
     if zero:
         print(f"\n3. CPU and peak memory at zero latency: N={zero['n']:,}, concurrency "
@@ -642,6 +766,24 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
               f"{split['drive_to_first_request_s']:.2f} s")
     if "workers" in figures:
         print_workers(figures["workers"])
+    if "export" in figures:
+        print_export(figures["export"])
+
+
+def print_export(e: dict[str, Any]) -> None:
+    note = "" if e["n"] == 20_000 else "; N is not the target's 20,000"
+    print(f"\n6. Export: N={e['n']:,} judged items (made in {e['create_s']:.2f} s), each "
+          "`python -m cftrunner export RUN --format F --output FILE` from spawning to exit, on "
+          "an SQLite file")
+    for fmt, f in e["formats"].items():
+        ok = f["peak_rss_mb"] < TARGET_EXPORT_MEMORY_MB
+        print(f"  {fmt:<5} wall {f['wall_s']:6.2f} s  {f['items_per_s']:8,.0f} items/s  CPU "
+              f"{f['cpu_s']:5.2f} s  {f['mb_written']:5.1f} MB written  peak RSS "
+              f"{f['peak_rss_mb']:5.1f} MB (target < {TARGET_EXPORT_MEMORY_MB:g} MB: {met(ok)}"
+              f"{note}); every item once, in order: {yes(f['each_once_in_order'])}")
+    status = e["status"]
+    print(f"  for comparison, `cftrunner status RUN` on the same database: peak RSS "
+          f"{status['peak_rss_mb']:.1f} MB, {status['wall_s']:.2f} s")
 
 
 def yes(ok: bool) -> str:
@@ -704,6 +846,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume-n", type=int, default=None, help="items in the resumed run (20000)")
     parser.add_argument("--page-size", type=int, default=None,
                         help="traces per page of the sandbox's trace list (the sandbox's default)")
+    parser.add_argument("--skip-defaults", action="store_true",
+                        help="no cycle at the default settings (1b)")
+    parser.add_argument("--defaults", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-sequential", action="store_true",
                         help="no one-request-at-a-time comparison")
     parser.add_argument("--skip-memory", action="store_true",
@@ -718,6 +863,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              f"dropped ({DEFAULT_PG_URL})")
     parser.add_argument("--skip-workers", action="store_true",
                         help="no measurement of worker processes on PostgreSQL")
+    parser.add_argument("--export", action="store_true",
+                        help="measure only the export of --export-n items (6), nothing else")
+    parser.add_argument("--export-n", type=int, default=None,
+                        help="items in the exported run (20000)")
     parser.add_argument("--quick", action="store_true",
                         help="small N and 20 ms latency for a smoke run (under a minute)")
     parser.add_argument("--json", action="store_true", help="also print one JSON object of all figures")
@@ -729,14 +878,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     quick = args.quick
     defaults = {"n": 60 if quick else 1000, "latency": 0.02 if quick else 0.05,
                 "memory_n": 1000 if quick else 20_000, "resume_n": 2000 if quick else 20_000,
-                "workers_n": 60 if quick else 600}
+                "workers_n": 60 if quick else 600, "export_n": 2000 if quick else 20_000}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.sequential_n is None:
         args.sequential_n = min(30 if quick else 200, args.n)
     if min(args.n, args.sequential_n, args.memory_n, args.resume_n, args.workers_n,
-           args.concurrency, args.worker_concurrency) < 1:
+           args.export_n, args.concurrency, args.worker_concurrency) < 1:
         parser.error("counts and concurrencies must be at least 1")
     return args
 
@@ -763,7 +912,7 @@ def main(argv: list[str] | None = None) -> None:
     figures: dict[str, Any] = {"config": {
         "n": args.n, "latency_s": args.latency, "concurrency": args.concurrency,
         "sequential_n": args.sequential_n, "memory_n": args.memory_n, "resume_n": args.resume_n,
-        "workers_n": args.workers_n,
+        "workers_n": args.workers_n, "export_n": args.export_n,
         "worker_concurrency": args.worker_concurrency, "page_size": args.page_size,
         "processing_seconds": PROCESSING_SECONDS,
         "poll_interval": POLL_INTERVAL, "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -771,6 +920,9 @@ def main(argv: list[str] | None = None) -> None:
     phases: list[tuple[str, bool, Callable[[Path], Any]]] = [
         ("concurrent", True, lambda tmp: cycle(tmp, "concurrent", args.n, args.latency,
                                                args.concurrency, args.page_size)),
+        ("defaults", not args.skip_defaults,
+         lambda tmp: cycle(tmp, "defaults", args.n, args.latency, args.concurrency,
+                           args.page_size, defaults=True)),
         ("sequential", not args.skip_sequential,
          lambda tmp: cycle(tmp, "sequential", args.sequential_n, args.latency, 1, args.page_size)),
         ("zero_latency", True,
@@ -779,15 +931,20 @@ def main(argv: list[str] | None = None) -> None:
         ("resume", not args.skip_resume, lambda tmp: resume(tmp, args.resume_n, args.concurrency)),
         ("workers", not args.skip_workers, lambda tmp: workers(tmp, args)),
     ]
+    if args.export:  # this figure alone
+        phases = [("export", True, lambda tmp: export(tmp, args.export_n))]
     with tempfile.TemporaryDirectory(prefix="cftrunner-bench-") as tmp:
         for name, wanted, measure in phases:
             if wanted:
                 print(f"... {name}", file=sys.stderr, flush=True)
                 figures[name] = measure(Path(tmp))
-    conc, seq = figures["concurrent"], figures.get("sequential")
-    if seq:
+    conc, seq = figures.get("concurrent"), figures.get("sequential")
+    if conc and seq:
         figures["ratio_per_item"] = seq["wall_per_item_s"] / conc["wall_per_item_s"]
         figures["ratio_wall"] = seq["wall_s"] / conc["wall_s"]
+    if figures.get("defaults") and seq:
+        figures["defaults_ratio_per_item"] = (seq["wall_per_item_s"]
+                                              / figures["defaults"]["wall_per_item_s"])
     figures["bench_wall_s"] = time.perf_counter() - started
     report(args, figures)
     figures["loadavg_1m_end"] = os.getloadavg()[0]

@@ -92,6 +92,7 @@ class PremClient:
         self._api_key = api_key
         self.timeouts = timeouts or Timeouts()
         self.limiter = limiter or RateLimiter()
+        self._advised = threading.local()  # a successful answer's Retry-After (advised_wait)
         self._slots: AbstractContextManager[object] = (
             threading.BoundedSemaphore(in_flight) if in_flight else contextlib.nullcontext())
         self._before_send = before_send
@@ -118,6 +119,12 @@ class PremClient:
         self._send_options: dict[str, Any] = {"proxies": dict(self.session.proxies),
                                               "verify": self.session.verify, "stream": False}
 
+    def advised_wait(self) -> float | None:
+        """The Retry-After of the last successful answer this thread got, if it had one; read
+        once."""
+        seconds, self._advised.seconds = getattr(self._advised, "seconds", None), None
+        return seconds
+
     def close(self) -> None:
         self.session.close()
 
@@ -136,6 +143,9 @@ class PremClient:
                                                        datetime.now(UTC)))
         if 200 <= status < 300:
             self.limiter.went_through()
+            if "Retry-After" in resp.headers:  # a poll answered, and asked to look again later
+                self._advised.seconds = parse_retry_after(resp.headers["Retry-After"],
+                                                          datetime.now(UTC))
             if not resp.content:
                 return None
             try:

@@ -22,8 +22,15 @@ POINTS: tuple[str, ...] = (
     "recs.after_ready",
     *(f"transition.{state}" for state in ("GENERATED", "JUDGED", "TRACED", "ADDED")),
 )
+# Inside a batch of writes that share one commit (store/batches.py), when it holds two or more
+# intents or outcomes: its intents committed and none sent; some of them sent; its outcomes
+# committed and no thread of it gone on yet.
+BATCH_POINTS: tuple[str, ...] = ("batch.after_intents", "batch.after_some_sent",
+                                 "batch.after_outcomes")
 # Reached by tick as it creates a cycle's run: its prompts chosen, then the run stored.
 TICK_POINTS: tuple[str, ...] = ("tick.after_choosing", "tick.after_create")
+# Reached by prune for each run it deletes: its rows deleted, not committed; then committed.
+PRUNE_POINTS: tuple[str, ...] = ("prune.before_commit", "prune.after_run")
 # Past the launch, reached only by a run that follows its job (and promotes its model).
 LOOP_POINTS: tuple[str, ...] = ("follow.after_end", "serving.after_ask",
                                  "promote.after_evaluation", "promote.after_recheck")

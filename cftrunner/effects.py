@@ -176,6 +176,7 @@ class Performer:
                     tx.finish_effect(prepared, EffectStatus.UNSENT, error=exc.message)
             raise
         crashpoints.reach(f"{kind}.after_send")
+        host.store.sent(effect.run.id, effect.key)  # a crash point once some of a batch are sent
         # An outcome alone can be lost with the power: the effect is then reconciled.
         with crashpoints.storing_intent(effect.then), tx_for(item, effect.then is not None) as tx:
             tx.finish_effect(prepared, EffectStatus.DONE, outcome)

@@ -84,6 +84,7 @@ class Session:
                  rand: Callable[[], float] = random.random, stop: Stop | None = None) -> None:
         self.store = store
         self.settings = settings
+        store.commit_window = settings.commit_window
         self.client = client or PremClient(
             settings.base_url, settings.api_key,
             Timeouts(settings.connect_timeout, settings.read_timeout),
@@ -146,6 +147,13 @@ class Session:
     def pause(self, seconds: float) -> None:
         self.sleep(seconds)
         self.checkpoint()
+
+    def look_again(self, delays: Iterator[float]) -> None:
+        """Wait before looking again at something the platform is doing: the next of `delays`,
+        or longer when its last answer asked for it (a Retry-After on a successful poll, up to
+        retry.max_retry_after)."""
+        advised = self.client.advised_wait() or 0.0
+        self.pause(max(next(delays), min(advised, self.settings.retry.max_retry_after)))
 
     def polls(self, cap: float) -> Iterator[float]:
         """The waits between looks at something the platform is doing: soon, then backing off

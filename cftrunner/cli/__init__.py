@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from cftrunner.cli.exits import EXIT_FAILED, EXIT_USAGE, _outcome, print_error
+from cftrunner.cli.item_commands import export, items
 from cftrunner.cli.look_commands import report, show, show_config, status
 from cftrunner.cli.options import connection_options
 from cftrunner.cli.run_commands import cancel, resume, settle, start, tick
@@ -27,8 +28,8 @@ def cli(**_options: Any) -> None:
     drives the run, 77 the API refused the key, 130/143 stopped by SIGINT/SIGTERM."""
 
 
-for command in (start, tick, resume, cancel, settle, status, show, report, show_config, demo,
-                sandbox):
+for command in (start, tick, resume, cancel, settle, status, show, items, export, report,
+                show_config, demo, sandbox):
     cli.add_command(command)
 
 

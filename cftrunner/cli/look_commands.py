@@ -64,33 +64,47 @@ def status(run_id: str | None, as_json: bool, **options: Any) -> int:
                                             "of charts.")
 @click.option("--project", "project_id", metavar="PROJECT_ID",
               help="With --trend: the project [default: the only one in the state database].")
-@click.option("--html", "html_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="With --trend: where the HTML page goes [default cftrunner-trend.html].")
+@click.option("--html", "html_file", metavar="FILE", is_flag=False, flag_value="",
+              type=click.Path(dir_okay=False),
+              help="Write the HTML page (give FILE after RUN_ID, or as --html=FILE): a run's "
+                   "[default cftrunner-report-RUN_ID.html]; with --trend, the trend page, written "
+                   "anyway [default cftrunner-trend.html], each cycle's run page beside it.")
 @click.option("--no-html", is_flag=True, help="With --trend: write no HTML page.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @connection_options
 def report(run_id: str | None, trend: bool, project_id: str | None, html_file: str | None,
            no_html: bool, as_json: bool, **options: Any) -> int:
     """Report a run: items per stage and failure kind, the score distribution, judge retries,
-    tokens and time per state. With --trend instead of RUN_ID: every cycle of a project, one
-    line each, and a self-contained HTML page of charts (needs the `report` extra, plotly).
+    tokens and time per state; with --html, also as a page (the score histogram against the
+    threshold, the lowest-scoring items with the judge's feedback, failures by kind, the gate's
+    verdict and the promotion decision). With --trend instead of RUN_ID: every cycle of a
+    project, one line each, and a page of every cycle's scores side by side, linking to each
+    cycle's run page (written beside it). The pages need the `report` extra (plotly); plotly.js
+    is written once beside them, as plotly.min.js, and they open offline.
 
-    Example: cftrunner report --trend --project P --html trend.html
+    Example: cftrunner report 20261121-223000-a1b2c3 --html
+
+    Example: cftrunner report --trend --project P --html pages/trend.html
     """
     from cftrunner.service.reports import report_text, trend_text
+    from cftrunner.views.pages.frame import run_page_name
 
     if (run_id is None) == (not trend):
         raise click.UsageError("give either RUN_ID or --trend")
-    if run_id is not None and (project_id or html_file or no_html):
-        raise click.UsageError("--project, --html and --no-html go with --trend")
-    if html_file and no_html:
+    if run_id is not None and (project_id or no_html):
+        raise click.UsageError("--project and --no-html go with --trend")
+    if html_file is not None and no_html:
         raise click.UsageError("--html and --no-html exclude each other")
     settings = settings_of(options)
     if run_id is not None:
-        click.echo(report_text(settings, run_id, as_json))
+        page = None if html_file is None else Path(html_file or run_page_name(run_id))
+        click.echo(report_text(settings, run_id, as_json, page))
         return 0
     html = None if no_html else Path(html_file or "cftrunner-trend.html")
-    click.echo(trend_text(settings, project_id, html, as_json))
+    text, note = trend_text(settings, project_id, html, as_json, html_asked=html_file is not None)
+    click.echo(text)
+    if note:
+        click.echo(note, err=True)
     return 0
 
 

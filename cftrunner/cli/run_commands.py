@@ -16,6 +16,7 @@ from cftrunner.cli.options import (
     progress_option,
     resolve_with_cycle,
     settings_of,
+    summarise,
     throughput_options,
 )
 from cftrunner.config.resolution import names, select
@@ -51,8 +52,9 @@ def _stop(settings: Settings) -> Stop:
 @connection_options
 def start(cycle: str | None, run_id: str | None, dry_run: bool, show_progress: bool | None,
           **options: Any) -> int:
-    """Start a cycle and drive it to LAUNCHED; the run id is the first line of output. With
-    several [[cycles]] in the config file, --cycle NAME picks one.
+    """Start a cycle and drive it to LAUNCHED; the run id is the first line of output, what
+    the run came to the next (then, on a terminal, a summary and the command for its report).
+    With several [[cycles]] in the config file, --cycle NAME picks one.
 
     Example: cftrunner start --project-id P --model-alias my-model-v3 --prompts prompts.json
     """
@@ -68,9 +70,12 @@ def start(cycle: str | None, run_id: str | None, dry_run: bool, show_progress: b
     if dry_run:
         click.echo(service.plan_text(resolved.settings, spec, chosen[0].name))
         return EXIT_LAUNCHED
-    return finish(service.start(resolved.settings, spec, on_created=lambda rid: click.echo(rid),
-                                 stop=_stop(resolved.settings), display=display(show_progress),
-                                 cycle=chosen[0].name))
+    run = service.start(resolved.settings, spec, on_created=lambda rid: click.echo(rid),
+                        stop=_stop(resolved.settings), display=display(show_progress),
+                        cycle=chosen[0].name)
+    code = finish(run)
+    summarise(resolved.settings, run.id, show_progress)
+    return code
 
 
 @click.command()
@@ -115,7 +120,9 @@ def tick(cycle: str | None, dry_run: bool, show_progress: bool | None, **options
     if run is None:
         click.echo(f"nothing to do: {decision.reason}")
         return EXIT_LAUNCHED
-    return finish(run)
+    code = finish(run)
+    summarise(resolved.settings, run.id, show_progress)
+    return code
 
 
 def _ticked(ticked: service.Ticked) -> int:
@@ -164,7 +171,9 @@ def resume(run_id: str, worker: bool, show_progress: bool | None, **options: Any
         click.echo(f"run {run.id}: no item left for this worker; the run is {run.state.value} "
                    "and another process takes it on")
         return EXIT_LAUNCHED
-    return finish(run)
+    code = finish(run)
+    summarise(settings, run.id, show_progress)
+    return code
 
 
 @click.command()

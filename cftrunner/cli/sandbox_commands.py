@@ -2,34 +2,63 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cftrunner.cli.options import display, progress_option
+from cftrunner.cli.exits import IN_USE, finish
+from cftrunner.cli.options import chosen_level, display, log_options, progress_option, summarise
+from cftrunner.config.cycle_file import make_state_folder
+from cftrunner.config.settings import KEY_BY_NAME, Settings
 
 
 @click.command()
 @click.option("--latency", type=click.FloatRange(0, 10), default=0.0, show_default=True,
               help="Seconds the sandbox waits before answering each request.")
+@click.option("--db", "db", metavar="URL",
+              help="SQLAlchemy URL of the state database the demo's run is kept in; another "
+                   "demo adds its run beside it [default sqlite:///state/cftrunner-demo.db].")
 @progress_option
-def demo(latency: float, show_progress: bool | None) -> int:
-    """Run a whole cycle against an in-process sandbox with a throwaway state file; no key needed.
+@log_options
+def demo(latency: float, db: str | None, show_progress: bool | None, **options: Any) -> int:
+    """Run a whole cycle against an in-process sandbox; no key or configuration needed. The run
+    is kept in a state database (--db, else state/cftrunner-demo.db here), whose path and the
+    commands to look at it end the output. Only its own options apply, not the environment's
+    or a config file's.
 
-    Example: cftrunner demo
+    Example: cftrunner demo --log-file demo.log
     """
     from importlib import resources
 
     from cftrunner import logs, service
+    from cftrunner.service.demo import DEMO_DB
+    from cftrunner.store import without_password
 
-    logs.configure("info")
+    level = chosen_level(options)
+    before = click.get_current_context().find_root().params
+    given = {key: options.get(key) or before.get(key) for key in ("log_level", "log_file",
+                                                                  "log_format")}
+    db = db or before.get("db")
+    db_url = KEY_BY_NAME["db"].check(db, text=True, label="--db") if db else DEMO_DB
+    if db_url == DEMO_DB:
+        make_state_folder(Path.cwd() / "state", None)
+    logs.configure(level or given["log_level"] or "info", fmt=given["log_format"],
+                   file=os.path.abspath(given["log_file"]) if given["log_file"] else None)
+    IN_USE.update(db=db_url, config=None)
     sample = resources.files("cftrunner") / "data" / "sample_prompts.json"
     with resources.as_file(sample) as path:
-        text = service.demo(Path(path), latency, on_created=lambda rid: click.echo(rid),
-                            display=display(show_progress))
-    click.echo(text)
-    return 0
+        run = service.demo(Path(path), latency, db_url, on_created=lambda rid: click.echo(rid),
+                           display=display(show_progress))
+    code = finish(run)
+    summarise(Settings(db_url=db_url), run.id, show_progress, always=True)
+    shown = without_password(db_url)
+    click.echo(f"  {'state':<11} {shown.removeprefix('sqlite:///')} (kept: another demo adds "
+               "its run to it)")
+    click.echo(f"  {'look':<11} {shlex.join(['cftrunner', 'status', '--db', shown])}")
+    return code
 
 
 @click.command()

@@ -15,6 +15,7 @@ DEFAULT_BASE_URL = "https://studio.premai.io"
 DEFAULT_DB = "sqlite:///state/cftrunner.db"
 KEY_VARIABLES = ("API_KEY", "PREMAI_API_KEY")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
 TRACE_SHAPES = ("tutorial", "batch")
 PRIORITIES = ("oldest", "weak")  # prompt_source.ORDERS
 DEFAULT_SPLIT_PERCENTAGE = 80
@@ -38,6 +39,9 @@ class Settings:
     poll_interval: float = 5.0
     poll_first: float = 0.25
     poll_factor: float = 2.0
+    # On SQLite, how long a write waits for other threads' writes to share its commit once
+    # nobody else is waiting to (0: only those already waiting share it; see store/batches.py).
+    commit_window: float = 0.0
     # Bounds on waiting within one invocation; past them the run stops intact and resume goes on.
     processing_timeout: float = 1800.0
     recs_timeout: float = 1800.0
@@ -73,6 +77,10 @@ class Settings:
     # left out of the comparison.
     model_load_timeout: float = 300.0
     model_give_up: float = 7200.0
+    # Where log events go besides stderr (which then keeps warnings and errors), and in which
+    # format (None: text on a terminal, JSON lines off one and in the file).
+    log_file: str | None = None
+    log_format: str | None = None
 
     @property
     def item_workers(self) -> int:
@@ -116,6 +124,9 @@ KEYS: tuple[Key, ...] = (
     _setting("base_url", "settings.base_url", Rule("url"), "CFTRUNNER_BASE_URL"),
     Key("api_key_file", "api_key_file", PATH, None),
     Key("log_level", "log_level", Rule("choice", choices=LOG_LEVELS), "info", "CFTRUNNER_LOG_LEVEL"),
+    _setting("log_file", "settings.log_file", PATH, "CFTRUNNER_LOG_FILE"),
+    _setting("log_format", "settings.log_format", Rule("choice", choices=LOG_FORMATS),
+             "CFTRUNNER_LOG_FORMAT"),
     _setting("retry.max_attempts", "settings.retry.max_attempts", Rule("integer", 1),
              "CFTRUNNER_MAX_ATTEMPTS"),
     _setting("retry.max_rate_limited", "settings.retry.max_rate_limited", Rule("integer", 1),
@@ -128,6 +139,8 @@ KEYS: tuple[Key, ...] = (
     _setting("timeouts.poll_interval", "settings.poll_interval", POSITIVE, "CFTRUNNER_POLL_INTERVAL"),
     _setting("timeouts.poll_first", "settings.poll_first", POSITIVE, "CFTRUNNER_POLL_FIRST"),
     _setting("timeouts.poll_factor", "settings.poll_factor", Rule("number", 1)),
+    _setting("timeouts.commit_window", "settings.commit_window", NOT_NEGATIVE,
+             "CFTRUNNER_COMMIT_WINDOW"),
     _setting("timeouts.processing", "settings.processing_timeout", POSITIVE,
              "CFTRUNNER_PROCESSING_TIMEOUT"),
     _setting("timeouts.recommendations", "settings.recs_timeout", POSITIVE, "CFTRUNNER_RECS_TIMEOUT"),

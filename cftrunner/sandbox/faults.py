@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 KINDS = ("status", "drop", "late", "latency", "hold", "malformed", "truncated", "no_content",
-         "lora_flag")
+         "lora_flag", "advise")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class FaultRule:
     half of its body, which is not JSON; "no_content" acts and answers a chat call with `content:
     null` and finish_reason "content_filter", as the SDK allows; "lora_flag" acts and answers a
     recommendations poll in the API's older shape, each experiment's `lora` true or false instead
-    of its `training_type`. The last two answer any other request as it is.
+    of its `training_type`. The last two answer any other request as it is. "advise" acts and
+    answers as it would, with a `Retry-After` of `retry_after` seconds: a successful poll that
+    asks to be made again no sooner.
     """
 
     route: str = "*"

@@ -153,6 +153,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._reply(Reply(200, chat.no_content(reply.payload)))
         elif rule.kind == "lora_flag" and route.name == "recs_get" and reply.status == 200:
             self._reply(Reply(200, catalog.older(reply.payload)))
+        elif rule.kind == "advise":
+            advised = rule.retry_after_header() or "0"
+            self._reply(Reply(reply.status, reply.payload, (*reply.headers,
+                                                             ("Retry-After", advised))))
         else:
             self._reply(reply)
 

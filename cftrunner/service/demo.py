@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cftrunner.config.settings import Settings
-from cftrunner.records import RunSpec
-from cftrunner.service.looks import status_text
+from cftrunner.records import Run, RunSpec
 from cftrunner.service.runs import start
 from cftrunner.views.live import Display, no_display
 
 DEMO_MODEL = "demo-safety-classifier-v1"
+DEMO_DB = "sqlite:///state/cftrunner-demo.db"  # in the working directory
 
 
-def demo(prompts_file: Path, latency: float, on_created: Callable[[str], None],
-         display: Display = no_display) -> str:
-    """A whole cycle against an in-process sandbox and a throwaway state file; the final status."""
+def demo(prompts_file: Path, latency: float, db_url: str, on_created: Callable[[str], None],
+         display: Display = no_display) -> Run:
+    """A whole cycle against an in-process sandbox, kept in the state database at `db_url`
+    beside the runs of earlier demos; the run, as it ended."""
     from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
 
-    with tempfile.TemporaryDirectory(prefix="cftrunner-demo-") as tmp, Sandbox(
-            api_key=DEFAULT_API_KEY, latency=latency, processing_seconds=0.5) as sandbox:
-        settings = Settings(base_url=sandbox.url, db_url=f"sqlite:///{tmp}/demo.db",
-                            api_key=DEFAULT_API_KEY, poll_interval=0.2)
+    with Sandbox(api_key=DEFAULT_API_KEY, latency=latency, processing_seconds=0.5) as sandbox:
+        settings = Settings(base_url=sandbox.url, db_url=db_url, api_key=DEFAULT_API_KEY,
+                            poll_interval=0.2)
         spec = RunSpec(project_id=DEFAULT_PROJECT_ID, model_alias=DEMO_MODEL,
                        prompts_source=str(prompts_file), judge_model="claude-4.5-sonnet")
-        run = start(settings, spec, on_created, display=display)
-        return status_text(settings, run.id, as_json=False)
+        return start(settings, spec, on_created, display=display)
 
 
 def serve_sandbox(*, host: str, port: int, latency: float, error_rate: float, rate_limit: float,

@@ -49,6 +49,10 @@ class Context(Host, Protocol):
         """The effect, at most once (effects.Performer.perform)."""
         ...
 
+    def look_again(self, delays: Iterator[float]) -> None:
+        """Wait the next of `delays`, or as long as the platform's last answer asked."""
+        ...
+
     def polls(self, cap: float) -> Iterator[float]:
         """The waits between looks at something the platform is doing."""
         ...

@@ -37,7 +37,7 @@ def follow(ctx: Context, run: Run) -> None:
             if time.monotonic() >= deadline:
                 raise StillTraining(message)
             log.info("training", job_id=job_id, status=job.status, running=running)
-            ctx.pause(next(delays))
+            ctx.look_again(delays)
             continue
         models = [e for e in job.experiments if e.succeeded]
         with ctx.tx() as tx:

@@ -39,7 +39,7 @@ def _wait(ctx: Context, what: str, bound: float, look: Callable[[], T | None]) -
         if time.monotonic() >= deadline:
             raise RunStopped(f"{what}: not finished after {bound:g} s; `cftrunner resume` "
                              "goes on waiting")
-        ctx.pause(next(delays))
+        ctx.look_again(delays)
     return found
 
 

@@ -70,7 +70,7 @@ def bring_up(ctx: Context, run: Run, models: list[str], wait: bool = True) -> Se
             raise ModelsLoading(f"{len(still)} of {len(models)} new models still loading for "
                                 f"inference ({', '.join(still)}); the next resume or tick "
                                 "looks again")
-        ctx.pause(next(delays))
+        ctx.look_again(delays)
 
 
 def _look(ctx: Context, run: Run, serving: Serving, model: str, listed: list[str] | None) -> None:

@@ -4,6 +4,7 @@ and offers its transactions, reads, run creation, leases and item claims.
     core.py      opening the database, write and read transactions
     writes.py    Tx: the writes of one transaction, each checking the state it changes from
     reads.py     the read queries
+    items.py     a run's items filtered and ordered, read a page at a time (items, export)
     runs.py      creating runs, asking to cancel one
     leases.py    a run's lease, workers and their claims on items
     rows.py      row → record mapping
@@ -14,6 +15,7 @@ and offers its transactions, reads, run creation, leases and item claims.
 from __future__ import annotations
 
 from cftrunner.store.core import missing_sqlite_file, without_password
+from cftrunner.store.items import ItemPages
 from cftrunner.store.leases import Leases
 from cftrunner.store.reads import Reads
 from cftrunner.store.runs import Runs
@@ -21,6 +23,6 @@ from cftrunner.store.runs import Runs
 __all__ = ["Store", "missing_sqlite_file", "without_password"]
 
 
-class Store(Reads, Runs, Leases):
+class Store(Reads, ItemPages, Runs, Leases):
     """One state database: opened (and brought to the current schema) by `Store(url)`, or
     `Store.existing(url)` for one that must be there already; closed by `close()`."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
@@ -16,6 +15,7 @@ from cftrunner import logs
 from cftrunner.exceptions import InputError
 from cftrunner.records import Holder
 from cftrunner.store import dialect, migrations
+from cftrunner.store.batches import Batches
 from cftrunner.store.errors import translated
 from cftrunner.store.writes import Tx
 
@@ -59,12 +59,11 @@ class Core:
         self.url = url
         with translated():
             self.engine = dialect.create_engine(url)
-            # SQLite lets one transaction write at a time. Threads of this process queue for it
-            # here, waking as soon as it is free, rather than in SQLite's busy handler, which
-            # sleeps in steps of up to 100 ms; other processes still queue on the busy timeout.
-            # Queued this way, they can share one connection for writing, kept open rather than
-            # taken from the pool and given back for every transaction.
-            self._write_lock = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+            # SQLite lets one transaction write at a time: the threads of this process share one
+            # connection for writing, kept open, and their writes share commits (batches.py);
+            # other processes queue on the busy timeout.
+            self._batches = (Batches(self._writer_at) if self.engine.dialect.name == "sqlite"
+                             else None)
             self._writer: sa.Connection | None = None
             self._writer_durable = True  # its synchronous level: FULL, as every connection starts
             try:
@@ -83,25 +82,45 @@ class Core:
             self._writer.close()
         self.engine.dispose()
 
+    @property
+    def commit_window(self) -> float:
+        """Seconds a write waits for others to share its commit once nobody else is waiting
+        (SQLite; 0 by default: only writes already waiting share it)."""
+        return self._batches.window if self._batches is not None else 0.0
+
+    @commit_window.setter
+    def commit_window(self, seconds: float) -> None:
+        if self._batches is not None:
+            self._batches.window = seconds
+
+    def _writer_at(self, durable: bool) -> sa.Connection:
+        """The writer connection, outside any transaction, at the synchronous level asked for."""
+        if self._writer is None or self._writer.invalidated:
+            self._writer = self.engine.connect()
+            self._writer_durable = True
+        if durable != self._writer_durable:
+            # Outside any transaction (SQLite refuses it inside one), on the driver's
+            # connection, which pysqlite leaves in autocommit (see dialect.py).
+            self._writer.connection.driver_connection.execute(  # type: ignore[union-attr]
+                f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._writer_durable = durable
+        return self._writer
+
     @contextmanager
-    def _writing(self, durable: bool = True) -> Iterator[sa.Connection]:
-        """A connection in a write transaction, committed at the end, rolled back on error."""
-        if self._write_lock is None:
-            with self.engine.begin() as conn:
-                yield conn
+    def _writing(self, durable: bool) -> Iterator[Tx]:
+        """A write transaction's Tx: a savepoint of a shared batch on SQLite, a transaction of
+        its own on PostgreSQL (whose server groups commits itself)."""
+        if self._batches is not None:
+            with self._batches.unit(durable) as tx:
+                yield tx
             return
-        with self._write_lock:
-            if self._writer is None or self._writer.invalidated:
-                self._writer = self.engine.connect()
-                self._writer_durable = True
-            if durable != self._writer_durable:
-                # Outside any transaction (SQLite refuses it inside one), on the driver's
-                # connection, which pysqlite leaves in autocommit (see dialect.py).
-                self._writer.connection.driver_connection.execute(  # type: ignore[union-attr]
-                    f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-                self._writer_durable = durable
-            with self._writer.begin():
-                yield self._writer
+        with self.engine.begin() as conn:
+            yield Tx(conn)
+
+    def sent(self, run_id: str, key: str) -> None:
+        """The request of an intent was sent: for the crash points inside a batch."""
+        if self._batches is not None:
+            self._batches.sent(run_id, key)
 
     @contextmanager
     def tx(self, fence: Holder | None = None, durable: bool = True) -> Iterator[Tx]:
@@ -114,8 +133,7 @@ class Core:
         earlier ones durable too. That is for what can be found again after such a loss, by
         asking again or by reconciling: never for an intent, which must be on disk before its
         request is sent. (On PostgreSQL every transaction is durable.)"""
-        with translated(), self._writing(durable) as conn:
-            tx = Tx(conn)
+        with translated(), self._writing(durable) as tx:
             if fence is not None:
                 tx.fence(fence)
             yield tx

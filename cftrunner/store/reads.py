@@ -60,9 +60,17 @@ class Reads(Core):
         with self._read() as conn:
             return conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is not None
 
-    def runs(self) -> list[Run]:
+    def runs(self, states: tuple[RunState, ...] = (), cycle: str | None = None,
+             limit: int | None = None) -> list[Run]:
+        """The runs, newest first: in one of `states` (any when empty), of `cycle` (any when
+        None), the first `limit` of them (all when None)."""
+        query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc())
+        if states:
+            query = query.where(runs.c.state.in_([s.value for s in states]))
+        if cycle is not None:
+            query = query.where(runs.c.cycle == cycle)
         with self._read() as conn:
-            rows = conn.execute(sa.select(runs).order_by(runs.c.created_at.desc())).all()
+            rows = conn.execute(query if limit is None else query.limit(limit)).all()
         return [run_from(r) for r in rows]
 
     def items(self, run_id: str, stage: ItemStage | None = None) -> list[Item]:

@@ -29,9 +29,8 @@ from cftrunner.store.schema import (
     workers,
 )
 
-# The statements of every item step, built once: SQLAlchemy then finds them in its compiled
-# cache without building and hashing a new statement each time. An UPDATE's columns are the
-# keys of the parameters it is executed with.
+# The statements of every item step, built once (found in SQLAlchemy's compiled cache, not built
+# and hashed again); an UPDATE's columns are the keys of the parameters it is executed with.
 _LEASE_TOKEN = (sa.select(runs.c.lease_token).where(runs.c.id == sa.bindparam("run_id"))
                 .with_for_update())
 # Only the item's row is locked: locking the worker's own row would queue all of its threads on
@@ -57,6 +56,8 @@ class Tx:
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
         self.logged: list[tuple[str, dict[str, Any]]] = []
+        self.intents: list[tuple[str, str]] = []  # for the crash points of a batch (batches.py)
+        self.outcomes = 0
 
     def fence(self, holder: Holder) -> None:
         """Fail (LeaseLost) unless `holder` still holds the run's lease, with the run's row
@@ -234,6 +235,7 @@ class Tx:
                        request: dict[str, Any], previous: Effect | None) -> Effect:
         """Store the intent to send `request`; the effect as now stored."""
         now = utcnow()
+        self.intents.append((run_id, key))
         if previous is None:
             self.conn.execute(_INSERT_EFFECT, {
                 "run_id": run_id, "key": key, "kind": kind, "item_id": item_id,
@@ -257,6 +259,7 @@ class Tx:
                       outcome: dict[str, Any] | None = None, error: str | None = None,
                       verdict: str | None = None) -> None:
         self._set_effect(effect, utcnow(), status=status.value, outcome=outcome, error=error)
+        self.outcomes += status is EffectStatus.DONE
         facts = {k: v for k, v in (outcome or {}).items() if isinstance(v, str | int | float)}
         self.event(effect.run_id, f"effect_{status.value.lower()}", effect.item_id,
                    key=effect.key, attempt=effect.attempts, **facts,

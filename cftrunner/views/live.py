@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import structlog
 
+from cftrunner import logs
 from cftrunner.store import Store
-from cftrunner.views.progress import Tracker
+from cftrunner.views.progress import LogTally, Tracker
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -28,8 +29,9 @@ JOIN_SECONDS = 2.0  # how long the end of a run waits for the display's last ref
 BAR_WIDTH = 24
 
 
-def renderable(tracker: Tracker) -> RenderableType:
-    """A bar and the figures of each stage, then the run's line."""
+def renderable(tracker: Tracker, tally: LogTally | None = None) -> RenderableType:
+    """A bar and the figures of each stage, then the run's line, then what became of the log
+    lines kept off the terminal, if any."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -44,14 +46,19 @@ def renderable(tracker: Tracker) -> RenderableType:
                           width=BAR_WIDTH)
         grid.add_row(name, bar, done, Text(failed, style="red" if row.counts.failed else ""),
                      rate, left)
-    return Group(grid, Text(tracker.run_line()))
+    said = None if tally is None else tally.line()
+    lines = [Text(tracker.run_line()), *([] if said is None else [
+        Text(said, style="dim", no_wrap=True, overflow="ellipsis")])]
+    return Group(grid, *lines)
 
 
 class RunProgress:
     """While open, a display of a run's progress on `stream`, read from the store about twice a
     second, so it shows the whole run's progress whichever process does the work. It shows when
-    `stream` is a terminal, or always with `enabled` True; otherwise it does nothing at all. It
-    never makes the run fail: its own errors are logged at debug level, once."""
+    `stream` is a terminal, or always with `enabled` True; otherwise it does nothing at all. While
+    it shows, log lines below warning stay off the terminal (`logs.divert`): the log file has them,
+    and the display counts them. It never makes the run fail: its own errors are logged at debug
+    level, once."""
 
     def __init__(self, store: Store, run_id: str, stream: TextIO, enabled: bool | None = None,
                  interval: float = REFRESH_SECONDS) -> None:
@@ -61,12 +68,15 @@ class RunProgress:
         self.enabled = enabled
         self.interval = interval
         self.tracker = Tracker(run_id)
+        self.tally = LogTally(logs.log_file())
         self.live: Live | None = None
         self._lines: _LogLines | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._closed = False
         self._failed = False
+        self._diverted = False
+        self._sink_before: logs.Sink | None = None
 
     def __enter__(self) -> RunProgress:
         if self.enabled is False or (self.enabled is None and not _isatty(self.stream)):
@@ -77,6 +87,7 @@ class RunProgress:
                 # Log lines resolve sys.stderr as they are written (logs.configure).
                 self._lines = _LogLines(self.live.console, sys.stderr)
                 sys.stderr = cast(TextIO, self._lines)
+                self._sink_before, self._diverted = logs.divert(self.tally.add), True
                 self._thread = threading.Thread(target=self._loop, args=(self.live, self._lines),
                                                 name="cftrunner-progress", daemon=True)
                 self._thread.start()
@@ -93,6 +104,9 @@ class RunProgress:
 
     def _stop(self) -> None:
         self._closed = True
+        if self._diverted:
+            self._diverted = False
+            logs.divert(self._sink_before)
         try:
             if self._lines is not None:
                 if sys.stderr is cast(TextIO, self._lines):
@@ -112,18 +126,19 @@ class RunProgress:
             except Exception as exc:  # noqa: BLE001
                 self._note(exc)
             if stopping or time.monotonic() >= due:
-                self._refresh(live)
+                self._refresh(live, ended=stopping)
                 due = time.monotonic() + self.interval
             if stopping:
                 return
             self._stopping.wait(FLUSH_SECONDS)
 
-    def _refresh(self, live: Live) -> None:
+    def _refresh(self, live: Live, ended: bool = False) -> None:
         try:
             state, counts = self.store.stage_counts(self.run_id)
-            self.tracker.add(state, counts)
+            self.tracker.add(state, counts, ended)
             if not self._closed:
-                live.update(_laid_out(live.console, renderable(self.tracker)), refresh=True)
+                live.update(_laid_out(live.console, renderable(self.tracker, self.tally)),
+                            refresh=True)
         except Exception as exc:  # noqa: BLE001
             self._note(exc)
 

@@ -16,6 +16,8 @@ from cftrunner.views.status import regression_lines, regression_to_json
 from cftrunner.wording import duration
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cftrunner.store import Store
 
 BINS = 10  # the histogram's bins split [0, 1] evenly
@@ -210,7 +212,11 @@ def read_report(store: Store, run_id: str) -> RunReport:
                       store.judge_requests(run_id))
 
 
-def report_output(report: RunReport, as_json: bool) -> str:
-    """What `cftrunner report RUN_ID` prints: the report as a person reads it, or its JSON."""
-    return json.dumps(report.to_json(), indent=2) if as_json else render_run(report)
+def report_output(report: RunReport, as_json: bool, html_path: Path | None = None) -> str:
+    """What `cftrunner report RUN_ID` prints: the report as a person reads it, or its JSON; and
+    the page written to `html_path`, if any."""
+    if as_json:
+        return json.dumps({**report.to_json(), "html": None if html_path is None
+                           else str(html_path)}, indent=2)
+    return render_run(report) + ("" if html_path is None else f"\nwrote {html_path}")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import textwrap
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +12,8 @@ from cftrunner.config.run_options import verdict
 from cftrunner.prompt_source import describe as describe_source
 from cftrunner.records import Completion, Item, RunSummary
 from cftrunner.states import ITEM_FAILED, ItemStage
+from cftrunner.views import tables
+from cftrunner.views.tables import Column
 from cftrunner.wording import age, duration, settle_command
 
 
@@ -82,22 +86,37 @@ def _owner(summary: RunSummary, now: datetime) -> str | None:
     return f"{lease.owner.label()} for {age(now, lease.expires_at)}"
 
 
-def table(summaries: list[RunSummary], now: datetime) -> str:
+STATUS_COLUMNS = (Column("RUN ID"), Column("STATE"), Column("ITEMS", "right"),
+                  Column("FAILED", "right"), Column("AGE", "right"), Column("OWNER", ratio=1),
+                  Column("LAST ERROR", keep="end", ratio=3))
+# What a stopped run's error ends with, the same for every run: left out of the table's column
+# (not of `status RUN` or --json) so that it shows the end that differs, the status and reason.
+ADVICE = re.compile(r"(;\s*fix the cause, then `cftrunner resume [^`]*`|\s*\(gave up after [^()]*\))$")
+
+
+def short_error(text: str | None, base_url: str | None) -> str:
+    """An error for the table: on one line, without the run's base URL and the advice to resume."""
+    flat = " ".join((text or "").split())
+    if base_url and base_url.rstrip("/"):
+        flat = flat.replace(base_url.rstrip("/"), "")
+    return ADVICE.sub("", flat)
+
+
+def table(summaries: list[RunSummary], now: datetime, width: int | None = None) -> str:
+    """The runs, one line each, fitted to `width` (default: the terminal's); the last error keeps
+    its end, where the status and reason are."""
     if not summaries:
         return "no runs yet: start one with `cftrunner start`"
-    rows = [("RUN ID", "STATE", "ITEMS", "FAILED", "AGE", "OWNER", "LAST ERROR")]
-    for s in summaries:
-        owner = _owner(s, now) or "-"
-        rows.append((s.run.id, s.run.state.value, str(s.total_items), str(_failed(s)),
-                     age(s.run.created_at, now), owner,
-                     _one_line(s.run.failure_reason or s.run.skip_reason or s.run.last_error,
-                               60)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
-                     for r in rows)
+    return tables.table(STATUS_COLUMNS, [
+        (s.run.id, s.run.state.value, str(s.total_items), str(_failed(s)),
+         age(s.run.created_at, now), _owner(s, now) or "-",
+         short_error(s.run.failure_reason or s.run.skip_reason or s.run.last_error, s.run.base_url))
+        for s in summaries], width)
 
 
-def detail(summary: RunSummary, now: datetime) -> str:
+def detail(summary: RunSummary, now: datetime, width: int | None = None) -> str:
+    """`status RUN`: a line per field; on a terminal (or given `width`), a long value wraps
+    under itself. The last error is shown whole."""
     run = summary.run
     counts = ", ".join(f"{n} {stage.lower()}" for stage, n in summary.stage_counts.items() if n)
     lines = [
@@ -145,8 +164,18 @@ def detail(summary: RunSummary, now: datetime) -> str:
         lines.append(("undecided", f"{effect.key}: outcome unknown ({effect.error}); "
                                    f"{settle_command(run.id, effect.key)}"))
     if run.last_error:
-        lines.append(("last error", _one_line(run.last_error, 200)))
-    return "\n".join(f"{key:<11}{value}" for key, value in lines)
+        lines.append(("last error", " ".join(run.last_error.split())))
+    if width is None and tables.on_a_terminal():
+        width = tables.terminal_width()
+    return "\n".join(_field(key, value, width) for key, value in lines)
+
+
+def _field(key: str, value: str, width: int | None) -> str:
+    line = f"{key:<11}{value}"
+    if width is None or len(line) <= width:
+        return line
+    return "\n".join(textwrap.wrap(line, max(width, 31), subsequent_indent=" " * 11,
+                                   break_on_hyphens=False))
 
 
 def regression_lines(summary: RunSummary) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""A project's cycles side by side: a row per run, as a table and as JSON (its charts: report_html)."""
+"""A project's cycles side by side: a row per run, as a table and as JSON (its page: views/pages)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,39 @@ from typing import TYPE_CHECKING, Any
 from cftrunner.exceptions import InputError
 from cftrunner.records import Run, RunSummary
 from cftrunner.states import ITEM_FAILED, RunState
-from cftrunner.views.report import distribution, figure, percent, rounded, share, threshold_of
+from cftrunner.views.report import (
+    distribution,
+    figure,
+    percent,
+    percentile,
+    rounded,
+    share,
+    threshold_of,
+)
 
 if TYPE_CHECKING:
     from cftrunner.store import Store
+
+
+@dataclass(frozen=True)
+class Spread:
+    """What a box plot draws of a cycle's judged scores: the ends, the quartiles, the mean."""
+
+    low: float
+    q1: float
+    median: float
+    q3: float
+    high: float
+    mean: float
+
+
+def spread(scores: Sequence[float]) -> Spread | None:
+    """The spread of the scores (quartiles as `percentile` interpolates them); None for none."""
+    ordered = sorted(scores)
+    if not ordered:
+        return None
+    q1, median, q3 = (percentile(ordered, q) or 0.0 for q in (0.25, 0.5, 0.75))
+    return Spread(ordered[0], q1, median, q3, ordered[-1], sum(ordered) / len(ordered))
 
 
 @dataclass(frozen=True)
@@ -35,15 +64,25 @@ class TrendRow:
     job_id: str | None
     skip_reason: str | None
     promotion: str | None = None  # the promotion decision, in a few words
+    tokens: int = 0  # of every completion of the run
+    judge_retries: int = 0  # judge requests beyond the first of each item
+    spread: Spread | None = None  # of the judged scores; None when none is judged
+    failure_reason: str | None = None  # of a FAILED (or CANCELLED) run
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "created_at": self.created_at.isoformat(),
                 "state": self.state.value, "mean_score": rounded(self.mean_score),
                 "share_below": rounded(self.share_below),
-                "failure_share": rounded(self.failure_share)}
+                "failure_share": rounded(self.failure_share),
+                "spread": None if self.spread is None
+                else {k: rounded(v) for k, v in asdict(self.spread).items()}}
 
 
-def trend_row(summary: RunSummary, scores: Sequence[float]) -> TrendRow:
+def trend_row(summary: RunSummary, scores: Sequence[float],
+              counts: dict[tuple[str, str], tuple[int, int]] | None = None,
+              judge_requests: tuple[int, int] = (0, 0)) -> TrendRow:
+    """A cycle's row from its summary and scores, and (as the store counts them) its
+    completions per (kind, outcome) with their tokens and its judge requests and items."""
     run = summary.run
     d = distribution(scores, threshold_of(run))
     failed = sum(summary.stage_counts.get(st.value, 0) for st in ITEM_FAILED)
@@ -51,7 +90,8 @@ def trend_row(summary: RunSummary, scores: Sequence[float]) -> TrendRow:
                     d.judged, d.mean, d.threshold, d.share_below,
                     share(failed, summary.total_items), run.job_id,
                     run.skip_reason if run.state is RunState.SKIPPED else None,
-                    promotion_note(run))
+                    promotion_note(run), sum(t for _, t in (counts or {}).values()),
+                    judge_requests[0] - judge_requests[1], spread(scores), run.failure_reason)
 
 
 def promotion_note(run: Run) -> str | None:
@@ -87,7 +127,8 @@ def trend(store: Store, project_id: str) -> list[TrendRow]:
     """One row per run of the project, oldest first."""
     runs = sorted((r for r in store.runs() if r.project_id == project_id),
                   key=lambda r: (r.created_at, r.id))
-    return [trend_row(store.summary(run), store.scores(run.id)) for run in runs]
+    return [trend_row(store.summary(run), store.scores(run.id), store.completion_counts(run.id),
+                      store.judge_requests(run.id)) for run in runs]
 
 
 def trend_cells(row: TrendRow) -> tuple[str, ...]:
@@ -101,27 +142,29 @@ TREND_HEADER = ("DATE (UTC)", "RUN ID", "STATE", "MODEL", "ITEMS", "MEAN", "BELO
                 "JOB", "NOTE")
 
 
-def trend_table(rows: Sequence[TrendRow]) -> str:
-    table = [TREND_HEADER, *(trend_cells(r) for r in rows)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(TREND_HEADER) - 1)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]])
-                     .rstrip() for r in table)
+def trend_table(rows: Sequence[TrendRow], width: int | None = None) -> str:
+    """The cycles, a line each, fitted to `width` (default: the terminal's): the run id, state
+    and figures whole; the date, then the note, model and job share what is left, cut at the end."""
+    from cftrunner.views.tables import Column, table  # here: trend.py's imports are helper H's
+
+    shares = {"DATE (UTC)": 4, "MODEL": 1, "JOB": 1, "NOTE": 2}
+    columns = [Column(h, "right") if h in ("ITEMS", "MEAN", "BELOW", "FAILED")
+               else Column(h, ratio=shares.get(h)) for h in TREND_HEADER]
+    return table(columns, [trend_cells(r) for r in rows], width)
 
 
 @dataclass(frozen=True)
 class Trend:
-    """A project's cycles, oldest first, and the scores of the latest one."""
+    """A project's cycles, oldest first."""
 
     project_id: str
     rows: list[TrendRow]
-    latest_scores: list[float]
 
 
 def read_trend(store: Store, project_id: str | None) -> Trend:
     """The trend of `project_id`, or of the only project in the store."""
     project = project_of(store.runs(), project_id)
-    rows = trend(store, project)
-    return Trend(project, rows, store.scores(rows[-1].run_id))
+    return Trend(project, trend(store, project))
 
 
 def trend_output(found: Trend, html_path: Path | None, as_json: bool) -> str:

@@ -157,6 +157,42 @@ def test_a_kill_at_any_crash_point_resumes_to_launched_with_every_effect_once(
     assert_launched_once(cli, sandbox)
 
 
+def effects_at_kill(db_url: str) -> dict[str, list[str]]:
+    """The keys of the run's trace and addition effects by status, as the kill left them."""
+    store = Store(db_url)
+    try:
+        found: dict[str, list[str]] = {}
+        for effect in store.effects(RUN_ID):
+            if effect.kind in ("trace", "add"):
+                found.setdefault(effect.status.value, []).append(effect.key)
+        return found
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("point", crashpoints.BATCH_POINTS, ids=crashpoints.BATCH_POINTS)
+def test_a_kill_inside_a_batch_of_shared_commits_resumes_with_every_effect_once(
+        cli: Cli, sandbox: Sandbox, db_url: str, point: str) -> None:
+    """With a commit window, the items' intents and outcomes share commits (store/batches.py).
+    Killed inside such a batch (its intents committed and none sent; some sent; its outcomes
+    committed), a resume sends each effect once."""
+    env = {crashpoints.ENV: point, "CFTRUNNER_COMMIT_WINDOW": "0.3"}
+    killed = cli.run(*cli.start_args(RUN_ID), env=env)
+    assert killed.returncode == KILLED, tail(killed.stderr)
+    left = effects_at_kill(db_url)
+    traces = sandbox.counts()["requests"].get("trace_create", 0)
+    if point == "batch.after_intents":
+        assert traces == 0 and len(left.get("PREPARED", [])) >= 2, left
+    elif point == "batch.after_some_sent":
+        assert traces >= 1 and left.get("PREPARED"), left
+    else:
+        assert len(left.get("DONE", [])) >= 2, left
+
+    resume_to_launched(cli)
+
+    assert_launched_once(cli, sandbox)
+
+
 @pytest.mark.parametrize(("point", "stage", "kind"), [
     ("judge.after_store", ItemStage.JUDGED, "trace"),
     ("trace.after_outcome", ItemStage.TRACED, "add"),

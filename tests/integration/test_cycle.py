@@ -304,6 +304,19 @@ def test_recommendations_are_looked_at_soon_then_backing_off_to_the_poll_interva
     assert harness.sleeps == waits
 
 
+def test_a_poll_answered_with_a_retry_after_is_made_again_no_sooner_than_it_asks(
+        make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness]) -> None:
+    """The recommendations are not ready at the first two looks, whose answers (200) carry
+    Retry-After: 3; the backoff alone would look again after 0.25 s and 0.5 s."""
+    sandbox = make_sandbox(recs_polls=2, processing_seconds=0.0)
+    sandbox.add_fault(FaultRule(route="recs_get", kind="advise", retry_after=3, times=2))
+    harness = make_harness(sandbox, poll_interval=Settings().poll_interval)
+    run = harness.runner.drive(harness.start())
+    assert run.state is RunState.LAUNCHED
+    assert sandbox.world.dump()["recommendations"][0]["polls"] == 3
+    assert harness.sleeps == [3.0, 3.0]
+
+
 def test_corrections_are_awaited_before_the_snapshot(make_sandbox: Callable[..., Sandbox],
                                                      make_harness: Callable[..., Harness]) -> None:
     sandbox = make_sandbox(processing_seconds=0.6, add_threshold=1.01)

@@ -1,5 +1,5 @@
 """The progress display on a real store: nothing at all off a terminal; on one, the store's counts
-as they change, log lines printed above it, and never an error out of it."""
+as they change, warnings printed above it, other log lines counted, and never an error out of it."""
 
 from __future__ import annotations
 
@@ -109,19 +109,36 @@ def test_on_a_terminal_it_shows_the_counts_in_the_store_as_they_change(
     assert last[4].startswith("run r1 CREATED: items in progress")
 
 
-def test_log_lines_written_while_it_shows_print_above_it(
+def test_warnings_written_while_it_shows_print_above_it(
         store: Store, run: str, monkeypatch: pytest.MonkeyPatch) -> None:
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     logs.configure("info")
     with RunProgress(store, run, sys.stderr, interval=0.02):
         wait_for(lambda: "generate" in terminal.getvalue())
-        structlog.get_logger("cftrunner").info("run_transitioned", state="JUDGED")
+        structlog.get_logger("cftrunner").warning("request_retry", what="trace", status_code=503)
     assert sys.stderr is terminal
     lines = screen(terminal)
-    [logged] = [n for n, line in enumerate(lines) if "run_transitioned" in line]
-    assert "state=JUDGED" in lines[logged] and "generate" not in lines[logged]
+    [logged] = [n for n, line in enumerate(lines) if line.startswith("20") and "request_retry" in line]
+    assert "status_code=503" in lines[logged] and "generate" not in lines[logged]
     assert any(line.startswith("generate") for line in lines[logged + 1:])
+
+
+def test_lines_below_warning_stay_off_the_terminal_and_the_display_counts_them(
+        store: Store, run: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    logs.configure("info")
+    with RunProgress(store, run, sys.stderr, interval=0.02):
+        wait_for(lambda: "generate" in terminal.getvalue())
+        for n in range(3):
+            structlog.get_logger("cftrunner").info("effect_done", key=f"add:{n}")
+        wait_for(lambda: "lines not shown" in terminal.getvalue())
+    lines = screen(terminal)
+    assert not any("effect_done" in line for line in lines if not line.startswith("log: "))
+    assert lines[-1] == "log: 3 lines not shown (--log-file FILE keeps them), last: effect_done key=add:2"
+    structlog.get_logger("cftrunner").info("after", n=1)  # once it is closed, lines print again
+    assert "after" in terminal.getvalue()
 
 
 def test_a_display_that_cannot_read_the_store_never_fails_and_says_so_once(store: Store) -> None:
@@ -140,7 +157,7 @@ def test_a_burst_of_log_lines_prints_in_order_without_a_redraw_for_each(
     with RunProgress(store, run, sys.stderr, interval=0.02):
         wait_for(lambda: "generate" in terminal.getvalue())
         for n in range(500):
-            structlog.get_logger("cftrunner").info("effect_done", n=n)
+            structlog.get_logger("cftrunner").warning("effect_unknown", n=n)
     lines = screen(terminal)
-    assert [int(line.rsplit("n=", 1)[1]) for line in lines if "effect_done" in line] == list(range(500))
+    assert [int(line.rsplit("n=", 1)[1]) for line in lines if "effect_unknown" in line] == list(range(500))
     assert sum(line.startswith("generate") for line in lines) < 50

@@ -16,7 +16,8 @@ from cftrunner.cli import main
 from cftrunner.config.run_options import GateConfig
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.states import ItemStage, RunState
-from cftrunner.views.report_html import FAILURE_TITLE, HISTOGRAM_TITLE, MEAN_TITLE
+from cftrunner.views.pages.frame import PLOTLY_JS
+from cftrunner.views.pages.trend_page import COSTS_TITLE, SCORES_TITLE, SHARES_TITLE
 from tests.conftest import PROMPTS, Harness
 
 ERROR = re.compile(r"^cftrunner: error: ", re.MULTILINE)
@@ -112,19 +113,24 @@ def two_cycles(harness: Harness) -> list[str]:
     return [harness.runner.drive(harness.start()).id for _ in range(2)]
 
 
-def test_the_trend_shows_one_line_per_cycle_and_writes_the_page(
+def test_the_trend_shows_one_line_per_cycle_and_writes_the_pages(
         harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first, second = two_cycles(harness)
     lines = report(capsys, "--trend").splitlines()
-    assert lines[-1] == "wrote cftrunner-trend.html"
-    assert [line.split()[2] for line in lines[1:-1]] == [first, second]
+    assert lines[-1] == "wrote cftrunner-trend.html" and len(lines) == 4
+    assert first in lines[1] and second in lines[2]
     page = (tmp_path / "cftrunner-trend.html").read_text()
-    for title in (f"{HISTOGRAM_TITLE} ({second})", MEAN_TITLE, FAILURE_TITLE):
+    for title in (SCORES_TITLE, SHARES_TITLE, COSTS_TITLE):
         assert title in page
-    assert page.count("Plotly.newPlot(") == 3
-    assert re.search(r"plotly\.js v\d", page), "plotly.js is embedded"
-    assert '<script src="http' not in page and "<script src='http" not in page
-    assert first in page and second in page
+    assert page.count("Plotly.newPlot(") == 3 and page.count('"type":"box"') == 2
+    assert f'<script src="{PLOTLY_JS}"></script>' in page
+    assert not re.search(r"<script src=[\"']https?:", page), "no CDN: the page works offline"
+    assert re.search(r"plotly\.js v\d", (tmp_path / PLOTLY_JS).read_text()[:200])
+    # Each cycle's page is written beside the trend page, which links to it.
+    for run_id in (first, second):
+        assert f'href="cftrunner-report-{run_id}.html"' in page
+        assert run_id in (tmp_path / f"cftrunner-report-{run_id}.html").read_text()
+    assert sorted(p.name for p in tmp_path.glob("*.js")) == [PLOTLY_JS]
 
 
 def test_the_trend_as_json_names_the_page_it_wrote(
@@ -158,7 +164,9 @@ def test_a_skipped_cycle_shows_its_reason_in_the_trend(
     [cycle] = report_json(capsys, "--trend", "--no-html")["cycles"]
     assert cycle["state"] == "SKIPPED" and cycle["job_id"] is None
     assert cycle["skip_reason"] == run.skip_reason
-    assert f"skipped: {run.skip_reason}" in report(capsys, "--trend", "--no-html")
+    with pytest.MonkeyPatch.context() as wide:  # the table fits the terminal: one wide enough
+        wide.setenv("COLUMNS", "200")
+        assert f"skipped: {run.skip_reason}" in report(capsys, "--trend", "--no-html")
 
 
 def test_runs_of_several_projects_need_one_named(

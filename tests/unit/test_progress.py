@@ -9,7 +9,17 @@ from rich.console import Console
 
 from cftrunner.states import RunState
 from cftrunner.views.live import renderable
-from cftrunner.views.progress import Speed, StageCounts, StageRow, Tracker, eta, stage_counts
+from cftrunner.views.progress import (
+    LogTally,
+    Speed,
+    StageCounts,
+    StageRow,
+    Tracker,
+    eta,
+    stage_counts,
+    step,
+    summary_lines,
+)
 
 
 class Clock:
@@ -95,16 +105,93 @@ def test_the_run_line_says_what_the_run_waits_for_and_for_how_long() -> None:
     tracker.add(RunState.ADDED, {"ADDED": 3})
     clock.now += 42
     tracker.add(RunState.ADDED, {"ADDED": 3})
-    assert tracker.run_line() == "run r1  ADDED: waiting for corrections, then the snapshot  (42s)"
+    assert tracker.run_line() == (
+        "run r1  waiting for corrections, then the gate and the snapshot  (42s)")
     tracker.add(RunState.LAUNCHED, {"ADDED": 3})
+    assert tracker.run_line() == "run r1  following the job  (0.0s)"
+    tracker.add(RunState.LAUNCHED, {"ADDED": 3}, ended=True)
     assert tracker.run_line() == "run r1  LAUNCHED: the fine-tuning job is launched"
 
 
 @pytest.mark.parametrize("state", list(RunState))
-def test_every_run_state_has_a_line(state: RunState) -> None:
+def test_every_run_state_has_a_line_once_the_run_is_no_longer_driven(state: RunState) -> None:
     tracker = Tracker("r1")
-    tracker.add(state, {})
+    tracker.add(state, {}, ended=True)
     assert tracker.run_line().startswith(f"run r1  {state.value}: ")
+
+
+@pytest.mark.parametrize(("state", "counts", "expected"), [
+    (RunState.CREATED, {"PENDING": 3, "GENERATED": 2, "JUDGED": 4, "GEN_FAILED": 1},
+     ("generating and judging", "5/10")),
+    (RunState.CREATED, {"JUDGED": 2, "TRACED": 1, "ADDED": 6, "JUDGE_FAILED": 1},
+     ("adding to the dataset", "7/10")),
+    (RunState.TRACED, {"ADDED": 9, "SKIPPED": 4}, ("adding to the dataset", "9/9")),
+    (RunState.ADDED, {"ADDED": 9}, ("waiting for corrections, then the gate and the snapshot", "")),
+    (RunState.SNAPSHOT, {"ADDED": 9}, ("waiting for recommendations", "")),
+    (RunState.RECS_READY, {"ADDED": 9}, ("launching the fine-tuning job", "")),
+    (RunState.LAUNCHED, {"ADDED": 9}, ("following the job", "")),
+])
+def test_a_driven_run_is_named_by_its_step_not_its_state(
+        state: RunState, counts: dict[str, int], expected: tuple[str, str]) -> None:
+    assert step(state, counts) == expected
+
+
+def test_the_time_in_a_step_runs_on_while_its_items_move_the_state() -> None:
+    clock = Clock()
+    tracker = Tracker("r1", clock=clock)
+    tracker.add(RunState.CREATED, {"PENDING": 2})
+    clock.now += 30
+    tracker.add(RunState.GENERATED, {"PENDING": 1, "JUDGED": 1})
+    assert tracker.run_line() == "run r1  generating and judging 1/2  (30s)"
+    tracker.add(RunState.JUDGED, {"JUDGED": 2})
+    clock.now += 5
+    tracker.add(RunState.JUDGED, {"TRACED": 1, "ADDED": 1})
+    assert tracker.run_line() == "run r1  adding to the dataset 1/2  (5.0s)"
+
+
+def test_the_tally_counts_the_lines_kept_off_the_terminal_and_the_retries() -> None:
+    tally = LogTally()
+    assert tally.line() is None
+    tally.add({"event": "run_transitioned", "state": "JUDGED"}, shown=True)
+    assert tally.line() is None
+    for n in range(3):
+        tally.add({"event": "effect_done", "key": f"add:{n}", "run_id": "r1"}, shown=False)
+    tally.add({"event": "request_retry", "what": "trace", "status_code": 503}, shown=True)
+    assert tally.line() == ("log: 3 lines not shown (--log-file FILE keeps them), last: "
+                            "effect_done key=add:2; retries 1, last: what=trace status_code=503")
+
+
+def test_with_a_log_file_the_tally_says_where_the_lines_are() -> None:
+    tally = LogTally("/var/log/run.log")
+    tally.add({"event": "effect_done", "key": "trace:4"}, shown=False)
+    tally.add({"event": "preflight", "reason": "x"}, shown=True)
+    assert tally.line() == "log: 2 lines in /var/log/run.log, last: effect_done key=trace:4"
+
+
+STATUS = {"run_id": "r1", "state": "LAUNCHED", "job_id": "job-9",
+          "items": {"total": 10, "PENDING": 0, "ADDED": 7, "JUDGE_FAILED": 2, "ADD_FAILED": 1,
+                    "SKIPPED": 0},
+          "failures": {"judge_failed:malformed": 2, "add_failed:rejected": 1},
+          "gate": {"passed": True, "traces_added": 7, "below_threshold": 3, "mean_score": 0.61234,
+                   "config": {"score_threshold": 0.5}}}
+
+
+def test_the_summary_says_items_failures_scores_job_and_the_report_command() -> None:
+    assert summary_lines(STATUS, "cftrunner report r1") == [
+        "  items       10: 7 added, 3 failed",
+        "  failures    judge_failed:malformed 2, add_failed:rejected 1",
+        "  mean score  0.612 over 7 added, 3 below 0.5",
+        "  job         job-9",
+        "  report      cftrunner report r1",
+    ]
+
+
+def test_the_summary_of_a_run_the_gate_never_saw_has_no_mean_score_and_no_job() -> None:
+    status = {**STATUS, "job_id": None, "gate": None, "failures": {},
+              "items": {"total": 4, "ADDED": 2, "PENDING": 2}}
+    lines = summary_lines(status, "cftrunner report r1")
+    assert lines[1] == "  mean score  - (the gate has not looked at the scores)"
+    assert not any(line.lstrip().startswith(("job", "failures")) for line in lines)
 
 
 def test_the_display_is_a_line_per_stage_then_the_run() -> None:
@@ -119,5 +206,15 @@ def test_the_display_is_a_line_per_stage_then_the_run() -> None:
         "judge 4/6 0 failed -/s ETA -",
         "trace 3/6 1 failed -/s ETA -",
         "add 3/5 0 failed -/s ETA -",
-        "run r1 CREATED: items in progress (0.0s)",
+        "run r1 generating and judging 4/6 (0.0s)",
     ]
+
+
+def test_the_display_ends_with_what_became_of_the_log_lines() -> None:
+    tracker, tally = Tracker("r1", clock=Clock()), LogTally()
+    tracker.add(RunState.CREATED, {"PENDING": 1})
+    tally.add({"event": "effect_done", "key": "trace:0"}, shown=False)
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(renderable(tracker, tally))
+    assert out.getvalue().splitlines()[-1] == (
+        "log: 1 lines not shown (--log-file FILE keeps them), last: effect_done key=trace:0")

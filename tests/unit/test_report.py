@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import statistics
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +12,7 @@ from cftrunner.exceptions import InputError
 from cftrunner.records import Run, RunSummary
 from cftrunner.states import RunState
 from cftrunner.views.report import distribution, histogram, percentile, render_run, run_report
-from cftrunner.views.report_html import NEEDS_PLOTLY, write_trend_html
-from cftrunner.views.trend import TrendRow, project_of, trend_cells, trend_row, trend_table
+from cftrunner.views.trend import project_of, trend_cells, trend_row, trend_table
 
 T0 = datetime(2026, 11, 21, 22, 30, tzinfo=UTC)
 
@@ -116,13 +113,14 @@ def test_a_skipped_cycle_shows_its_reason_and_no_job() -> None:
     row = trend_row(summary({"ADDED": 1}, state=RunState.SKIPPED, job_id=None,
                             skip_reason="1 traces added, fewer than the 5 required"), [0.3])
     assert trend_cells(row)[-2:] == ("-", "skipped: 1 traces added, fewer than the 5 required")
-    assert trend_table([row]).endswith("  -    skipped: 1 traces added, fewer than the 5 required")
+    assert trend_table([row], width=140).endswith(
+        "  -    skipped: 1 traces added, fewer than the 5 required")
 
 
 def test_the_trend_table_has_one_line_per_cycle_in_order() -> None:
     first = trend_row(summary({"ADDED": 2}), [0.4, 0.6])
     second = replace(first, run_id="r2", created_at=T0 + timedelta(days=1), mean_score=None)
-    lines = trend_table([first, second]).splitlines()
+    lines = trend_table([first, second], width=100).splitlines()
     assert lines[0].split()[:4] == ["DATE", "(UTC)", "RUN", "ID"]
     assert [line.split()[2] for line in lines[1:]] == ["r1", "r2"]
     assert lines[1].split()[:2] == ["2026-11-21", "22:30"] and " 0.500 " in lines[1]
@@ -136,24 +134,3 @@ def test_the_project_is_the_only_one_or_must_be_named() -> None:
         project_of(runs, None)
     with pytest.raises(InputError, match="no runs of project 'x'"):
         project_of(runs, "x")
-
-
-def test_text_put_in_the_html_page_is_escaped(tmp_path: Path) -> None:
-    pytest.importorskip("plotly")
-    row = replace(trend_row(summary({"ADDED": 1}), [0.5]), model_alias="<i>evil-model</i>")
-    page = tmp_path / "trend.html"
-    write_trend_html([row], [0.5], page, "p&q")
-    text = page.read_text()
-    assert "&lt;i&gt;evil-model&lt;/i&gt;" in text and "<i>evil-model" not in text
-    assert "<title>cftrunner trend of project p&amp;q</title>" in text
-
-
-def test_without_plotly_the_html_page_asks_for_the_extra(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for module in ("plotly", "plotly.graph_objects", "plotly.io"):
-        monkeypatch.setitem(sys.modules, module, None)
-    rows: list[TrendRow] = [trend_row(summary({"ADDED": 1}), [0.5])]
-    with pytest.raises(InputError) as raised:
-        write_trend_html(rows, [0.5], tmp_path / "trend.html")
-    assert raised.value.message == NEEDS_PLOTLY
-    assert not (tmp_path / "trend.html").exists()
