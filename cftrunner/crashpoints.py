@@ -31,6 +31,12 @@ BATCH_POINTS: tuple[str, ...] = ("batch.after_intents", "batch.after_some_sent",
 TICK_POINTS: tuple[str, ...] = ("tick.after_choosing", "tick.after_create")
 # Reached by prune for each run it deletes: its rows deleted, not committed; then committed.
 PRUNE_POINTS: tuple[str, ...] = ("prune.before_commit", "prune.after_run")
+# Reached by a run with a calibration set, after its items: an answer to a calibration triple
+# received, then its score stored.
+CALIBRATION_POINTS: tuple[str, ...] = ("calibration.after_answer", "calibration.after_store")
+# Reached after a command's own work, between a run's end and its notification: before the
+# notifications are recorded, then before each is sent.
+NOTIFY_POINTS: tuple[str, ...] = ("notify.before_record", "notify.before_send")
 # Past the launch, reached only by a run that follows its job (and promotes its model).
 LOOP_POINTS: tuple[str, ...] = ("follow.after_end", "serving.after_ask",
                                  "promote.after_evaluation", "promote.after_recheck")

@@ -19,6 +19,11 @@ class Facts:
     mean_score: float | None
     tokens_used: int
     items_over_budget: int  # items left ungenerated or unjudged when the budget ran out
+    # The calibration set (calibration.py): its triples, those the judge scored, and the mean
+    # absolute error of those scores (None: none scored, or no calibration set).
+    calibration_triples: int = 0
+    calibration_judged: int = 0
+    judge_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,4 +61,11 @@ def evaluate(config: GateConfig, facts: Facts) -> Verdict:
                 if facts.items_over_budget else "")
         reasons.append(f"the token budget of {config.token_budget} ran out "
                        f"({facts.tokens_used} used{left})")
+    if config.max_judge_error is not None and facts.calibration_triples:
+        if facts.judge_error is None:
+            reasons.append(f"the judge scored none of the {facts.calibration_triples} "
+                           "calibration triples")
+        elif facts.judge_error > config.max_judge_error:
+            reasons.append(f"the judge's mean absolute error on the calibration set is "
+                           f"{round(facts.judge_error, 3):g}, above {config.max_judge_error:g}")
     return Verdict(passed=not reasons, reasons=tuple(reasons), facts=facts, config=config)

@@ -19,8 +19,27 @@ class Backoff:
     factor: float
     cap: float
 
-    def delays(self) -> Iterator[float]:
-        delay = min(self.first, self.cap)
-        while True:
-            yield delay
-            delay = min(delay * self.factor, self.cap)
+    def delays(self) -> Delays:
+        return Delays(self)
+
+
+class Delays(Iterator[float]):
+    """The waits of one `Backoff`, in turn. A look that saw the platform make progress (some of
+    what it waits on is done) keeps the next wait as short as the last: the rest is likely
+    close behind, so it does not back off while things are moving."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self._backoff = backoff
+        self._delay: float | None = None
+
+    def __next__(self) -> float:
+        return self.after(progress=False)
+
+    def after(self, progress: bool) -> float:
+        """The next wait, after a look that made `progress` or not."""
+        b = self._backoff
+        if self._delay is None:
+            self._delay = min(b.first, b.cap)
+        elif not progress:
+            self._delay = min(self._delay * b.factor, b.cap)
+        return self._delay

@@ -91,6 +91,7 @@ class Run:
     promotion: dict[str, Any] | None = None  # the promotion decision, its scores and reason
     prompt_source: dict[str, Any] | None = None  # where a cycle's run took its prompts from
     base_url: str | None = None  # the API it was started on; None for a run stored before 0005
+    calibration: dict[str, Any] | None = None  # what its calibration set found (calibration.py)
 
     # The stored configs, read once per record: a run's items are worked on with one record.
     @functools.cached_property

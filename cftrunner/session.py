@@ -8,7 +8,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,7 +22,7 @@ from cftrunner.effects import Effect, Performer
 from cftrunner.exceptions import BadResponseError, Interrupted, RunStopped, TransientError
 from cftrunner.limiter import RateLimiter
 from cftrunner.ownership import Ownership
-from cftrunner.polling import Backoff
+from cftrunner.polling import Backoff, Delays
 from cftrunner.reconcile import Reconciler
 from cftrunner.records import Effect as StoredEffect
 from cftrunner.records import Item, Run
@@ -148,14 +148,14 @@ class Session:
         self.sleep(seconds)
         self.checkpoint()
 
-    def look_again(self, delays: Iterator[float]) -> None:
-        """Wait before looking again at something the platform is doing: the next of `delays`,
-        or longer when its last answer asked for it (a Retry-After on a successful poll, up to
-        retry.max_retry_after)."""
+    def look_again(self, delays: Delays, progress: bool = False) -> None:
+        """Wait before looking again at something the platform is doing: the next of `delays`
+        (as short as the last after a look that saw `progress`), or longer when its last answer
+        asked for it (a Retry-After on a successful poll, up to retry.max_retry_after)."""
         advised = self.client.advised_wait() or 0.0
-        self.pause(max(next(delays), min(advised, self.settings.retry.max_retry_after)))
+        self.pause(max(delays.after(progress), min(advised, self.settings.retry.max_retry_after)))
 
-    def polls(self, cap: float) -> Iterator[float]:
+    def polls(self, cap: float) -> Delays:
         """The waits between looks at something the platform is doing: soon, then backing off
         to `cap` (see Settings.poll_first)."""
         return Backoff(self.settings.poll_first, self.settings.poll_factor, cap).delays()

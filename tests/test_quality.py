@@ -73,3 +73,23 @@ def test_the_command_line_imports_the_heavy_libraries_only_for_a_command_that_ne
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_readme_module_map_names_every_module_of_the_package() -> None:
+    """The README's picture of the flow stays the tree: each module (but the sandbox's, the
+    HTML pages' and the migrations', named by their folder) appears in it by name."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("### The package, as the flow of a command")
+    block = readme[start:readme.index("```\n", readme.index("```\ncftrunner/", start) + 4)]
+    missing = []
+    for path in sorted((ROOT / "cftrunner").rglob("*.py")):
+        parts = path.relative_to(ROOT / "cftrunner").parts
+        if parts[0] == "sandbox" or "migrations" in parts or "pages" in parts:
+            folder = {"sandbox": "sandbox/", "pages": "pages/", "migrations": "migrations/"}
+            assert any(f in block for k, f in folder.items() if k in parts), parts
+            continue
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        if path.stem not in block:
+            missing.append("/".join(parts))
+    assert missing == [], f"not in the README's module map: {missing}"

@@ -10,10 +10,13 @@ from typing import Any
 
 import click
 
+from cftrunner.cli.afterwards import watch
 from cftrunner.cli.exits import EXIT_FAILED, EXIT_USAGE, _outcome, print_error
+from cftrunner.cli.init_command import init
 from cftrunner.cli.item_commands import export, items
 from cftrunner.cli.look_commands import report, show, show_config, status
 from cftrunner.cli.options import connection_options
+from cftrunner.cli.prune_command import prune
 from cftrunner.cli.run_commands import cancel, resume, settle, start, tick
 from cftrunner.cli.sandbox_commands import demo, sandbox
 
@@ -28,9 +31,10 @@ def cli(**_options: Any) -> None:
     drives the run, 77 the API refused the key, 130/143 stopped by SIGINT/SIGTERM."""
 
 
-for command in (start, tick, resume, cancel, settle, status, show, items, export, report,
-                show_config, demo, sandbox):
+for command in (init, start, tick, resume, cancel, settle, status, show, items, export, report,
+                show_config, prune, demo, sandbox):
     cli.add_command(command)
+watch(start, tick, resume, cancel)  # then notifications and the metrics file (afterwards.py)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,19 @@ from cftrunner.cli.options import (
     throughput_options,
 )
 from cftrunner.config.describe import describe, describe_cycles
+from cftrunner.states import RunState
+
+RUN_STATES = [state.value for state in RunState]
+
+
+def run_states(_ctx: click.Context, _param: click.Parameter,
+               values: tuple[str, ...]) -> tuple[RunState, ...]:
+    """The --state values as run states, in any case; a usage error names the valid ones."""
+    bad = [v for v in values if v.strip().upper() not in RUN_STATES]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r} is not a run state; the states are "
+                                 f"{', '.join(RUN_STATES)}")
+    return tuple(dict.fromkeys(RunState(v.strip().upper()) for v in values))
 
 
 @click.command("config")
@@ -46,15 +59,28 @@ def show_config(**options: Any) -> int:
 @click.command()
 @click.argument("run_id", required=False, callback=checked_run_id)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (a list without RUN_ID).")
+@click.option("--state", "states", multiple=True, metavar="STATE", callback=run_states,
+              help=f"Only runs in this state (any case; again for several): "
+                   f"{', '.join(RUN_STATES)}.")
+@click.option("--cycle", metavar="NAME", help="Only the runs of this cycle (its name, or "
+                                              "project_id/model_alias).")
+@click.option("--limit", type=click.IntRange(1), metavar="N", help="Only the N newest runs.")
 @connection_options
-def status(run_id: str | None, as_json: bool, **options: Any) -> int:
-    """Show every run as a table, or one run in detail.
+def status(run_id: str | None, as_json: bool, states: tuple[RunState, ...], cycle: str | None,
+           limit: int | None, **options: Any) -> int:
+    """Show every run as a table, newest first, or one run in detail; --state, --cycle and
+    --limit narrow the list (and the JSON list).
 
+    \b
     Example: cftrunner status --json 20261121-223000-a1b2c3
+    Example: cftrunner status --state FAILED --cycle P/m --limit 5
     """
-    from cftrunner import service
+    from cftrunner.service.looks import RunFilter, status_text
 
-    click.echo(service.status_text(settings_of(options), run_id, as_json))
+    if run_id is not None and (states or cycle is not None or limit is not None):
+        raise click.UsageError("--state, --cycle and --limit narrow the list: not with RUN_ID")
+    click.echo(status_text(settings_of(options), run_id, as_json,
+                           RunFilter(states, cycle, limit)))
     return 0
 
 

@@ -72,6 +72,7 @@ CONNECTION_KEYS = ("db", "base_url", "api_key", "api_key_file", "log_level", "lo
 # Kept in the click context's meta, shared by the group and its command.
 QUIET = "cftrunner.quiet"  # --quiet: no progress display
 DRIVEN = "cftrunner.driven"  # the runs this command drove, showing their progress or not
+RESOLVED = "cftrunner.resolved"  # the settings this command resolved (cli/afterwards.py)
 # Options of the commands that drive a run, and the settings they stand for.
 THROUGHPUT_KEYS = {"concurrency": "api.concurrency", "max_rps": "api.max_rps"}
 
@@ -146,6 +147,7 @@ def resolve(options: dict[str, Any], **cycle: Any) -> resolution.Resolved:
     given |= {setting: options.pop(option, None) for option, setting in THROUGHPUT_KEYS.items()}
     resolved = resolution.resolve({**given, **cycle})
     IN_USE.update(db=resolved.settings.db_url, config=resolved.config_path)
+    click.get_current_context().meta[RESOLVED] = resolved
     logs.configure(resolved.log_level, secrets=[resolved.settings.api_key],
                    fmt=resolved.settings.log_format, file=resolved.settings.log_file)
     if resolved.notices:

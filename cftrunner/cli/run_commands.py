@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cftrunner.cli.afterwards import note_ticked
 from cftrunner.cli.exits import EXIT_LAUNCHED, _outcome, finish, print_error, verdict
 from cftrunner.cli.options import (
     CYCLE_OPTION,
@@ -127,6 +128,7 @@ def tick(cycle: str | None, dry_run: bool, show_progress: bool | None, **options
 
 def _ticked(ticked: service.Ticked) -> int:
     """Print one cycle's line, and its error on stderr; its exit status."""
+    note_ticked(ticked)
     error = None
     if ticked.error is not None:
         error, code = _outcome(ticked.error)

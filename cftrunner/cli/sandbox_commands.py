@@ -91,6 +91,8 @@ def demo(latency: float, db: str | None, show_progress: bool | None, **options: 
               help="The trace list shows each trace, and its addition, only this late.")
 @click.option("--list-lag-uneven", is_flag=True,
               help="Each trace late by its own random share of --list-lag.")
+@click.option("--judge-drift", type=click.FloatRange(-1, 1), default=0.0, show_default=True,
+              help="Added to every score the judge gives, within 0..1: a judge that drifted.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--require-key", metavar="KEY", help="Accept only this bearer token.")
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cftrunner.calibration import read_calibration
 from cftrunner.config.run_options import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_SCORE_THRESHOLD,
@@ -55,17 +56,20 @@ class Cycle:
     judge_temperature: float = DEFAULT_TEMPERATURE
     judge_max_tokens: int = DEFAULT_MAX_TOKENS
     structured_output: bool = True
+    calibration: str | None = None  # an absolute path: the judge's calibration set
     gate_min_traces: int = 0
     gate_min_below_threshold: int = 0
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     gate_max_mean_score: float | None = None
     token_budget: int | None = None
+    gate_max_judge_error: float | None = None
     follow: bool = False
     promote: bool = False
     holdout_prompts: str | None = None  # an absolute path
     promote_margin: float = 0.0
     regression: bool = False  # after a promotion, ask the earlier weak prompts again
     unload_losers: bool = False  # after the decision, unload the new models that lost
+    notify_webhook_url: str | None = None  # where its runs' notifications are POSTed
     # Where a [[cycles]] entry's cycle was described ("FILE: [[cycles]] entry N (NAME)"), for messages.
     origin: str | None = field(default=None, compare=False)
 
@@ -77,10 +81,16 @@ class Cycle:
     def judge(self) -> JudgeConfig:
         """The judge a run of this cycle uses; the template file is read (and checked) here."""
         template = read_template(self.judge_prompt) if self.judge_prompt else DEFAULT_TEMPLATE
+        if self.gate_max_judge_error is not None and not self.calibration:
+            where = f"{self.origin}: " if self.origin else ""
+            raise InputError(f"{where}gate.max_judge_error needs judge.calibration, the "
+                             "calibration set the judge's error is measured on")
         return JudgeConfig(template=template, temperature=self.judge_temperature,
                            max_tokens=self.judge_max_tokens,
                            structured_output=self.structured_output,
-                           template_source=self.judge_prompt)
+                           template_source=self.judge_prompt,
+                           calibration=read_calibration(self.calibration) if self.calibration
+                           else (), calibration_source=self.calibration)
 
     def loop(self) -> LoopConfig:
         """What the cycle's runs do after the launch; the held-out prompts are read here."""
@@ -110,7 +120,8 @@ class Cycle:
         return GateConfig(min_traces=self.gate_min_traces,
                           min_below_threshold=self.gate_min_below_threshold,
                           score_threshold=self.score_threshold,
-                          max_mean_score=self.gate_max_mean_score, token_budget=self.token_budget)
+                          max_mean_score=self.gate_max_mean_score, token_budget=self.token_budget,
+                          max_judge_error=self.gate_max_judge_error)
 
 
 def cycle_from(values: Mapping[str, Any], name: str | None = None, origin: str | None = None) -> Cycle:

@@ -32,6 +32,8 @@ there is one). It is TOML and may hold every setting but the API key::
     base_url = "https://studio.premai.io"
     api_key_file = "/etc/cftrunner/key"  # relative to the config file's folder
     log_level = "info"                 # debug|info|warning|error
+    metrics_file = "/var/lib/node_exporter/textfile/cftrunner.prom"  # after each start, resume,
+                                       # tick and cancel: a Prometheus text file (default: none)
 
     [retry]
     max_attempts = 6                   # int >= 1: tries per request, the first included
@@ -65,6 +67,8 @@ there is one). It is TOML and may hold every setting but the API key::
     temperature = 0.1                  # 0..2
     max_tokens = 4096                  # int >= 1: the judge answer's length limit
     structured_output = true           # ask for JSON by schema (response_format) where supported
+    calibration = "calibration.jsonl"  # answers whose right score is known, judged every cycle:
+                                       # {"prompt", "answer", "expected" 0..1} a line (default: none)
 
     [gate]                             # checked before the snapshot; a cycle that fails ends SKIPPED
     min_traces = 0                     # int >= 0: traces added to the dataset, at least
@@ -73,6 +77,16 @@ there is one). It is TOML and may hold every setting but the API key::
     max_mean_score = 0.9               # 0..1: their mean score must not be above it (default: none)
     token_budget = 2000000             # int >= 1: tokens of the cycle's completions (default: none);
                                        # once used up, no more generating or judging
+    max_judge_error = 0.15             # 0..1: the judge's mean absolute error on judge.calibration,
+                                       # at most (default: none)
+
+    [notify]                           # see "Notifications and metrics" in the README
+    webhook_url = "https://hooks.example.com/T0/B0/x"  # a JSON POST when a run ends LAUNCHED,
+                                       # FAILED, SKIPPED, CANCELLED, TRAINED, PROMOTED, NOT_PROMOTED,
+                                       # TRAIN_FAILED, or the API refuses the key (default: none)
+    timeout = 5                        # seconds, > 0: each POST's connect and read timeout
+    retry_delay = "1m"                 # >= 0: the wait before the first retry; doubles, up to 1h
+    give_up = "24h"                    # >= 0: one still undelivered this long after is given up
 
     [api]
     trace_shape = "tutorial"           # "tutorial" | "batch"
@@ -89,9 +103,10 @@ there is one). It is TOML and may hold every setting but the API key::
 Without [[cycles]] the file describes one cycle, by its top-level keys. With them, each entry is a
 cycle and holds only per-cycle keys (the first twelve above, follow, promote, holdout_prompts,
 promote_margin, regression, unload_losers, judge.temperature, judge.max_tokens,
-judge.structured_output and every gate key) and `name`; those the entry does not set it inherits from
-the top level of the file, the environment or the command line, resolved as for one cycle. An entry
-holding another key is refused, naming the file, the entry (its number from 1, and its name) and the key.
+judge.structured_output, judge.calibration, every gate key and notify.webhook_url) and `name`;
+those the entry does not set it inherits from the top level of the file, the environment or the
+command line, resolved as for one cycle. An entry holding another key is refused, naming the file,
+the entry (its number from 1, and its name) and the key.
 
 Each setting is then resolved from the command line, the environment, this file or a default
 (`config.resolution`).
@@ -114,7 +129,7 @@ from cftrunner.exceptions import InputError
 
 DEFAULT_FILE = "cftrunner.toml"
 CONFIG_VARIABLE = "CFTRUNNER_CONFIG"
-SECTIONS = ("retry", "timeouts", "judge", "gate", "api")
+SECTIONS = ("retry", "timeouts", "judge", "gate", "notify", "api")
 CYCLES = "cycles"
 NAME = Key("name", "cycle.name", TEXT, None)  # a [[cycles]] entry's own, never inherited
 ENTRY_SOURCE = ", [[cycles]] entry "  # in "file /abs/path, [[cycles]] entry N"

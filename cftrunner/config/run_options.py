@@ -89,6 +89,10 @@ class JudgeConfig(StoredConfig):
     max_tokens: int | None = DEFAULT_MAX_TOKENS
     structured_output: bool = True
     template_source: str | None = None  # the file it was read from; None for the default
+    # Answers whose right score is known, judged in every cycle to measure the judge (stages/
+    # calibrate.py): {"prompt", "answer", "expected"} objects, and the file they were read from.
+    calibration: tuple[dict[str, Any], ...] = ()
+    calibration_source: str | None = None
 
     def response_format(self) -> dict[str, Any] | None:
         return RESPONSE_FORMAT if self.structured_output else None
@@ -105,6 +109,8 @@ class GateConfig(StoredConfig):
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     max_mean_score: float | None = None  # their mean score must not be above this
     token_budget: int | None = None  # tokens of every completion of the cycle, at most
+    # The judge's mean absolute error on the calibration set, at most (None: not checked).
+    max_judge_error: float | None = None
 
 
 @dataclass(frozen=True)

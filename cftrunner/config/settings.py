@@ -81,6 +81,13 @@ class Settings:
     # format (None: text on a terminal, JSON lines off one and in the file).
     log_file: str | None = None
     log_format: str | None = None
+    # After each start, resume, tick and cancel: the Prometheus text file written (None: none),
+    # and how webhook notifications go out (service/notify.py): each POST's timeout, the wait
+    # before the first retry (doubling, up to an hour), and when an undelivered one is given up.
+    metrics_file: str | None = None
+    notify_timeout: float = 5.0
+    notify_retry_delay: float = 60.0
+    notify_give_up: float = 86400.0
 
     @property
     def item_workers(self) -> int:
@@ -127,6 +134,7 @@ KEYS: tuple[Key, ...] = (
     _setting("log_file", "settings.log_file", PATH, "CFTRUNNER_LOG_FILE"),
     _setting("log_format", "settings.log_format", Rule("choice", choices=LOG_FORMATS),
              "CFTRUNNER_LOG_FORMAT"),
+    _setting("metrics_file", "settings.metrics_file", PATH, "CFTRUNNER_METRICS_FILE"),
     _setting("retry.max_attempts", "settings.retry.max_attempts", Rule("integer", 1),
              "CFTRUNNER_MAX_ATTEMPTS"),
     _setting("retry.max_rate_limited", "settings.retry.max_rate_limited", Rule("integer", 1),
@@ -169,6 +177,7 @@ KEYS: tuple[Key, ...] = (
     Key("judge.max_tokens", "cycle.judge_max_tokens", Rule("integer", 1), DEFAULT_MAX_TOKENS,
         "CFTRUNNER_JUDGE_MAX_TOKENS"),
     Key("judge.structured_output", "cycle.structured_output", Rule("boolean"), True),
+    Key("judge.calibration", "cycle.calibration", PATH, None),
     Key("gate.min_traces", "cycle.gate_min_traces", Rule("integer", 0), 0),
     Key("gate.min_below_threshold", "cycle.gate_min_below_threshold", Rule("integer", 0), 0),
     Key("gate.score_threshold", "cycle.score_threshold", Rule("number", 0, 1),
@@ -176,6 +185,12 @@ KEYS: tuple[Key, ...] = (
     Key("gate.max_mean_score", "cycle.gate_max_mean_score", Rule("number", 0, 1), None),
     Key("gate.token_budget", "cycle.token_budget", Rule("integer", 1), None,
         "CFTRUNNER_TOKEN_BUDGET"),
+    Key("gate.max_judge_error", "cycle.gate_max_judge_error", Rule("number", 0, 1), None),
+    Key("notify.webhook_url", "cycle.notify_webhook_url", Rule("url", exact=True), None,
+        "CFTRUNNER_NOTIFY_WEBHOOK_URL"),
+    _setting("notify.timeout", "settings.notify_timeout", POSITIVE),
+    _setting("notify.retry_delay", "settings.notify_retry_delay", Rule("duration", 0)),
+    _setting("notify.give_up", "settings.notify_give_up", Rule("duration", 0)),
     _setting("api.trace_shape", "settings.trace_shape", Rule("choice", choices=TRACE_SHAPES),
              "CFTRUNNER_TRACE_SHAPE"),
     _setting("api.marker_traces", "settings.marker_traces", Rule("boolean"),

@@ -29,6 +29,7 @@ class Rule:
     choices: tuple[str, ...] = ()
     never: bool = False  # a duration that may be "never" (None)
     example: str = ""  # a value the message about a refused db URL shows
+    exact: bool = False  # a URL kept as written, a trailing "/" included (a webhook's)
 
     @property
     def requirement(self) -> str:
@@ -81,7 +82,7 @@ class Rule:
                 raise ValueError(value)
             return value.strip().lower()
         if self.kind == "url":
-            url = value.strip().rstrip("/")
+            url = value.strip() if self.exact else value.strip().rstrip("/")
             if not re.fullmatch(r"https?://[^/\s]+.*", url):
                 raise ValueError(value)
             return url

@@ -54,6 +54,7 @@ class Sandbox:
         model_load_delay: float = DEFAULT_LOAD_DELAY,
         never_loads: str | None = None,
         load_refused: str | None = None,
+        judge_drift: float = 0.0,
     ) -> None:
         settings = WorldSettings(
             judge_models=tuple(judge_models),
@@ -70,6 +71,7 @@ class Sandbox:
             base_quality=base_quality,
             list_lag=list_lag,
             list_lag_uneven=list_lag_uneven,
+            judge_drift=judge_drift,
         )
         self.world = World(settings)
         self.world.set_model_loading(LoadPlan(model_load_delay, never_loads, load_refused))
@@ -199,6 +201,11 @@ class Sandbox:
         """Make the trace list show traces created from now on `seconds` late (see
         WorldSettings.list_lag)."""
         self.world.set_list_lag(seconds, uneven)
+
+    def set_judge_drift(self, drift: float) -> None:
+        """Add `drift` (-1 to 1) to every score the judge gives from now on, kept within 0..1:
+        a judge that drifted, lenient above 0, harsh below it."""
+        self.world.set_judge_drift(drift)
 
     def set_structured_output(self, enabled: bool) -> None:
         """Off: chat answers 400 to response_format json_schema, as a model without it does."""

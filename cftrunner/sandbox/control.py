@@ -66,6 +66,14 @@ def control(backend: Backend, method: str, path: str, body: bytes) -> Reply:
         return ok(_list_lag(world))
     if (method, path) == ("GET", "/_sandbox/list-lag"):
         return ok(_list_lag(world))
+    if (method, path) == ("GET", "/_sandbox/judge-drift"):
+        return ok({"drift": world.settings.judge_drift})
+    if (method, path) == ("PUT", "/_sandbox/judge-drift"):
+        try:
+            world.set_judge_drift(_parse_drift(fields.decode(body)))
+        except (ValueError, fields.Invalid) as exc:
+            return error(400, str(exc))
+        return ok({"drift": world.settings.judge_drift})
     if (method, path) == ("GET", "/_sandbox/rate-limit"):
         return ok(backend.limit.to_json())
     if (method, path) == ("PUT", "/_sandbox/rate-limit"):
@@ -100,6 +108,16 @@ def _parse_structured_output(data: object) -> bool:
     if not isinstance(data, dict) or set(data) != {"enabled"} or not isinstance(data["enabled"], bool):
         raise ValueError('structured output is {"enabled": true or false}')
     return data["enabled"]
+
+
+def _parse_drift(data: object) -> float:
+    """`drift` from a control request's {"drift": 0.3}; ValueError otherwise."""
+    if not isinstance(data, dict) or set(data) != {"drift"}:
+        raise ValueError('judge drift is {"drift": N}, N from -1 to 1')
+    drift = data["drift"]
+    if isinstance(drift, bool) or not isinstance(drift, int | float):
+        raise ValueError("judge drift must be a number from -1 to 1")
+    return float(drift)
 
 
 def _list_lag(world: World) -> dict[str, Any]:

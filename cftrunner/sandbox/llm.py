@@ -110,9 +110,9 @@ def judge_score(prompt: str) -> float:
     return round(min(1.0, 0.5 + (unit - 1 / 3) * 0.75), 2)
 
 
-def judgment(judge_prompt: str) -> dict[str, object]:
+def judgment(judge_prompt: str, drift: float = 0.0) -> dict[str, object]:
     """The judge's verdict: on the answer's correctness when the default template's sections are
-    there, else on the judge prompt's hash."""
+    there, else on the judge prompt's hash; `drift` added to its score, within [0, 1]."""
     found = sections(judge_prompt)
     if found is None:
         digest = _digest(judge_prompt)
@@ -122,6 +122,7 @@ def judgment(judge_prompt: str) -> dict[str, object]:
         digest = _pair_digest(*found)
         score = expected_score(*found)
         right = correct_answer(found[0])
+    score = drifted(score, drift)
     if score >= 0.5:
         feedback = "The classification matches the policy and the conversation."
         reasoning = "The verdict and the categories agree with the content of the conversation."
@@ -140,10 +141,15 @@ def judgment(judge_prompt: str) -> dict[str, object]:
     return {"feedback": feedback, "reasoning": reasoning, "score": score}
 
 
-def judge_content(prompt: str, structured: bool = False) -> str:
+def drifted(score: float, drift: float) -> float:
+    """A score of a judge whose scores drifted by `drift`, kept within [0, 1]."""
+    return min(1.0, max(0.0, round(score + drift, 2))) if drift else score
+
+
+def judge_content(prompt: str, structured: bool = False, drift: float = 0.0) -> str:
     """The judgment as the judge writes it: bare JSON, fenced JSON, or JSON after a sentence;
     always bare JSON under structured output, as a model held to a response format writes it."""
-    body = json.dumps(judgment(prompt))
+    body = json.dumps(judgment(prompt, drift))
     wrapping = 0 if structured else _digest(prompt)[6] % 3
     if wrapping == 1:
         return f"```json\n{body}\n```"
@@ -158,11 +164,14 @@ def answer(
     judge: bool,
     structured: bool = False,
     quality: float = BASE_QUALITY,
+    drift: float = 0.0,
 ) -> str:
     """The reply to (role, content) turns: the judge judges the first user message, its prompt
     even in a retry conversation; a generator of `quality` answers the last user message."""
     prompts = [content for role, content in turns if role == "user"] or [turns[-1][1]]
-    return judge_content(prompts[0], structured) if judge else generate(prompts[-1], quality)
+    if judge:
+        return judge_content(prompts[0], structured, drift)
+    return generate(prompts[-1], quality)
 
 
 def first_tokens(text: str, limit: int) -> str:

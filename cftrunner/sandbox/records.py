@@ -33,8 +33,12 @@ class WorldSettings:
     # list fed by an ingestion pipeline does; uneven: each trace late by its own share of it.
     list_lag: float = 0.0
     list_lag_uneven: bool = False
+    # Added to every score the judge gives (kept within 0..1): a judge that drifted, lenient
+    # above 0, harsh below it.
+    judge_drift: float = 0.0
 
     def __post_init__(self) -> None:
+        check_drift(self.judge_drift)
         if self.list_lag < 0:
             raise ValueError("list_lag must not be negative")
         if self.recs_outcome not in RECS_OUTCOMES:
@@ -47,6 +51,11 @@ class WorldSettings:
     def training(self) -> TrainingPlan:
         """How a job created now trains; ValueError if the training settings are invalid."""
         return TrainingPlan(self.training_polls, self.training_outcome, self.training_gain)
+
+
+def check_drift(drift: float) -> None:
+    if isinstance(drift, bool) or not isinstance(drift, int | float) or not -1 <= drift <= 1:
+        raise ValueError("judge drift must be a number from -1 to 1")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 from cftrunner.sandbox import catalog, llm
 from cftrunner.sandbox.fields import Invalid, NotFound, Unavailable
 from cftrunner.sandbox.jobs import Experiment, Job, Recommendations
+from cftrunner.sandbox.records import check_drift
 from cftrunner.sandbox.serving import LoadPlan
 from cftrunner.sandbox.world_state import WorldState, lookup, new_id
 
@@ -25,7 +26,8 @@ class WorldModels(WorldState):
             judge = model in self.settings.judge_models
             self.ledger.chatted(judge)
             quality = self.models.quality(model)
-            return llm.answer(turns, judge=judge, structured=structured, quality=quality)
+            return llm.answer(turns, judge=judge, structured=structured, quality=quality,
+                              drift=self.settings.judge_drift)
 
     def list_models(self) -> dict[str, Any]:
         """The judges, the base models and every fine-tuned model that finished training."""
@@ -61,6 +63,12 @@ class WorldModels(WorldState):
         """Whether chat accepts response_format json_schema; refused with a 400 when off."""
         with self._lock:
             self.settings = dataclasses.replace(self.settings, structured_output=enabled)
+
+    def set_judge_drift(self, drift: float) -> None:
+        """Add `drift` to every score the judge gives from now on (kept within 0..1)."""
+        check_drift(drift)
+        with self._lock:
+            self.settings = dataclasses.replace(self.settings, judge_drift=float(drift))
 
     def set_model_quality(self, model: str, quality: float) -> None:
         """The quality in [0, 1] a model answers with, over its base or trained quality."""

@@ -33,13 +33,14 @@ def serve_sandbox(*, host: str, port: int, latency: float, error_rate: float, ra
                   retry_after: float, max_rps: float | None, burst: int, drop_rate: float,
                   late_rate: float, late_delay: float, judge_malformed: float,
                   judge_truncated: float, structured_output: bool, list_lag: float,
-                  list_lag_uneven: bool, seed: int,
+                  list_lag_uneven: bool, seed: int, judge_drift: float,
                   require_key: str | None, verbose: bool, announce: Callable[[str], None]) -> None:
     from cftrunner.sandbox import DEFAULT_PROJECT_ID, FaultRule, Sandbox
 
     sandbox = Sandbox(api_key=require_key, latency=latency, seed=seed, rate_limit_rps=max_rps,
                       rate_limit_burst=burst, structured_output=structured_output,
-                      list_lag=list_lag, list_lag_uneven=list_lag_uneven)
+                      list_lag=list_lag, list_lag_uneven=list_lag_uneven,
+                      judge_drift=judge_drift)
     rules: list[dict[str, Any]] = [
         {"kind": "status", "status": 429, "retry_after": retry_after, "probability": rate_limit},
         {"kind": "status", "status": 503, "probability": error_rate},

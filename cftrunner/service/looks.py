@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from dataclasses import dataclass
 
 from cftrunner.clock import utcnow
 from cftrunner.config.cycle import cycle_name
@@ -16,6 +17,7 @@ from cftrunner.records import RunSpec
 from cftrunner.run_ids import check_run_id
 from cftrunner.service import preflight
 from cftrunner.service.runs import MISSING_KEY
+from cftrunner.states import RunState
 from cftrunner.store import Store, missing_sqlite_file
 from cftrunner.views import plan
 from cftrunner.views import status as render
@@ -64,9 +66,29 @@ def _plan_on(store: Store, settings: Settings, spec: RunSpec, name: str,
                       settings.judge_attempts, spec.loop, last)
 
 
-def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs `status` lists: in one of `states` (any when empty), of `cycle` (any when
+    None), the `limit` newest (all when None)."""
+
+    states: tuple[RunState, ...] = ()
+    cycle: str | None = None
+    limit: int | None = None
+
+    def words(self) -> str:
+        """The filter as the options that asked for it."""
+        return " ".join([*(f"--state {s.value}" for s in self.states),
+                         *([f"--cycle {self.cycle}"] if self.cycle is not None else []),
+                         *([f"--limit {self.limit}"] if self.limit is not None else [])])
+
+
+def status_text(settings: Settings, run_id: str | None, as_json: bool,
+                only: RunFilter = RunFilter()) -> str:
+    """`status`: one run in detail, or the runs `only` lets through, newest first."""
     if run_id is not None:
         check_run_id(run_id)
+    if only.limit is not None and only.limit < 1:
+        raise InputError("--limit must be 1 or more")
     store = Store.existing(settings.db_url)
     try:
         now = utcnow()
@@ -75,9 +97,12 @@ def status_text(settings: Settings, run_id: str | None, as_json: bool) -> str:
             if as_json:
                 return json.dumps(render.to_json(summary), indent=2)
             return render.detail(summary, now)
-        summaries = [store.summary(run) for run in store.runs()]
+        found = store.runs(only.states, only.cycle, only.limit)
+        summaries = [store.summary(run) for run in found]
         if as_json:
             return json.dumps([render.to_json(s) for s in summaries], indent=2)
+        if not summaries and only != RunFilter():
+            return f"no runs match {only.words()}"
         return render.table(summaries, now)
     finally:
         store.close()

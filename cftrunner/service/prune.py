@@ -27,8 +27,8 @@ log = structlog.get_logger("cftrunner")
 # The states a finished run can be in: the others are never pruned.
 PRUNABLE_STATES: tuple[RunState, ...] = tuple(s for s in RunState
                                               if s in TERMINAL | ENDS_UNLESS_LOOPING)
-KEPT = ("the latest finished run of each cycle is kept: its next run reads it to choose its "
-        "model and when it is due")
+KEPT = ("the latest finished run of each cycle (and its latest that did not fail), which its "
+        "next run reads to choose its model and when it is due")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class Outcome:
     """What a prune did, as it goes: the runs deleted so far, and those kept though old enough."""
 
     dry_run: bool
-    older_than: str
+    older_than: str  # as the command line said it
+    states: tuple[RunState, ...] = ()
     pruned: list[Pruned] = field(default_factory=list)
     kept: list[Run] = field(default_factory=list)
 
@@ -108,11 +109,13 @@ def pruned_line(pruned: Pruned, dry_run: bool) -> str:
 
 def total_line(outcome: Outcome) -> str:
     """The last line: how many runs went (or would), and how many old enough were kept."""
-    kept = (f"; kept {len(outcome.kept)} finished run(s) older than {outcome.older_than}: "
-            f"{KEPT}" if outcome.kept else "")
+    old = f"older than {outcome.older_than}"
     if not outcome.pruned:
-        return f"nothing to prune: no other finished run ended more than {outcome.older_than} " \
-               f"ago{kept}"
+        if outcome.kept:
+            return f"nothing to prune: the only finished run(s) {old} are kept: {KEPT}"
+        which = " or ".join(s.value for s in outcome.states) or "finished"
+        return f"nothing to prune: no {which} run ended more than {outcome.older_than} ago"
+    kept = f"; kept {len(outcome.kept)} finished run(s) {old}: {KEPT}" if outcome.kept else ""
     items = sum(p.items for p in outcome.pruned)
     if outcome.dry_run:
         return (f"would prune {len(outcome.pruned)} run(s), {items} item(s); nothing deleted "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, TypeVar
 
 from cftrunner.client import PremClient
 from cftrunner.effects import Effect, Host
+from cftrunner.polling import Delays
 from cftrunner.reconcile import Reconciler
 from cftrunner.records import Effect as StoredEffect
 from cftrunner.records import Item
@@ -49,11 +50,11 @@ class Context(Host, Protocol):
         """The effect, at most once (effects.Performer.perform)."""
         ...
 
-    def look_again(self, delays: Iterator[float]) -> None:
+    def look_again(self, delays: Delays, progress: bool = False) -> None:
         """Wait the next of `delays`, or as long as the platform's last answer asked."""
         ...
 
-    def polls(self, cap: float) -> Iterator[float]:
+    def polls(self, cap: float) -> Delays:
         """The waits between looks at something the platform is doing."""
         ...
 

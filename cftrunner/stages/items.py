@@ -12,6 +12,7 @@ from cftrunner.exceptions import NeedsDecision, OutcomePending, RejectedError, R
 from cftrunner.payloads import finetuning
 from cftrunner.records import Item, Run
 from cftrunner.stages.answer import generate, judge
+from cftrunner.stages.calibrate import calibrate
 from cftrunner.stages.context import Context, Stored
 from cftrunner.stages.dataset import add, trace
 from cftrunner.states import STAGE_FOR_RUN_STATE, ItemStage, RunState, next_run_state
@@ -39,6 +40,7 @@ def item_stage(ctx: Context, run: Run) -> None:
     if run.state is RunState.CREATED and run.dataset_id is None and not find_dataset(ctx, run):
         return
     work_items(ctx, run)
+    calibrate(ctx, run)  # the judge measured on its calibration set, for the gate
     state = run.state
     while (target := next_run_state(state)) in STAGE_FOR_RUN_STATE:
         crashpoints.reach(f"transition.{target.value}")

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import structlog
 
 from cftrunner import crashpoints, gate
+from cftrunner.calibration import with_calibration
 from cftrunner.config.run_options import LoopConfig
 from cftrunner.effects import Effect
 from cftrunner.exceptions import ApiError, RunStopped
@@ -30,16 +31,17 @@ SETTLED_PER_TRANSACTION = 500
 T = TypeVar("T")
 
 
-def _wait(ctx: Context, what: str, bound: float, look: Callable[[], T | None]) -> T:
+def _wait(ctx: Context, what: str, bound: float, look: Callable[[], T | None],
+          progressed: Callable[[], bool] = lambda: False) -> T:
     """Look until `look` finds what it waits for, and return it; past the bound, stop the run
-    intact for a later resume."""
+    intact for a later resume. After a look that `progressed`, the next wait does not grow."""
     deadline = time.monotonic() + bound
     delays = ctx.polls(ctx.settings.poll_interval)
     while (found := look()) is None:
         if time.monotonic() >= deadline:
             raise RunStopped(f"{what}: not finished after {bound:g} s; `cftrunner resume` "
                              "goes on waiting")
-        ctx.look_again(delays)
+        ctx.look_again(delays, progressed())
     return found
 
 
@@ -49,12 +51,12 @@ def _fail_run(ctx: Context, run: Run, reason: str) -> None:
     log.error("run_failed", reason=reason)
 
 
-def _corrections_settled(ctx: Context, run: Run) -> bool:
-    """Record what the platform says of every addition still processing; True when none is."""
+def _corrections_left(ctx: Context, run: Run) -> int:
+    """Record what the platform says of every addition still processing; how many still are."""
     pending = [i for i in ctx.store.items(run.id, ItemStage.ADDED)
                if i.processing_status not in ("none", "failed")]
     if not pending:
-        return True
+        return 0
     since = run.created_at - timedelta(seconds=ctx.settings.reconcile_skew)
     remote = _read_traces(ctx, run, {i.trace_id for i in pending if i.trace_id}, since)
     settled: list[tuple[Item, str | None]] = []
@@ -76,7 +78,21 @@ def _corrections_settled(ctx: Context, run: Run) -> bool:
                     tx.update_item(item, processing_status="none")
     still = len(pending) - len(settled)
     log.info("additions_processing", remaining=still)
-    return still == 0
+    return still
+
+
+class _Corrections:
+    """Looks at the additions still processing, and whether the last look saw some finish."""
+
+    def __init__(self, ctx: Context, run: Run) -> None:
+        self.ctx, self.run = ctx, run
+        self.left: int | None = None
+        self.progress = False
+
+    def settled(self) -> bool | None:
+        before, self.left = self.left, _corrections_left(self.ctx, self.run)
+        self.progress = before is not None and 0 < self.left < before
+        return True if self.left == 0 else None
 
 
 def _read_traces(ctx: Context, run: Run, wanted: set[str], since: datetime) -> dict[str, RemoteTrace]:
@@ -129,7 +145,8 @@ def _gate_passes(ctx: Context, run: Run) -> bool:
     Once the snapshot's intent is stored the gate has already said yes: not asked again."""
     if ctx.store.effect(run.id, "snapshot") is not None:
         return True
-    verdict = gate.evaluate(run.gate, ctx.store.gate_facts(run.id, run.gate.score_threshold))
+    verdict = gate.evaluate(run.gate, with_calibration(
+        ctx.store.gate_facts(run.id, run.gate.score_threshold), run))
     with ctx.tx() as tx:
         if verdict.passed:
             tx.update_run(run.id, run.state, gate_result=verdict.to_json())
@@ -138,14 +155,15 @@ def _gate_passes(ctx: Context, run: Run) -> bool:
                               gate_result=verdict.to_json())
     log.info("gate", passed=verdict.passed, reason=verdict.reason or None,
              traces_added=verdict.facts.traces_added, mean_score=verdict.facts.mean_score,
-             tokens_used=verdict.facts.tokens_used)
+             tokens_used=verdict.facts.tokens_used, judge_error=verdict.facts.judge_error)
     return verdict.passed
 
 
 def snapshot(ctx: Context, run: Run) -> None:
     markers.clean(ctx, run)
+    corrections = _Corrections(ctx, run)
     _wait(ctx, "waiting for the platform's corrections", ctx.settings.processing_timeout,
-          lambda: _corrections_settled(ctx, run) or None)
+          corrections.settled, progressed=lambda: corrections.progress)
     if not _gate_passes(ctx, run):
         return
     if not ctx.store.items(run.id, ItemStage.ADDED):

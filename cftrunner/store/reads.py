@@ -25,6 +25,7 @@ from cftrunner.states import UNFINISHED_STAGES, ItemStage, RunState
 from cftrunner.store.core import Core
 from cftrunner.store.rows import effect_from, item_from, run_from
 from cftrunner.store.schema import (
+    calibrations,
     completions,
     effects,
     evaluations,
@@ -112,11 +113,12 @@ class Reads(Core):
         return [dict(r._mapping) for r in rows]
 
     def tokens_used(self, run_id: str) -> int:
-        """Tokens of every completion of the run, as their usage counted them."""
+        """Tokens of every completion of the run, its calibration set's too, as their usage
+        counted them."""
         with self._read() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
-                completions.c.total_tokens), 0)).where(completions.c.run_id == run_id)).scalar()
-                or 0)
+            return sum(int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(column), 0))
+                                        .where(column.table.c.run_id == run_id)).scalar() or 0)
+                       for column in (completions.c.total_tokens, calibrations.c.tokens))
 
     def scores(self, run_id: str) -> list[float]:
         """The scores of the run's judged items (whatever happened to them after), ascending."""

@@ -81,6 +81,8 @@ runs = sa.Table(
     sa.Column("prompt_source", sa.JSON),
     # The API the run was started on: its traces, dataset and job are there, so it goes on there.
     sa.Column("base_url", sa.Text),
+    # What the judge's calibration set found: its mean absolute error and bias (calibration.py).
+    sa.Column("calibration", sa.JSON),
 )
 
 # Every prompt a cycle's runs took, by digest, so the next run of the cycle takes only new ones.
@@ -206,13 +208,32 @@ rechecks = sa.Table(
     sa.UniqueConstraint("run_id", "position"),
 )
 
+# The run's judge on each answer of its calibration set, kept as it comes (a resume judges
+# only those not kept): the score, or why there is none.
+calibrations = sa.Table(
+    "calibrations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("expected", sa.Float, nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("judge_raw", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("tokens", sa.Integer),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("run_id", "position"),
+)
+
 effects = sa.Table(
     "effects",
     metadata,
     sa.Column("run_id", varchar(200), sa.ForeignKey("runs.id"), primary_key=True),
     sa.Column("key", varchar(100), primary_key=True),
     sa.Column("kind", varchar(32), nullable=False),
-    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id")),
+    # Indexed: deleting an item (prune) looks up the effects that name it (migration 0008).
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id"), index=True),
     sa.Column("status", varchar(16), nullable=False),
     sa.Column("request", sa.JSON, nullable=False),
     sa.Column("prepared_at", UTCDateTime, nullable=False),
@@ -231,4 +252,26 @@ events = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("kind", varchar(64), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
+)
+
+# A notification per run and event (a run state, or KEY_REJECTED), kept so that each is sent once
+# and retried until delivered or given up (service/notify.py). `subject` is the run's id, or
+# "cycle NAME after RUN" for a key refused before a run existed. No foreign key: what was said
+# of a run outlives it, should it be pruned.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("subject", varchar(600), primary_key=True),
+    sa.Column("event", varchar(32), primary_key=True),
+    sa.Column("run_id", varchar(200)),
+    sa.Column("cycle", varchar(300)),
+    sa.Column("url", sa.Text),  # None: no webhook was set for the cycle when it happened
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("status", varchar(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("next_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Column("last_error", sa.Text),
+    sa.Index("ix_deliveries_status_next_at", "status", "next_at"),
 )

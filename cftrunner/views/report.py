@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from cftrunner.prompt_source import describe as describe_source
 from cftrunner.records import Run, RunSummary
 from cftrunner.states import ItemStage
+from cftrunner.views.calibration import calibration_lines, calibration_to_json
 from cftrunner.views.status import regression_lines, regression_to_json
 from cftrunner.wording import duration
 
@@ -131,6 +132,7 @@ class RunReport:
             "tokens": self.tokens,
             "state_seconds": self.summary.state_seconds,
             "gate": run.gate_result, "skip_reason": run.skip_reason,
+            "calibration": calibration_to_json(run),
             "failure_reason": run.failure_reason,
             "prompt_source": run.prompt_source,
             "regression": [regression_to_json(c, run.gate.score_threshold)
@@ -196,6 +198,7 @@ def render_run(report: RunReport) -> str:
     lines.append(("tokens", f"{report.tokens['total']:,}" + (f" ({kinds})" if kinds else "")))
     lines.append(("time", ", ".join(f"{state} {duration(v)}"
                                     for state, v in summary.state_seconds.items()) or "-"))
+    lines += calibration_lines(run)
     if run.gate_result is not None:
         lines.append(("gate", "passed" if run.gate_result.get("passed") else "not passed"))
     for key, reason in (("skipped", run.skip_reason), ("failed", run.failure_reason)):

@@ -13,6 +13,7 @@ from cftrunner.prompt_source import describe as describe_source
 from cftrunner.records import Completion, Item, RunSummary
 from cftrunner.states import ITEM_FAILED, ItemStage
 from cftrunner.views import tables
+from cftrunner.views.calibration import calibration_lines, calibration_to_json
 from cftrunner.views.tables import Column
 from cftrunner.wording import age, duration, settle_command
 
@@ -46,6 +47,7 @@ def to_json(summary: RunSummary) -> dict[str, Any]:
         "failure_reason": run.failure_reason,
         "skip_reason": run.skip_reason,
         "gate": run.gate_result,
+        "calibration": calibration_to_json(run),
         "follow": run.loop.follow,
         "promote": run.loop.promote,
         "training": run.training,
@@ -160,6 +162,7 @@ def detail(summary: RunSummary, now: datetime, width: int | None = None) -> str:
     elif serving := (run.training or {}).get("serving"):
         lines.append(("serving", ", ".join(f"{m} {e.get('status')}" for m, e in serving.items())))
     lines += regression_lines(summary)
+    lines += calibration_lines(run)
     for effect in summary.undecided:
         lines.append(("undecided", f"{effect.key}: outcome unknown ({effect.error}); "
                                    f"{settle_command(run.id, effect.key)}"))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from cftrunner.exceptions import InputError
 from cftrunner.records import Run, RunSummary
 from cftrunner.states import ITEM_FAILED, RunState
+from cftrunner.views.calibration import judge_error
 from cftrunner.views.report import (
     distribution,
     figure,
@@ -68,6 +69,7 @@ class TrendRow:
     judge_retries: int = 0  # judge requests beyond the first of each item
     spread: Spread | None = None  # of the judged scores; None when none is judged
     failure_reason: str | None = None  # of a FAILED (or CANCELLED) run
+    judge_error: float | None = None  # on the calibration set; None without one
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "created_at": self.created_at.isoformat(),
@@ -91,7 +93,8 @@ def trend_row(summary: RunSummary, scores: Sequence[float],
                     share(failed, summary.total_items), run.job_id,
                     run.skip_reason if run.state is RunState.SKIPPED else None,
                     promotion_note(run), sum(t for _, t in (counts or {}).values()),
-                    judge_requests[0] - judge_requests[1], spread(scores), run.failure_reason)
+                    judge_requests[0] - judge_requests[1], spread(scores), run.failure_reason,
+                    judge_error(run))
 
 
 def promotion_note(run: Run) -> str | None:

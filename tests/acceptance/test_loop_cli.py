@@ -158,6 +158,8 @@ def test_status_json_shows_the_model_each_cycle_used_and_the_decision(
     [cycle] = json.loads(trend.stdout)["cycles"]
     assert cycle["model_alias"] == MODEL and cycle["state"] == "PROMOTED"
     assert cycle["promotion"].startswith(f"promoted {run['promotion']['model_id']} (")
-    table = cron.cli.run("report", "--trend", "--no-html", "--config", str(cron.config)).stdout
+    # Wide enough for the whole note: a narrower table cuts it to fit (see views/tables.py).
+    table = cron.cli.run("report", "--trend", "--no-html", "--config", str(cron.config),
+                         env={"COLUMNS": "300"}).stdout
     assert f"promoted {run['promotion']['model_id']} (" in table
     assert json.loads(trend.stdout)["project_id"] == DEFAULT_PROJECT_ID

@@ -21,3 +21,9 @@ def test_a_first_wait_above_the_cap_is_the_cap() -> None:
 
 def test_a_factor_of_one_looks_at_a_steady_pace() -> None:
     assert first(4, Backoff(0.5, 1.0, 5.0)) == [0.5, 0.5, 0.5, 0.5]
+
+
+def test_a_look_that_saw_progress_keeps_the_next_wait_as_short_as_the_last() -> None:
+    delays = Backoff(0.25, 2.0, 5.0).delays()
+    assert [delays.after(progress) for progress in (False, True, True, False, True, False)] == [
+        0.25, 0.25, 0.25, 0.5, 0.5, 1.0]

@@ -14,10 +14,11 @@ from tests.conftest import make_run
 def test_the_stored_json_keeps_its_format() -> None:
     assert json.dumps(JudgeConfig(template="{prompt} {answer}", template_source="/j.txt").to_json()) == (
         '{"template": "{prompt} {answer}", "temperature": 0.1, "max_tokens": 4096, '
-        '"structured_output": true, "template_source": "/j.txt"}')
+        '"structured_output": true, "template_source": "/j.txt", "calibration": [], '
+        '"calibration_source": null}')
     assert json.dumps(GateConfig(min_traces=5, token_budget=1000).to_json()) == (
         '{"min_traces": 5, "min_below_threshold": 0, "score_threshold": 0.5, '
-        '"max_mean_score": null, "token_budget": 1000}')
+        '"max_mean_score": null, "token_budget": 1000, "max_judge_error": null}')
     loop = LoopConfig(follow=True, promote=True, holdout=("a", "b"), holdout_source="/h.json",
                       margin=0.05, retune_from={"model_id": "m", "run_id": "r"})
     assert json.dumps(loop.to_json()) == (
