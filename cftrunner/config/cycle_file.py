@@ -45,7 +45,7 @@ there is one). It is TOML and may hold every setting but the API key::
     connect = 10
     read = 120
     poll_interval = 5                  # waits on the platform look again after poll_first,
-    poll_first = 0.25                  # then poll_factor times later each time, up to
+    poll_first = 0.1                   # then poll_factor times later each time, up to
     poll_factor = 2                    # poll_interval (training_poll for training); factor >= 1
     commit_window = 0                  # >= 0, SQLite: a write waits for others to share a commit
     processing = 1800                  # waiting for the platform's corrections, per invocation

@@ -37,7 +37,7 @@ class Settings:
     # again after poll_first seconds, then each time poll_factor times longer, up to
     # poll_interval (training_poll for training).
     poll_interval: float = 5.0
-    poll_first: float = 0.25
+    poll_first: float = 0.1
     poll_factor: float = 2.0
     # On SQLite, how long a write waits for other threads' writes to share its commit once
     # nobody else is waiting to (0: only those already waiting share it; see store/batches.py).

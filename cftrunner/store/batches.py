@@ -55,7 +55,11 @@ class Batches:
 
     def __init__(self, connect: Callable[[bool], sa.Connection]) -> None:
         self._connect = connect  # the writer connection, at the synchronous level asked for
-        self._cond = threading.Condition()
+        # One lock; threads wait for their turn by durability, the leader apart: a unit that
+        # ends wakes one thread that can join and the leader, not every thread.
+        self._lock = threading.Lock()
+        self._turn = {True: threading.Condition(self._lock), False: threading.Condition(self._lock)}
+        self._leader = threading.Condition(self._lock)
         self._batch: _Batch | None = None
         self._executing = False
         self._wanting = {True: 0, False: 0}  # threads waiting to add their writes, by durability
@@ -65,41 +69,49 @@ class Batches:
     @contextmanager
     def unit(self, durable: bool) -> Iterator[Tx]:
         """This thread's writes, in the open batch's transaction; returns once committed."""
-        with self._cond:
+        with self._lock:
             self._wanting[durable] += 1
-            self._cond.notify_all()  # a leader waiting out its window sees somebody came
+            self._leader.notify()  # a leader waiting out its window sees somebody came
             try:
                 while self._executing or (self._batch is not None and not self._joinable(
                         self._batch, durable)):
-                    self._cond.wait()
+                    self._turn[durable].wait()
             finally:
                 self._wanting[durable] -= 1
+                self._leader.notify()  # were it to give up waiting, the leader stops waiting for it
             batch = self._batch
             leader = batch is None
             if batch is None:
                 batch = self._batch = _Batch(self._connect(durable).begin(), durable, self.window)
             self._executing = True
-        tx = Tx(batch.trans.connection)
+        conn = batch.trans.connection
+        tx = Tx(conn)
+        # A savepoint on the driver's connection: through SQLAlchemy's nested transactions it
+        # cost more CPU than the writes it guards.
+        raw = conn.connection.driver_connection
         failed: BaseException | None = None
         try:
-            savepoint = batch.trans.connection.begin_nested()
+            raw.execute("SAVEPOINT unit")  # type: ignore[union-attr]
             try:
                 yield tx
             except BaseException:
-                savepoint.rollback()
+                raw.execute("ROLLBACK TO unit")  # type: ignore[union-attr]
+                raw.execute("RELEASE unit")  # type: ignore[union-attr]
                 raise
-            savepoint.commit()
+            raw.execute("RELEASE unit")  # type: ignore[union-attr]
         except BaseException as exc:  # noqa: BLE001 - raised again once the batch is settled
             failed = exc
-        with self._cond:
+        with self._lock:
             self._executing = False
             batch.units += 1
             if failed is None:
                 batch.intents.extend(tx.intents)
                 batch.outcomes += tx.outcomes
-            self._cond.notify_all()
+            self._turn[batch.durable].notify()  # the next that can join
             if leader:
                 self._commit(batch)
+            else:
+                self._leader.notify()
         batch.done.wait()
         if failed is not None:
             raise failed
@@ -120,12 +132,12 @@ class Batches:
         try:
             while batch.units < MAX_UNITS:
                 if self._others_joining(batch):
-                    self._cond.wait()
+                    self._leader.wait()
                     continue
                 left = batch.deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                self._leader.wait(left)
         finally:
             batch.closing = True
             try:
@@ -135,7 +147,8 @@ class Batches:
                 with contextlib.suppress(Exception):
                     batch.trans.rollback()
             self._batch = None
-            self._cond.notify_all()
+            for turn in self._turn.values():  # a new batch: any thread may open it
+                turn.notify_all()
             if batch.error is None:
                 self._reached(batch)
             batch.done.set()

@@ -288,8 +288,8 @@ def test_a_trace_rejected_for_good_fails_its_item(harness: Harness, sandbox: San
 
 
 @pytest.mark.parametrize(("looks", "waits"), [
-    (3, [0.25, 0.5]),
-    (8, [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]),
+    (3, [0.1, 0.2]),
+    (8, [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0]),
 ])
 def test_recommendations_are_looked_at_soon_then_backing_off_to_the_poll_interval(
         make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness],

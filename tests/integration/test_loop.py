@@ -69,12 +69,12 @@ def test_a_bound_per_invocation_lets_one_invocation_wait_for_the_end(
 def test_a_followed_job_is_read_again_soon_then_backing_off_to_training_poll(
         make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness]) -> None:
     """At the default waits (the harness records each and sleeps at most 0.05 s of it): the
-    recommendations' one wait, then the job's, backing off from 0.25 s towards 60 s."""
+    recommendations' one wait, then the job's, backing off from 0.1 s towards 60 s."""
     sandbox = make_sandbox(training_polls=3, processing_seconds=0.0)
     harness = make_harness(sandbox, training_timeout=30.0, poll_interval=5.0)
     run = harness.runner.drive(harness.start(loop=FOLLOW))
     assert run.state is RunState.TRAINED and _job_reads(sandbox) == 5
-    assert harness.sleeps == [0.25, 0.25, 0.5, 1.0, 2.0]
+    assert harness.sleeps == [0.1, 0.1, 0.2, 0.4, 0.8]
 
 
 def test_a_job_with_no_model_ends_train_failed(make_sandbox: Callable[..., Sandbox],

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cftrunner.config.run_options import LoopConfig
+from cftrunner.config.settings import Settings
 from cftrunner.polling import Backoff
 from cftrunner.records import Run
 from cftrunner.sandbox import FaultRule, Sandbox
@@ -70,7 +71,7 @@ def test_models_loading_are_looked_at_soon_then_backing_off_to_the_poll_interval
     assert run.state is RunState.PROMOTED
     loading = harness.sleeps[harness.sleeps.index(0.01) + 1:]
     assert len(loading) >= 3
-    assert loading == list(itertools.islice(Backoff(0.25, 2.0, 5.0).delays(), len(loading)))
+    assert loading == list(itertools.islice(Backoff(Settings().poll_first, 2.0, 5.0).delays(), len(loading)))
 
 
 def test_past_the_bound_an_invocation_stops_intact_and_the_next_one_looks_again(
