@@ -2,9 +2,10 @@
 
 Every function takes the state database as `db`, a database URL or the path of an SQLite file
 (default: the one the CLI uses, `state/cftrunner.db` relative to the working folder), opens it for
-the call only, and never creates one that is not there. The commands that change runs
-(`start`, `resume`, `cancel`, `settle`, `tick`) are the ones the CLI calls, re-exported here; they
-take `Settings` (see `settings()`).
+the call only, and never creates one that is not there. The CLI's `status`, `show` and `report`
+read through these functions and only turn the records into text. The commands that change runs
+(`start`, `resume`, `cancel`, `settle`, `tick`) are the library calls in `cftrunner.service`;
+they take `Settings` (see `settings()`).
 
     >>> from cftrunner import api
     >>> latest = api.runs("state/cftrunner.db", limit=1)[0]
@@ -24,15 +25,13 @@ from cftrunner.config.settings import DEFAULT_DB, Settings
 from cftrunner.exceptions import ItemNotFoundError
 from cftrunner.records import Completion, Effect, Event, Item, RunSummary
 from cftrunner.run_ids import check_run_id
-from cftrunner.service import cancel, resume, settle, start, tick
 from cftrunner.states import ItemStage, RunState
 from cftrunner.store import Store
 from cftrunner.views.report import RunReport, read_report
 from cftrunner.views.trend import Trend, read_trend
 
 __all__ = ["Completion", "Effect", "Event", "Item", "RunReport", "RunSummary", "Settings", "Trend",
-           "cancel", "effects", "events", "item", "items", "report", "resume", "run", "runs",
-           "settings", "settle", "start", "tick", "trend"]
+           "effects", "events", "item", "items", "report", "run", "runs", "settings", "trend"]
 
 
 def _url(db: str | os.PathLike[str]) -> str:
@@ -93,7 +92,8 @@ def item(run_id: str, position: int,
     with _store(db) as store:
         found = store.item_at(store.run(run_id).id, position)
         if found is None:
-            raise ItemNotFoundError(f"run {run_id} has no item {position}")
+            raise ItemNotFoundError(f"run {run_id} has no item {position} (items are numbered "
+                                    "from 0, as in the logs)")
         return found, store.completions(found.id)
 
 

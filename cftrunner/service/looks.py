@@ -7,11 +7,12 @@ import json
 import tempfile
 from dataclasses import dataclass
 
+from cftrunner import api
 from cftrunner.clock import utcnow
 from cftrunner.config.cycle import cycle_name
 from cftrunner.config.settings import Settings
 from cftrunner.driver import Driver
-from cftrunner.exceptions import InputError, ItemNotFoundError
+from cftrunner.exceptions import InputError
 from cftrunner.prompt_source import every_prompt, holdout_places
 from cftrunner.records import RunSpec
 from cftrunner.run_ids import check_run_id
@@ -89,38 +90,22 @@ def status_text(settings: Settings, run_id: str | None, as_json: bool,
         check_run_id(run_id)
     if only.limit is not None and only.limit < 1:
         raise InputError("--limit must be 1 or more")
-    store = Store.existing(settings.db_url)
-    try:
-        now = utcnow()
-        if run_id is not None:
-            summary = store.summary(store.run(run_id))
-            if as_json:
-                return json.dumps(render.to_json(summary), indent=2)
-            return render.detail(summary, now)
-        found = store.runs(only.states, only.cycle, only.limit)
-        summaries = [store.summary(run) for run in found]
+    now = utcnow()
+    if run_id is not None:
+        summary = api.run(run_id, settings.db_url)
         if as_json:
-            return json.dumps([render.to_json(s) for s in summaries], indent=2)
-        if not summaries and only != RunFilter():
-            return f"no runs match {only.words()}"
-        return render.table(summaries, now)
-    finally:
-        store.close()
+            return json.dumps(render.to_json(summary), indent=2)
+        return render.detail(summary, now)
+    summaries = api.runs(settings.db_url, states=only.states, cycle=only.cycle, limit=only.limit)
+    if as_json:
+        return json.dumps([render.to_json(s) for s in summaries], indent=2)
+    if not summaries and only != RunFilter():
+        return f"no runs match {only.words()}"
+    return render.table(summaries, now)
 
 
 def show_text(settings: Settings, run_id: str, position: int, as_json: bool) -> str:
-    check_run_id(run_id)
-    store = Store.existing(settings.db_url)
-    try:
-        run = store.run(run_id)
-        item = store.item_at(run.id, position)
-        if item is None:
-            raise ItemNotFoundError(f"run {run_id} has no item {position} (items are numbered "
-                                    "from 0, as in the logs)")
-        completions = store.completions(item.id)
-        if as_json:
-            return json.dumps(render.item_to_json(item, completions), indent=2,
-                              ensure_ascii=False)
-        return render.item_detail(item, completions)
-    finally:
-        store.close()
+    item, completions = api.item(run_id, position, settings.db_url)
+    if as_json:
+        return json.dumps(render.item_to_json(item, completions), indent=2, ensure_ascii=False)
+    return render.item_detail(item, completions)

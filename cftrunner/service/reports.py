@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cftrunner import api
 from cftrunner.config.settings import Settings
 from cftrunner.exceptions import InputError
 from cftrunner.run_ids import check_run_id
@@ -12,7 +13,7 @@ from cftrunner.views.pages.frame import NEEDS_PLOTLY, has_plotly
 from cftrunner.views.pages.run_data import read_run_page
 from cftrunner.views.pages.run_page import write_run
 from cftrunner.views.pages.trend_page import write_trend
-from cftrunner.views.report import read_report, report_output
+from cftrunner.views.report import report_output
 from cftrunner.views.trend import read_trend, trend_output
 
 NO_PAGE = f"no HTML page: {NEEDS_PLOTLY}"
@@ -25,18 +26,15 @@ def report_text(settings: Settings, run_id: str, as_json: bool,
     check_run_id(run_id)
     if html_path is not None and not has_plotly():
         raise InputError(NEEDS_PLOTLY)
+    if html_path is None:
+        return report_output(api.report(run_id, settings.db_url), as_json, None)
     store = Store.existing(settings.db_url)
     try:
-        if html_path is None:
-            report = read_report(store, run_id)
-        else:
-            page = read_run_page(store, run_id)
-            report = page.report
+        page = read_run_page(store, run_id)
     finally:
         store.close()
-    if html_path is not None:
-        write_run(page, html_path)
-    return report_output(report, as_json, html_path)
+    write_run(page, html_path)
+    return report_output(page.report, as_json, html_path)
 
 
 def trend_text(settings: Settings, project_id: str | None, html_path: Path | None,
