@@ -31,7 +31,8 @@ What it measures, in order:
  3. CPU and peak memory: the cycle at zero latency with N = 20,000 (--memory-n; with --skip-memory,
     N = --n and CPU only). CPU seconds per item = `time.process_time()` around `drive()` in the
     child, divided by N; the sandbox's CPU is not in it (it runs in this process). The peak RSS
-    comes from `os.wait4`'s resource usage for that child alone, so this process does not count.
+    is the child's alone, as a small go-between process reports it (RUSAGE_CHILDREN): started
+    straight from this process, a child's peak would start at this process's (see MEASURE_CHILD).
     This phase takes most of the default run's time: it is CPU-bound in the runner.
  4. Resume to the first request: a run of 20,000 items (--resume-n) is created, and resumed once
     until its first request (which reads the project, before any item is loaded), as after a crash
@@ -251,23 +252,40 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(argv: list[str], tmp: Path) -> tuple[dict[str, Any], resource.struct_rusage]:
-    """Run `bench.py --child ...` to its end; its JSON line and its own resource usage."""
-    out_path, err_path = tmp / "child.out", tmp / "child.err"
+# The child's resources, as a small go-between process reports them (see MEASURE_CHILD below):
+# started straight from this process, a child's ru_maxrss would start at this process's peak.
+USAGE_CHILD = (
+    "import json, resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "open(sys.argv[1], 'w').write(json.dumps({'ru_maxrss': u.ru_maxrss, 'ru_utime': u.ru_utime, "
+    "'ru_stime': u.ru_stime})); sys.exit(code)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """What the go-between saw its child use: peak RSS (KiB on Linux) and CPU seconds."""
+
+    ru_maxrss: int
+    ru_utime: float
+    ru_stime: float
+
+
+def run_child(argv: list[str], tmp: Path) -> tuple[dict[str, Any], Usage]:
+    """Run `bench.py --child ...` to its end, through a go-between; its JSON line and its own
+    resource usage."""
+    out_path, err_path, usage_path = tmp / "child.out", tmp / "child.err", tmp / "child.usage"
     with out_path.open("wb") as out, err_path.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", *argv], stdout=out, stderr=err,
-                                env=child_env(), cwd=tmp)
-        # wait4 rather than wait: the peak RSS of this child alone, not of every child so far.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = subprocess.call([sys.executable, "-c", USAGE_CHILD, str(usage_path),
+                                sys.executable, __file__, "--child", *argv], stdout=out,
+                               stderr=err, env=child_env(), cwd=tmp)
     lines = out_path.read_text().strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    if code != 0 or not lines:
         tail = err_path.read_text()[-3000:]
-        raise SystemExit(f"bench child {' '.join(argv)} exited {proc.returncode}:\n{tail}")
-    return json.loads(lines[-1]), usage
+        raise SystemExit(f"bench child {' '.join(argv)} exited {code}:\n{tail}")
+    return json.loads(lines[-1]), Usage(**json.loads(usage_path.read_text()))
 
 
-def maxrss_bytes(usage: resource.struct_rusage) -> int:
+def maxrss_bytes(usage: Usage | resource.struct_rusage) -> int:
     return usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
 
 
