@@ -33,6 +33,7 @@ from cftrunner.retry import RetryPolicy
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.states import RunState
 from cftrunner.store import Store, dialect
+from tests import processes
 
 PROMPTS = [f"Classify message {i}: 'how do I fix my bike chain?'" for i in range(6)]
 MODEL = "safety-model-v2"
@@ -313,7 +314,8 @@ def write_prompts(path: Path, prompts: list[str] | None = None) -> Path:
 
 
 class Cli:
-    """Runs `python -m cftrunner` as a real process against a sandbox and a state database."""
+    """Runs `python -m cftrunner` as a real process against a sandbox and a state database
+    (forked from a server that has imported cftrunner: tests/processes.py)."""
 
     def __init__(self, sandbox: Sandbox, db_url: str, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -341,14 +343,13 @@ class Cli:
 
     def run(self, *args: str, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*args), env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout,
-                              cwd=self.tmp_path)
+        return processes.run(self.command(*args), env={**self.env, **(env or {})},
+                             capture_output=True, text=True, timeout=timeout, cwd=self.tmp_path)
 
     def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.command(*args), env={**self.env, **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=self.tmp_path)
+        return processes.popen(self.command(*args), env={**self.env, **(env or {})},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=self.tmp_path)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cftrunner.sandbox import DEFAULT_API_KEY, FaultRule, Sandbox
+from tests import processes
 from tests.acceptance.test_cli import one_error_line, stored_runs
 from tests.conftest import Cli
 
@@ -68,9 +69,9 @@ def modes(folder: Path) -> dict[str, int]:
 def on_the_default_state_file(cli: Cli, *args: str) -> subprocess.Popen[str]:
     """A command on state/cftrunner.db in its working directory, under the usual umask, which
     alone would let everyone read what it creates."""
-    return subprocess.Popen(cli.command(*args), env={**cli.env, "CFTRUNNER_DB": ""},
-                            cwd=cli.tmp_path, umask=0o022, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return processes.popen(cli.command(*args), env={**cli.env, "CFTRUNNER_DB": ""},
+                           cwd=cli.tmp_path, umask=0o022, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
 
 
 def finished(process: subprocess.Popen[str]) -> None:

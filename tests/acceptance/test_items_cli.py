@@ -14,6 +14,7 @@ import pytest
 
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.store import Store
+from tests import processes
 from tests.conftest import PROMPTS, Cli
 from tests.item_runs import (
     assert_as_promised,
@@ -151,8 +152,8 @@ def test_the_json_of_every_item_is_as_the_readme_promises(cli: Cli) -> None:
 def test_export_writes_every_item_in_order_to_stdout_or_a_file_alike(
         cli: Cli, tmp_path: Path, fmt: str) -> None:
     build(cli)
-    result = subprocess.run(cli.command("export", "built", "--format", fmt), env=cli.env,
-                            capture_output=True, cwd=tmp_path, timeout=120)
+    result = processes.run(cli.command("export", "built", "--format", fmt), env=cli.env,
+                           capture_output=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0 and result.stderr == b"", result.stderr
     text = result.stdout.decode("utf-8")
     expected = [expected_record("built", i) for i in range(N)]

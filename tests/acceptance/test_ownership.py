@@ -26,6 +26,7 @@ from cftrunner.records import Event, Item, Run
 from cftrunner.sandbox import FaultRule, Sandbox
 from cftrunner.store import Store, dialect
 from cftrunner.store.schema import events, runs
+from tests import processes
 from tests.conftest import (
     PROMPTS,
     Cli,
@@ -63,8 +64,8 @@ class Proc:
         self.out_path = cli.tmp_path / f"proc-{number}.out"
         self.err_path = cli.tmp_path / f"proc-{number}.err"
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            self.popen = subprocess.Popen(cli.command(*args), env={**cli.env, **(env or {})},
-                                          stdout=out, stderr=err, cwd=cli.tmp_path)
+            self.popen = processes.popen(cli.command(*args), env={**cli.env, **(env or {})},
+                                         stdout=out, stderr=err, cwd=cli.tmp_path)
         self.began = time.monotonic()
         self.ended: float | None = None
 
