@@ -140,7 +140,7 @@ class Forked:
             self._conn.settimeout(timeout)
             try:
                 self._ended(self._conn.recv(4096))
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # the latter for a timeout of 0
                 raise subprocess.TimeoutExpired(self.args, timeout) from None
         assert self.returncode is not None
         return self.returncode

@@ -61,6 +61,10 @@ def test_each_command_is_a_child_of_the_server_of_its_own_ended_by_a_real_sigkil
         assert [parent_of(proc.pid) for proc in spawned] == [server, server]
         assert len({proc.pid for proc in spawned} | {os.getpid(), server}) == 4
         assert spawned[0].poll() is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            spawned[0].wait(timeout=0)
+        with pytest.raises(subprocess.TimeoutExpired):
+            spawned[0].communicate(timeout=0.05)
         spawned[0].send_signal(signal.SIGKILL)
         assert spawned[0].wait(timeout=30) == -signal.SIGKILL
         assert spawned[1].poll() is None  # the other goes on
