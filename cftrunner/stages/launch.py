@@ -19,7 +19,7 @@ from cftrunner.effects import Effect
 from cftrunner.exceptions import ApiError, RunStopped
 from cftrunner.payloads import bodies, finetuning
 from cftrunner.payloads.replies import RemoteTrace
-from cftrunner.records import Item, Run
+from cftrunner.records import Run
 from cftrunner.stages import markers
 from cftrunner.stages.context import Context
 from cftrunner.states import ItemStage, RunState
@@ -53,24 +53,27 @@ def _fail_run(ctx: Context, run: Run, reason: str) -> None:
 
 def _corrections_left(ctx: Context, run: Run) -> int:
     """Record what the platform says of every addition still processing; how many still are."""
-    pending = [i for i in ctx.store.items(run.id, ItemStage.ADDED)
-               if i.processing_status not in ("none", "failed")]
+    pending = ctx.store.processing(run.id)
     if not pending:
         return 0
     since = run.created_at - timedelta(seconds=ctx.settings.reconcile_skew)
-    remote = _read_traces(ctx, run, {i.trace_id for i in pending if i.trace_id}, since)
-    settled: list[tuple[Item, str | None]] = []
-    for item in pending:
-        seen = remote.get(item.trace_id or "")
+    remote = _read_traces(ctx, run, {trace for _, trace in pending if trace}, since)
+    settled: dict[int, str | None] = {}
+    for item_id, trace_id in pending:
+        seen = remote.get(trace_id or "")
         # Shown, but not yet as added, by a list that lags: what it says of processing is older.
         if seen is not None and seen.added_to_dataset and seen.processing_status != "processing":
-            settled.append((item, seen.processing_status))
+            settled[item_id] = seen.processing_status
     # Many to a transaction: one each made 330 write transactions for 1,000 items, queued
-    # behind any other writer.
-    for start in range(0, len(settled), SETTLED_PER_TRANSACTION):
+    # behind any other writer. The items are read a transaction's worth at a time.
+    ids = list(settled)
+    for start in range(0, len(ids), SETTLED_PER_TRANSACTION):
+        chunk = ctx.store.items_by_id(ids[start:start + SETTLED_PER_TRANSACTION])
         with ctx.tx() as tx:
-            for item, status in settled[start:start + SETTLED_PER_TRANSACTION]:
-                if status == "failed":
+            for item in chunk:
+                if item.stage is not ItemStage.ADDED:
+                    continue  # another worker's look failed it meanwhile
+                if settled[item.id] == "failed":
                     tx.update_item(item, ItemStage.ADD_FAILED, processing_status="failed",
                                    error_kind="correction_failed",
                                    error="the platform failed to write the corrected datapoint")
@@ -166,7 +169,7 @@ def snapshot(ctx: Context, run: Run) -> None:
           corrections.settled, progressed=lambda: corrections.progress)
     if not _gate_passes(ctx, run):
         return
-    if not ctx.store.items(run.id, ItemStage.ADDED):
+    if not ctx.store.stage_counts(run.id)[1].get(ItemStage.ADDED.value):
         _fail_run(ctx, run, "no item was added to the dataset")
         return
     assert run.dataset_id is not None

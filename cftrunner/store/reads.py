@@ -81,6 +81,24 @@ class Reads(Core):
         with self._read() as conn:
             return [item_from(r) for r in conn.execute(query).all()]
 
+    def items_by_id(self, ids: list[int]) -> list[Item]:
+        """The items of these ids, in position order."""
+        query = sa.select(items).where(items.c.id.in_(ids)).order_by(items.c.position)
+        with self._read() as conn:
+            return [item_from(r) for r in conn.execute(query).all()]
+
+    def processing(self, run_id: str) -> list[tuple[int, str | None]]:
+        """The id and trace id of each item added to the dataset whose correction the platform
+        may still be processing: what each look at the corrections reads, without the prompts
+        and answers of thousands of items (20,000 of them took 60 MB at once)."""
+        query = (sa.select(items.c.id, items.c.trace_id)
+                 .where(items.c.run_id == run_id, items.c.stage == ItemStage.ADDED.value,
+                        sa.or_(items.c.processing_status.is_(None),
+                               items.c.processing_status.not_in(("none", "failed"))))
+                 .order_by(items.c.position))
+        with self._read() as conn:
+            return [(row.id, row.trace_id) for row in conn.execute(query)]
+
     def item(self, item_id: int) -> Item:
         with self._read() as conn:
             return item_from(conn.execute(_ITEM, {"item_id": item_id}).one())

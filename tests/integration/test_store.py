@@ -175,3 +175,21 @@ def test_a_transaction_is_synced_to_disk_unless_it_says_it_need_not_be(store: St
     # A reader's connection is not the writer's: it keeps what every connection starts with.
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == SYNC_FULL
+
+
+def test_the_additions_still_processing_are_those_added_whose_status_is_not_settled(
+        store: Store) -> None:
+    """What each look at the platform's corrections reads: only ids and trace ids, of the added
+    items whose processing is unknown (None) or under way, never of settled or unadded ones."""
+    store.create_run(make_run(), ["a", "b", "c", "d", "e"])
+    statuses = [None, "processing", "none", "failed", None]
+    for item, status in zip(store.items("r1"), statuses, strict=True):
+        with store.tx() as tx:
+            for target in (ItemStage.GENERATED, ItemStage.JUDGED, ItemStage.TRACED):
+                item = tx.update_item(item, target, **({"trace_id": f"t{item.position}"}
+                                                       if target is ItemStage.TRACED else {}))
+            if item.position < 4:
+                tx.update_item(item, ItemStage.ADDED, processing_status=status)
+    ids = {i.position: i.id for i in store.items("r1")}
+    assert store.processing("r1") == [(ids[0], "t0"), (ids[1], "t1")]
+    assert [i.position for i in store.items_by_id([ids[3], ids[1]])] == [1, 3]
