@@ -50,7 +50,8 @@ def test_a_forked_command_prints_and_exits_as_a_fresh_interpreter_does(
 
 
 def test_each_command_is_a_child_of_the_server_of_its_own_ended_by_a_real_sigkill(
-        bare_env: dict[str, str], tmp_path: Path) -> None:
+        monkeypatch: pytest.MonkeyPatch, bare_env: dict[str, str], tmp_path: Path) -> None:
+    monkeypatch.setenv("CFTRUNNER_TEST_FORKS", "1")
     spawned = [processes.popen([*COMMAND, "sandbox", "--port", "0"], env=bare_env, cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
@@ -97,7 +98,8 @@ def test_the_environment_and_umask_are_the_commands_own(
 
 
 def test_a_command_whose_environment_changes_how_python_starts_gets_a_fresh_interpreter(
-        bare_env: dict[str, str], tmp_path: Path) -> None:
+        monkeypatch: pytest.MonkeyPatch, bare_env: dict[str, str], tmp_path: Path) -> None:
+    monkeypatch.setenv("CFTRUNNER_TEST_FORKS", "1")
     for env, fresh in (({}, False), ({"PYTHONPATH": str(tmp_path)}, True),
                        ({"LC_ALL": "C"}, True)):
         proc = processes.popen([*COMMAND, "--version"], env={**bare_env, **env},
