@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,18 @@ def make_db_url(tmp_path: Path) -> Iterator[Callable[..., str]]:
 @pytest.fixture
 def db_url(make_db_url: Callable[..., str]) -> str:
     return make_db_url()
+
+
+@contextmanager
+def connected(db_url: str) -> Iterator[sa.Connection]:
+    """A transaction on the state database, outside any Store: for rows a test writes or reads
+    as they are stored."""
+    engine = dialect.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def state_stored(db_url: str) -> bool:

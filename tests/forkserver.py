@@ -68,6 +68,11 @@ def serve(path: str) -> dict[str, Any]:
             if key.fileobj is listener:
                 conn, _ = listener.accept()
                 message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+                if len(fds) != 3 or not message:  # a client gone before asking: not a command
+                    for fd in fds:
+                        os.close(fd)
+                    conn.close()
+                    continue
                 request = json.loads(message)
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -120,3 +121,18 @@ def test_a_variable_the_server_has_and_the_command_does_not_is_not_the_commands(
     finally:
         server.close()
     assert proc.returncode == 2 and f"{tmp_path}/state/cftrunner.db" in err, err
+
+
+def test_a_client_gone_before_asking_leaves_the_server_serving(
+        bare_env: dict[str, str], tmp_path: Path) -> None:
+    server = processes._Server()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as gone:
+            gone.connect(server.path)  # and closed without a request
+        proc = processes.Forked(server, [*COMMAND, "--version"], env=bare_env, cwd=str(tmp_path),
+                                stdin=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, umask=0o022)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "cftrunner" in out and server.proc.poll() is None
+    finally:
+        server.close()

@@ -90,7 +90,7 @@ class Reads(Core):
     def processing(self, run_id: str) -> list[tuple[int, str | None]]:
         """The id and trace id of each item added to the dataset whose correction the platform
         may still be processing: what each look at the corrections reads, without the prompts
-        and answers of thousands of items (20,000 of them took 60 MB at once)."""
+        and answers of thousands of items (20,000 of them took some 40 MB at once)."""
         query = (sa.select(items.c.id, items.c.trace_id)
                  .where(items.c.run_id == run_id, items.c.stage == ItemStage.ADDED.value,
                         sa.or_(items.c.processing_status.is_(None),

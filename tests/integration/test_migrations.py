@@ -6,8 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -24,22 +23,21 @@ from cftrunner.exceptions import InputError
 from cftrunner.prompts import prompt_digest
 from cftrunner.sandbox import DEFAULT_PROJECT_ID, Sandbox
 from cftrunner.states import RunState
-from cftrunner.store import Store, dialect, migrations
+from cftrunner.store import Store, migrations
 from cftrunner.store.schema import metadata
 from tests import legacy_schema
-from tests.conftest import JUDGE, MODEL, PROMPTS, Cli, Harness, assert_exactly_once, make_run
+from tests.conftest import (
+    JUDGE,
+    MODEL,
+    PROMPTS,
+    Cli,
+    Harness,
+    assert_exactly_once,
+    connected,
+    make_run,
+)
 
 LONG = "x" * 600  # longer than any VARCHAR length in the schema
-
-
-@contextmanager
-def connected(db_url: str) -> Iterator[sa.Connection]:
-    engine = dialect.create_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            yield conn
-    finally:
-        engine.dispose()
 
 
 def differences(db_url: str, wanted: sa.MetaData) -> list[object]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -19,10 +18,10 @@ from cftrunner.config.cycle import Cycle
 from cftrunner.config.settings import Settings
 from cftrunner.service import notify
 from cftrunner.states import RunState
-from cftrunner.store import Store, dialect, migrations
+from cftrunner.store import Store, migrations
 from cftrunner.store.deliveries import BEFORE, DELIVERED, NO_WEBHOOK, PENDING
 from tests import receiver as receivers
-from tests.conftest import make_run
+from tests.conftest import connected, make_run
 from tests.receiver import Receiver
 
 receiver = receivers.receiver
@@ -133,16 +132,6 @@ def test_a_rejection_before_any_run_is_recorded_once_per_run_of_the_cycle(
     assert [(b["event"], b["run_id"], b["cycle"]) for b in bodies] == [
         ("KEY_REJECTED", None, CYCLE), ("CANCELLED", "r1", CYCLE), ("KEY_REJECTED", None, CYCLE)]
     assert KEY not in json.dumps(bodies)
-
-
-@contextmanager
-def connected(db_url: str) -> Iterator[sa.Connection]:
-    engine = dialect.create_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            yield conn
-    finally:
-        engine.dispose()
 
 
 def test_upgrading_to_0006_marks_what_runs_reached_before_so_nothing_old_is_announced(
