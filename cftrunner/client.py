@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import requests
 import structlog
@@ -40,14 +42,39 @@ class Timeouts:
     read: float = 120.0
 
 
-def _surely_unsent(exc: requests.RequestException) -> bool:
-    """True when the connection was never made, so the server cannot have seen the request."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    reason = exc.args[0] if exc.args else None
-    if isinstance(reason, urllib3.exceptions.MaxRetryError):
-        reason = reason.reason
-    return isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionRefusedError)
+def _failure(exc: Exception) -> tuple[bool, str]:
+    """Of a request that failed in transport: whether the server surely never saw it (the
+    connection was never made), and what happened, in a few words."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):  # not raised with retries off; defensive
+        exc = exc.reason or exc
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError | ConnectionRefusedError):
+        return True, "could not connect"  # NewConnectionError included: it is a ConnectTimeoutError
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        return False, "timed out"
+    return False, "connection lost"
+
+
+class Transport(Protocol):
+    """What the client sends through: the urllib3 connection pool that requests configured for
+    the API's host (a test may wrap it to see what is sent)."""
+
+    def urlopen(self, method: str, url: str, body: bytes | None = None,
+                headers: Mapping[str, str] | None = None, **options: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer, read whole."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 REDACTED = "[redacted]"
@@ -62,7 +89,7 @@ def redact(text: str, api_key: str) -> str:
     return _BEARER.sub(rf"\1 {REDACTED}", text)
 
 
-def _error_message(resp: requests.Response, api_key: str) -> str:
+def _error_message(resp: Answer, api_key: str) -> str:
     """What the server said of its refusal, redacted before it is cut: a cut key may not match."""
     try:
         body = resp.json()
@@ -76,13 +103,20 @@ def _error_message(resp: requests.Response, api_key: str) -> str:
 
 
 class PremClient:
-    """The API's endpoints over one pooled session.
+    """The API's endpoints over one pool of connections.
 
     It pools `connections` connections, by default one per request in flight (at least 10).
     With `in_flight`, at most that many requests are out at once, however many threads ask:
     threads beyond it wait for a slot, so a thread storing what it got leaves its slot to another
     thread's request meanwhile. `before_send` is called once a request has its slot and its turn,
-    just before it goes out; whatever it raises, the request was not sent."""
+    just before it goes out; whatever it raises, the request was not sent.
+
+    requests decides how the API is reached: its proxy (the proxy variables, NO_PROXY), the CA
+    bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, else certifi's), read once, here. Each request then
+    goes straight to the urllib3 pool requests' adapter made for the API's host, as the adapter
+    itself sends it, without building a requests.Request and Response around it: that wrapping
+    (preparing, hooks, cookies, a Response whose headers are copied) was two fifths of a
+    request's CPU, and cftrunner uses none of it."""
 
     def __init__(self, base_url: str, api_key: str, timeouts: Timeouts | None = None,
                  connections: int | None = None, limiter: RateLimiter | None = None,
@@ -96,28 +130,31 @@ class PremClient:
         self._slots: AbstractContextManager[object] = (
             threading.BoundedSemaphore(in_flight) if in_flight else contextlib.nullcontext())
         self._before_send = before_send
-        self.session = requests.Session()
+        self._timeout = urllib3.Timeout(connect=self.timeouts.connect, read=self.timeouts.read)
+        session = requests.Session()
+        # The environment is read once; a ~/.netrc entry never replaces the Authorization header.
+        env = session.merge_environment_settings(self.base_url, {}, None, None, None)
+        session.close()
+        proxies, verify = env["proxies"] or {}, env["verify"]
         # urllib3 must never resend on its own: a resent POST is exactly the duplicate to avoid.
         # A pooled connection per request in flight keeps connections reused, not reopened.
-        pooled = max(10, connections or in_flight or 0)
-        adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=pooled)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["Authorization"] = f"Bearer {api_key}"
-        self.session.headers["User-Agent"] = "cftrunner"
-        # The environment (proxy variables, REQUESTS_CA_BUNDLE) is read once, here: left to
-        # requests, it is re-read on every request, which was a tenth of a request's CPU. This
-        # also keeps a ~/.netrc entry from replacing the Authorization header.
-        env = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
-        self.session.proxies.update(env["proxies"] or {})
-        self.session.verify = env["verify"]
-        self.session.trust_env = False
-        # Those settings stay as they are for the client's life, so each request is prepared from
-        # them directly: Session.request would merge them into every request again (with the
-        # session's cookies and hooks), which was about a third of a request's CPU.
-        self._headers = dict(self.session.headers)
-        self._send_options: dict[str, Any] = {"proxies": dict(self.session.proxies),
-                                              "verify": self.session.verify, "stream": False}
+        self._adapter = HTTPAdapter(max_retries=0, pool_connections=1,
+                                    pool_maxsize=max(10, connections or in_flight or 0))
+        probe = requests.Request("GET", self.base_url + "/").prepare()
+        try:
+            pool = self._adapter.get_connection_with_tls_context(probe, verify, proxies=proxies)
+        except urllib3.exceptions.LocationValueError as exc:
+            raise ValueError(f"not a URL the API can be reached at: {base_url!r}") from exc
+        assert isinstance(pool, urllib3.HTTPConnectionPool)  # HTTPS's is one too
+        self._adapter.cert_verify(pool, self.base_url, verify, None)  # type: ignore[no-untyped-call]
+        # The pool adds a proxy's own headers (Proxy-Authorization) to each request itself.
+        self.transport: Transport = pool
+        # The base URL's path, or the whole URL when an HTTP proxy is asked for it.
+        self._prefix = self._adapter.request_url(probe, proxies)[:-1]
+        headers = {**session.headers, "Authorization": f"Bearer {api_key}",
+                   "User-Agent": "cftrunner"}
+        self._headers: dict[str, str] = {k: str(v) for k, v in headers.items()}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
 
     def advised_wait(self) -> float | None:
         """The Retry-After of the last successful answer this thread got, if it had one; read
@@ -126,18 +163,15 @@ class PremClient:
         return seconds
 
     def close(self) -> None:
-        self.session.close()
+        self.transport.close()
+        self._adapter.close()
 
     def request(self, method: str, path: str, body: Any = None,
                 params: dict[str, Any] | None = None) -> Any:
-        prepared = requests.PreparedRequest()
-        prepared.prepare(method=method, url=self.base_url + path, headers=self._headers,
-                         json=body, params=params, cookies=self.session.cookies)
-        resp = self._send(prepared, method, path)
-        status = resp.status_code
-        if logs.enabled(logging.DEBUG):
-            log.debug("api_request", method=method, path=path, status_code=status,
-                      elapsed_ms=round(resp.elapsed.total_seconds() * 1000))
+        url = self._prefix + path + (f"?{urlencode(params)}" if params else "")
+        content = None if body is None else json.dumps(body, allow_nan=False).encode()
+        resp = self._send(method, url, content, path)
+        status = resp.status
         if status == 429 or (status == 503 and "Retry-After" in resp.headers):
             self.limiter.pushed_back(parse_retry_after(resp.headers.get("Retry-After"),
                                                        datetime.now(UTC)))
@@ -167,8 +201,7 @@ class PremClient:
                                  maybe_happened=method != "GET", method=method, path=path)
         raise RejectedError(message, status_code=status, method=method, path=path)
 
-    def _send(self, prepared: requests.PreparedRequest, method: str,
-              path: str) -> requests.Response:
+    def _send(self, method: str, url: str, content: bytes | None, path: str) -> Answer:
         """Send once this request has a slot and its turn; the slot is freed as soon as the answer
         is read. A failure of the transport becomes a TransientError."""
         with self._slots:
@@ -177,19 +210,25 @@ class PremClient:
                 self._before_send()
             started = time.monotonic()
             try:
-                return self.session.send(prepared, timeout=(self.timeouts.connect,
-                                                            self.timeouts.read),
-                                         **self._send_options)
-            except requests.RequestException as exc:
+                # As requests' HTTPAdapter.send calls it, but the answer read whole (and decoded)
+                # here, and never retried or redirected.
+                raw = self.transport.urlopen(
+                    method, url, body=content,
+                    headers=self._headers if content is None else self._json_headers,
+                    redirect=False, assert_same_host=False, preload_content=True,
+                    decode_content=True, retries=False, timeout=self._timeout)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                unsent, what = _failure(exc)
                 if logs.enabled(logging.DEBUG):
                     log.debug("api_request", method=method, path=path, error=type(exc).__name__,
                               elapsed_ms=round((time.monotonic() - started) * 1000))
-                unsent = _surely_unsent(exc)
-                what = "could not connect" if unsent else (
-                    "timed out" if isinstance(exc, requests.Timeout) else "connection lost")
                 raise TransientError(f"{method} {self.base_url}{path}: {what}",
                                      maybe_happened=not unsent,
                                      method=method, path=path) from None
+        if logs.enabled(logging.DEBUG):
+            log.debug("api_request", method=method, path=path, status_code=raw.status,
+                      elapsed_ms=round((time.monotonic() - started) * 1000))
+        return Answer(raw.status, raw.reason or "", raw.headers, raw.data)
 
     # -- reads -------------------------------------------------------------------------------
 

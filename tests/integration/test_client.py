@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import socket
@@ -172,11 +173,13 @@ class RecordingProxy:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.headers: list[dict[str, str]] = []
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server naming
                 proxy.lines.append(self.requestline)
+                proxy.headers.append(dict(self.headers))
                 body = json.dumps({"id": "p", "children": []}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -209,3 +212,39 @@ def test_proxy_settings_from_the_environment_are_honoured(monkeypatch: pytest.Mo
         proxy.server.shutdown()
         proxy.server.server_close()
     assert proxy.lines == ["GET http://prem.invalid/api/v1/public/projects/p HTTP/1.1"] * 2
+
+
+def test_a_proxy_gets_its_credentials_and_the_api_its_key(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The proxy URL's user and password go to the proxy (Proxy-Authorization), the API key in
+    its own header, on every request."""
+    proxy = RecordingProxy()
+    try:
+        for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", proxy.url.replace("http://", "http://me:s3cret@"))
+        client = PremClient("http://prem.invalid", "key-1", Timeouts(connect=2, read=2))
+        client.project("p")
+        client.project("p")
+        client.close()
+    finally:
+        proxy.server.shutdown()
+        proxy.server.server_close()
+    credentials = "Basic " + base64.b64encode(b"me:s3cret").decode()
+    assert [h.get("Proxy-Authorization") for h in proxy.headers] == [credentials] * 2
+    assert [h.get("Authorization") for h in proxy.headers] == ["Bearer key-1"] * 2
+
+
+def test_no_proxy_sends_straight_to_the_api(monkeypatch: pytest.MonkeyPatch,
+                                            sandbox: Sandbox) -> None:
+    proxy = RecordingProxy()
+    try:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        client = PremClient(sandbox.url, DEFAULT_API_KEY, Timeouts(connect=2, read=2))
+        assert client.project(DEFAULT_PROJECT_ID)
+        client.close()
+    finally:
+        proxy.server.shutdown()
+        proxy.server.server_close()
+    assert proxy.lines == []

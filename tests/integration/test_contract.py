@@ -8,7 +8,7 @@ sandbox over real HTTP at every stage, statuses included."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, get_args, get_type_hints
 from urllib.parse import urlsplit
 
@@ -30,10 +30,9 @@ from premai.types import (
     SnapshotCreateParams,
     SnapshotCreateResponse,
 )
-from requests.adapters import HTTPAdapter
 from typing_extensions import is_typeddict
 
-from cftrunner.client import PremClient, Timeouts
+from cftrunner.client import PremClient, Timeouts, Transport
 from cftrunner.config.run_options import RESPONSE_FORMAT, LoopConfig
 from cftrunner.payloads import bodies
 from cftrunner.sandbox import DEFAULT_API_KEY, DEFAULT_PROJECT_ID, FaultRule, Sandbox
@@ -102,26 +101,28 @@ def check_answer(model: type[pydantic.BaseModel], body: Any) -> None:
     model.model_validate(body)
 
 
-class Recorder(HTTPAdapter):
+class Recorder:
     """The client's transport, keeping (method, path, JSON body) of each request it sends."""
 
-    def __init__(self) -> None:
-        super().__init__(max_retries=0)
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
         self.sent: list[tuple[str, str, Any]] = []
 
-    def send(self, request: requests.PreparedRequest, *args: Any,  # type: ignore[override]
-             **kwargs: Any) -> requests.Response:
-        body = json.loads(request.body) if request.body else None
-        self.sent.append((request.method or "", urlsplit(request.url or "").path, body))
-        return super().send(request, *args, **kwargs)
+    def urlopen(self, method: str, url: str, body: bytes | None = None,
+                headers: Mapping[str, str] | None = None, **options: Any) -> Any:
+        self.sent.append((method, urlsplit(url).path, json.loads(body) if body else None))
+        return self.transport.urlopen(method, url, body=body, headers=headers, **options)
+
+    def close(self) -> None:
+        self.transport.close()
 
     def bodies(self, path: str) -> list[Any]:
         return [body for method, sent, body in self.sent if method == "POST" and sent == path]
 
 
 def recording(harness: Harness) -> Recorder:
-    recorder = Recorder()
-    harness.runner.client.session.mount("http://", recorder)
+    recorder = Recorder(harness.runner.client.transport)
+    harness.runner.client.transport = recorder
     return recorder
 
 
