@@ -1,4 +1,4 @@
-"""The Prem API over HTTP; the one place where requests' failures become cftrunner errors."""
+"""The Prem API over HTTP; the one place where HTTP failures become cftrunner errors."""
 
 from __future__ import annotations
 
@@ -45,8 +45,6 @@ class Timeouts:
 def _failure(exc: Exception) -> tuple[bool, str]:
     """Of a request that failed in transport: whether the server surely never saw it (the
     connection was never made), and what happened, in a few words."""
-    if isinstance(exc, urllib3.exceptions.MaxRetryError):  # not raised with retries off; defensive
-        exc = exc.reason or exc
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError | ConnectionRefusedError):
         return True, "could not connect"  # NewConnectionError included: it is a ConnectTimeoutError
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
@@ -55,8 +53,7 @@ def _failure(exc: Exception) -> tuple[bool, str]:
 
 
 class Transport(Protocol):
-    """What the client sends through: the urllib3 connection pool that requests configured for
-    the API's host (a test may wrap it to see what is sent)."""
+    """What requests go through: the urllib3 pool for the API's host (a test may wrap it)."""
 
     def urlopen(self, method: str, url: str, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None, **options: Any) -> Any: ...

@@ -21,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 
 from cftrunner import crashpoints
-from cftrunner.store.writes import Tx
+from cftrunner.store.writes import Tx, insert_events
 
 MAX_UNITS = 64  # writes of this many threads at most in one commit
 
@@ -39,6 +40,7 @@ class _Batch:
         self.closing = False
         self.intents: list[tuple[str, str]] = []  # (run id, key) of the intents it stores
         self.outcomes = 0
+        self.events: list[dict[str, Any]] = []  # of its units, inserted together at its commit
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -107,6 +109,7 @@ class Batches:
             if failed is None:
                 batch.intents.extend(tx.intents)
                 batch.outcomes += tx.outcomes
+                batch.events.extend(tx.events)
             self._turn[batch.durable].notify()  # the next that can join
             if leader:
                 self._commit(batch)
@@ -141,6 +144,7 @@ class Batches:
         finally:
             batch.closing = True
             try:
+                insert_events(batch.trans.connection, batch.events)
                 batch.trans.commit()
             except BaseException as exc:  # noqa: BLE001 - every thread of the batch raises it
                 batch.error = exc

@@ -115,7 +115,9 @@ class Core:
                 yield tx
             return
         with self.engine.begin() as conn:
-            yield Tx(conn)
+            tx = Tx(conn)
+            yield tx
+            tx.flush()
 
     def sent(self, run_id: str, key: str) -> None:
         """The request of an intent was sent: for the crash points inside a batch."""

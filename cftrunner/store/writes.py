@@ -11,20 +11,14 @@ import sqlalchemy as sa
 from cftrunner.clock import utcnow
 from cftrunner.exceptions import LeaseLost, StaleStateError
 from cftrunner.payloads.replies import ChatResult
-from cftrunner.prompts import prompt_digest
-from cftrunner.records import Effect, EffectStatus, Holder, Item, Run
+from cftrunner.records import Effect, EffectStatus, Holder, Item
 from cftrunner.states import ITEM_FAILED, ItemStage, RunState, check_item_transition, check_run_transition
-from cftrunner.store import dialect
-from cftrunner.store.rows import run_from
+from cftrunner.store.loop_writes import LoopWrites
 from cftrunner.store.schema import (
     completions,
-    cycles,
     effects,
-    evaluations,
     events,
     items,
-    prompt_uses,
-    rechecks,
     runs,
     workers,
 )
@@ -50,12 +44,20 @@ _UPDATE_EFFECT = effects.update().where(
     effects.c.attempts == sa.bindparam("from_attempts"))
 
 
-class Tx:
+def insert_events(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(_INSERT_EVENT, rows)
+
+
+class Tx(LoopWrites):
     """The writes of one transaction; each checks the state it changes from."""
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
         self.logged: list[tuple[str, dict[str, Any]]] = []
+        # Event rows, inserted together as the transaction ends (`flush`; on SQLite, with the
+        # other events of its batch): one statement each was a sixth of an item's SQL.
+        self.events: list[dict[str, Any]] = []
         self.intents: list[tuple[str, str]] = []  # for the crash points of a batch (batches.py)
         self.outcomes = 0
 
@@ -75,10 +77,16 @@ class Tx:
                             "another process")
 
     def event(self, run_id: str, kind: str, item_id: int | None = None, **data: Any) -> None:
-        """An event row; the same fact is logged once the transaction has committed."""
-        self.conn.execute(_INSERT_EVENT, {"run_id": run_id, "item_id": item_id, "at": utcnow(),
-                                          "kind": kind, "data": data})
+        """An event row, inserted with the transaction's others; the same fact is logged once the
+        transaction has committed."""
+        self.events.append({"run_id": run_id, "item_id": item_id, "at": utcnow(), "kind": kind,
+                            "data": data})
         self.logged.append((kind, {"run_id": run_id, **data}))
+
+    def flush(self) -> None:
+        """Insert the events written so far, in one statement, before the transaction commits."""
+        insert_events(self.conn, self.events)
+        self.events = []
 
     def transition_run(self, run_id: str, current: RunState, target: RunState,
                        **fields: Any) -> None:
@@ -120,34 +128,6 @@ class Tx:
                           .values(last_error=message, updated_at=utcnow()))
         self.event(run_id, "run_error", message=message)
 
-    def lock_cycle(self, name: str) -> None:
-        """Hold the cycle's row until commit, so two ticks cannot both start a run for it."""
-        dialect.insert_ignoring_duplicates(self.conn, cycles, name=name, created_at=utcnow())
-        self.conn.execute(sa.select(cycles.c.name).where(cycles.c.name == name).with_for_update())
-
-    def used_prompts(self, cycle: str) -> dict[str, datetime]:
-        """When the cycle's runs last took each prompt, by digest."""
-        query = sa.select(prompt_uses.c.digest, prompt_uses.c.used_at).where(
-            prompt_uses.c.cycle == cycle)
-        return {digest: used_at for digest, used_at in self.conn.execute(query)}
-
-    def tag_means(self, cycle: str) -> dict[str, float]:
-        """The mean score of the cycle's judged prompts by tag, as far as their items are kept."""
-        query = (sa.select(prompt_uses.c.tag, sa.func.avg(items.c.score))
-                 .join(items, sa.and_(items.c.run_id == prompt_uses.c.run_id,
-                                      items.c.position == prompt_uses.c.position))
-                 .where(prompt_uses.c.cycle == cycle, prompt_uses.c.tag.is_not(None),
-                        items.c.score.is_not(None))
-                 .group_by(prompt_uses.c.tag))
-        return {tag: float(mean) for tag, mean in self.conn.execute(query)}
-
-    def latest_run(self, cycle: str, states: tuple[RunState, ...] = ()) -> Run | None:
-        query = sa.select(runs).where(runs.c.cycle == cycle)
-        if states:
-            query = query.where(runs.c.state.in_([s.value for s in states]))
-        row = self.conn.execute(query.order_by(runs.c.created_at.desc()).limit(1)).first()
-        return None if row is None else run_from(row)
-
     def update_run(self, run_id: str, current: RunState, **fields: Any) -> None:
         result = self.conn.execute(
             runs.update()
@@ -188,48 +168,6 @@ class Tx:
             "completion_tokens": result.completion_tokens if result else None,
             "total_tokens": result.tokens if result else None,
             "outcome": outcome, "error": error, "at": utcnow()})
-
-    def record_evaluation(self, run_id: str, model_id: str, position: int, **fields: Any) -> None:
-        """Keep one held-out result; one already kept for that model and prompt stays."""
-        dialect.insert_ignoring_duplicates(self.conn, evaluations,
-                                           ("run_id", "model_id", "position"), run_id=run_id,
-                                           model_id=model_id, position=position, at=utcnow(),
-                                           **fields)
-
-    def choose_rechecks(self, run: Run, model_id: str, threshold: float) -> int:
-        """Store the run's regression set, once: each prompt of the cycle's runs so far (this
-        one included) that last scored below `threshold`, unless a regression check found it
-        fixed since; how many."""
-        weak: dict[str, tuple[str, str, float, datetime]] = {}
-        query = (sa.select(items.c.prompt, items.c.score, runs.c.id, runs.c.created_at)
-                 .join(runs, runs.c.id == items.c.run_id)
-                 .where(runs.c.cycle == run.cycle, runs.c.created_at <= run.created_at,
-                        items.c.score.is_not(None))
-                 .order_by(runs.c.created_at, items.c.position))
-        for prompt, score, run_id, created_at in self.conn.execute(query):
-            digest = prompt_digest(prompt)
-            if score < threshold:
-                weak[digest] = (prompt, run_id, score, created_at)
-            else:
-                weak.pop(digest, None)  # scored well later
-        fixed = (sa.select(rechecks.c.digest, rechecks.c.at)
-                 .join(runs, runs.c.id == rechecks.c.run_id)
-                 .where(runs.c.cycle == run.cycle, rechecks.c.score >= threshold))
-        for digest, at in self.conn.execute(fixed):
-            if digest in weak and at > weak[digest][3]:
-                del weak[digest]
-        rows = [{"run_id": run.id, "position": n, "digest": digest, "prompt": prompt,
-                 "earlier_run_id": earlier, "earlier_score": score, "model_id": model_id}
-                for n, (digest, (prompt, earlier, score, _)) in enumerate(weak.items())]
-        if rows:
-            self.conn.execute(rechecks.insert(), rows)
-        return len(rows)
-
-    def record_recheck(self, run_id: str, position: int, **fields: Any) -> None:
-        """Keep one regression check's answer and score."""
-        self.conn.execute(rechecks.update().where(rechecks.c.run_id == run_id,
-                                                  rechecks.c.position == position)
-                          .values(at=utcnow(), **fields))
 
     def prepare_effect(self, run_id: str, key: str, kind: str, item_id: int | None,
                        request: dict[str, Any], previous: Effect | None) -> Effect:

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 import pydantic
 import pytest
-import requests
 from premai.types import (
     ChatCompletionsParams,
     ChatCompletionsResponse,

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -120,10 +121,12 @@ def test_a_lost_fence_in_a_batch_refuses_only_that_write(store: Store) -> None:
 def test_writes_that_need_not_be_durable_never_wait_in_a_durable_commit(store: Store) -> None:
     levels: list[int] = []
 
-    def before(conn: sa.Connection, _cursor: object, statement: str, *_rest: object) -> None:
-        if statement.startswith("INSERT INTO events"):
+    def before(conn: sa.Connection, _cursor: object, statement: str, parameters: Any,
+               _context: object, many: bool) -> None:
+        if statement.startswith("INSERT INTO events"):  # the events of a batch, together
             driver = conn.connection.driver_connection
-            levels.append(driver.execute("PRAGMA synchronous").fetchone()[0])  # type: ignore[union-attr]
+            level = driver.execute("PRAGMA synchronous").fetchone()[0]  # type: ignore[union-attr]
+            levels.extend([level] * (len(parameters) if many else 1))
 
     sa.event.listen(store.engine, "before_cursor_execute", before)
     counted = commits(store)
