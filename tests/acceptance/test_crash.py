@@ -110,6 +110,24 @@ def stored_state(db_url: str, run_id: str = RUN_ID) -> str | None:
         store.close()
 
 
+def stored_progress(db_url: str, run_id: str = RUN_ID) -> str:
+    """The run's items counted by stage, as a failure message shows them ("-" before the run
+    is stored)."""
+    store = Store(db_url)
+    try:
+        _, stages = store.stage_counts(run_id)
+    except RunNotFoundError:
+        return "-"
+    finally:
+        store.close()
+    return " ".join(f"{stage.lower()}:{n}" for stage, n in sorted(stages.items())) or "-"
+
+
+def last_events(stderr: str, n: int = 3) -> list[str]:
+    """The names of the last JSON log events a process wrote, for a failure message."""
+    return [str(event.get("event")) for event in log_events(stderr)[-n:]]
+
+
 def log_events(stderr: str) -> list[dict[str, Any]]:
     """The JSON log events a process wrote to stderr."""
     events = []
@@ -273,17 +291,22 @@ def test_random_kills_of_start_and_resume_end_launched_with_every_effect_once(
     cli = Cli(sandbox, db_url, tmp_path)
     rand = random.Random(seed)
     killed_in: list[str | None] = []
+    lives: list[str] = []  # what each killed process left, for the failure message
     for _ in range(MAX_LIVES):
         state = stored_state(db_url)
         args = cli.start_args(RUN_ID) if state is None else ["resume", RUN_ID]
+        began, sent = time.monotonic(), requests_sent(sandbox)
         ended = run_until(cli, args, measured.kill_when(rand, sandbox))
         if ended.returncode == 0:
             break
         assert ended.returncode == KILLED, tail(ended.stderr)
         killed_in.append(stored_state(db_url))
+        lives.append(f"{killed_in[-1]} after {time.monotonic() - began:.2f} s and "
+                     f"{requests_sent(sandbox) - sent} requests, items {stored_progress(db_url)}, "
+                     f"last events {last_events(ended.stderr)}")
     else:
-        pytest.fail(f"not launched after {MAX_LIVES} processes, killed in {killed_in} "
-                    f"({measured})")
+        pytest.fail(f"not launched after {MAX_LIVES} processes ({measured}); each was killed:\n"
+                    + "\n".join(lives))
 
     record_property("kills", len(killed_in))
     print(f"\nseed {seed}: {len(killed_in)} kills ({measured}), in states {killed_in}")
