@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def _fence_sqlite(engine: sa.Engine, database: Path) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -125,6 +126,21 @@ def _fence_sqlite(engine: sa.Engine, database: Path) -> None:
             # database still locked after the busy timeout would pass for a bug.
             raise _unusable(exc, database) or sa.exc.DBAPIError.instance(
                 statement, None, exc, sqlite3.Error) from exc
+
+
+def _use_wal(cursor: sqlite3.Cursor) -> None:
+    """Put the file in WAL mode, which it keeps. Connections racing to switch a new file may be
+    refused at once ("database is locked": SQLite does not wait on the busy timeout there, 2 of
+    200 races of 8 openers), so a refusal is tried again until the busy timeout has passed."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def lock_for_migration(conn: sa.Connection) -> None:

@@ -3,12 +3,15 @@ newer ones are refused, and opening an up-to-date database stays one query."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -174,6 +177,27 @@ def test_stores_opened_at_once_migrate_the_database_once(db_url: str,
     assert errors == []
     upgrades = [e for e in logs if e["event"] == "schema_upgraded"]
     assert len(upgrades) == (1 if made_before_migrations else 0)
+    assert revision(db_url) == migrations.HEAD
+
+
+@pytest.mark.sqlite_only
+def test_a_file_another_connection_is_writing_is_put_in_wal_mode_once_it_is_free(
+        db_url: str, tmp_path: Path) -> None:
+    """SQLite refuses a switch to WAL at once, busy timeout or not, while another connection
+    holds the write lock of a file still in rollback-journal mode: opening waits it out."""
+    path = tmp_path / "state.db"
+    assert db_url == f"sqlite:///{path}"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE other (x)")
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, other.execute, ["ROLLBACK"]).start()
+    try:
+        Store(db_url).close()
+    finally:
+        time.sleep(0.3)  # the timer's ROLLBACK, before the connection closes
+        other.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert revision(db_url) == migrations.HEAD
 
 
