@@ -138,10 +138,7 @@ class PremClient:
         self._adapter = HTTPAdapter(max_retries=0, pool_connections=1,
                                     pool_maxsize=max(10, connections or in_flight or 0))
         probe = requests.Request("GET", self.base_url + "/").prepare()
-        try:
-            pool = self._adapter.get_connection_with_tls_context(probe, verify, proxies=proxies)
-        except urllib3.exceptions.LocationValueError as exc:
-            raise ValueError(f"not a URL the API can be reached at: {base_url!r}") from exc
+        pool = self._adapter.get_connection_with_tls_context(probe, verify, proxies=proxies)
         assert isinstance(pool, urllib3.HTTPConnectionPool)  # HTTPS's is one too
         self._adapter.cert_verify(pool, self.base_url, verify, None)  # type: ignore[no-untyped-call]
         # The pool adds a proxy's own headers (Proxy-Authorization) to each request itself.

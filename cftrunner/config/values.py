@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from cftrunner.exceptions import InputError
 
@@ -16,6 +17,17 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DB_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True,
                   "false": False, "0": False, "no": False, "off": False}
+
+
+def _names_host(url: str) -> bool:
+    """Whether an http(s) URL names a host, and a port that is a number if any ("http://:80" and
+    "http://x:y" do not: no request could be sent to them)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname)
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,7 @@ class Rule:
             return value.strip().lower()
         if self.kind == "url":
             url = value.strip() if self.exact else value.strip().rstrip("/")
-            if not re.fullmatch(r"https?://[^/\s]+.*", url):
+            if not re.fullmatch(r"https?://[^/\s]+.*", url) or not _names_host(url):
                 raise ValueError(value)
             return url
         if self.kind == "db" and not _DB_URL.match(value.strip()):

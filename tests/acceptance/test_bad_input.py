@@ -1,5 +1,6 @@
 """Input refused before anything is stored or sent, alike on both databases: prompts no database
-can hold as text, and run ids that are not plain names. Real processes, real exit codes."""
+can hold as text, an API URL naming no host, and run ids that are not plain names. Real
+processes, real exit codes."""
 
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def test_held_out_prompts_with_a_nul_are_exit_2_naming_them_and_no_run(cli: Cli,
     assert f"{tmp_path / 'holdout.json'}: prompt 1 holds a NUL character" in one_error_line(result)
     (tmp_path / "cftrunner.toml").unlink()
     assert stored_runs(cli) == []
+
+
+@pytest.mark.parametrize("url", ["http://:80", "https://studio.premai.io:https"])
+def test_a_base_url_naming_no_host_or_port_is_exit_2_before_anything_is_stored(
+        cli: Cli, db_url: str, url: str) -> None:
+    """No request could be sent there: refused as bad input, not an internal error at the first
+    request."""
+    result = cli.run(*cli.start_args("no-host", "--base-url", url))
+    assert result.returncode == 2, result.stderr
+    assert one_error_line(result) == ("cftrunner: error: --base-url must be a URL starting with "
+                                      f'http:// or https://, not "{url}"')
+    assert not state_stored(db_url)
 
 
 NOT_PLAIN = ["..", ".hidden", "\u0661\u0662\u0663", "caf\u00e9", "a/b"]

@@ -195,56 +195,48 @@ class RecordingProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
-def test_proxy_settings_from_the_environment_are_honoured(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingProxy]:
+    """A proxy stand-in, with no proxy variable of the environment left set."""
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    made = RecordingProxy()
+    yield made
+    made.server.shutdown()
+    made.server.server_close()
+
+
+def test_proxy_settings_from_the_environment_are_honoured(monkeypatch: pytest.MonkeyPatch,
+                                                          proxy: RecordingProxy) -> None:
     """The environment is read once, when the client is made, and every request uses it."""
-    proxy = RecordingProxy()
-    try:
-        for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("http_proxy", proxy.url)
-        client = PremClient("http://prem.invalid", "k", Timeouts(connect=2, read=2))
-        monkeypatch.delenv("http_proxy")
-        client.project("p")
-        client.project("p")
-        client.close()
-    finally:
-        proxy.server.shutdown()
-        proxy.server.server_close()
+    monkeypatch.setenv("http_proxy", proxy.url)
+    client = PremClient("http://prem.invalid", "k", Timeouts(connect=2, read=2))
+    monkeypatch.delenv("http_proxy")
+    client.project("p")
+    client.project("p")
+    client.close()
     assert proxy.lines == ["GET http://prem.invalid/api/v1/public/projects/p HTTP/1.1"] * 2
 
 
-def test_a_proxy_gets_its_credentials_and_the_api_its_key(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_a_proxy_gets_its_credentials_and_the_api_its_key(monkeypatch: pytest.MonkeyPatch,
+                                                          proxy: RecordingProxy) -> None:
     """The proxy URL's user and password go to the proxy (Proxy-Authorization), the API key in
     its own header, on every request."""
-    proxy = RecordingProxy()
-    try:
-        for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("http_proxy", proxy.url.replace("http://", "http://me:s3cret@"))
-        client = PremClient("http://prem.invalid", "key-1", Timeouts(connect=2, read=2))
-        client.project("p")
-        client.project("p")
-        client.close()
-    finally:
-        proxy.server.shutdown()
-        proxy.server.server_close()
+    monkeypatch.setenv("http_proxy", proxy.url.replace("http://", "http://me:s3cret@"))
+    client = PremClient("http://prem.invalid", "key-1", Timeouts(connect=2, read=2))
+    client.project("p")
+    client.project("p")
+    client.close()
     credentials = "Basic " + base64.b64encode(b"me:s3cret").decode()
     assert [h.get("Proxy-Authorization") for h in proxy.headers] == [credentials] * 2
     assert [h.get("Authorization") for h in proxy.headers] == ["Bearer key-1"] * 2
 
 
 def test_no_proxy_sends_straight_to_the_api(monkeypatch: pytest.MonkeyPatch,
-                                            sandbox: Sandbox) -> None:
-    proxy = RecordingProxy()
-    try:
-        monkeypatch.setenv("http_proxy", proxy.url)
-        monkeypatch.setenv("no_proxy", "127.0.0.1")
-        client = PremClient(sandbox.url, DEFAULT_API_KEY, Timeouts(connect=2, read=2))
-        assert client.project(DEFAULT_PROJECT_ID)
-        client.close()
-    finally:
-        proxy.server.shutdown()
-        proxy.server.server_close()
+                                            proxy: RecordingProxy, sandbox: Sandbox) -> None:
+    monkeypatch.setenv("http_proxy", proxy.url)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    client = PremClient(sandbox.url, DEFAULT_API_KEY, Timeouts(connect=2, read=2))
+    assert client.project(DEFAULT_PROJECT_ID)
+    client.close()
     assert proxy.lines == []

@@ -530,6 +530,9 @@ def test_a_wrong_type_is_an_error_naming_the_dotted_key(
     ('log_level = "verbose"\n',
      'log_level must be one of "debug", "info", "warning", "error", not "verbose"'),
     ('base_url = "studio.premai.io"\n', "base_url must be a URL starting with http:// or https://"),
+    ('base_url = "http://:80"\n', 'base_url must be a URL starting with http:// or https://'),
+    ('[notify]\nwebhook_url = "https://hooks.example:port/x"\n',
+     'notify.webhook_url must be a URL starting with http:// or https://'),
     ('db = "state/cftrunner.db"\n', "db must be an SQLAlchemy URL"),
     ('project_id = "  "\n', 'project_id must be a non-empty string, not "  "'),
 ])
@@ -637,6 +640,7 @@ def test_describe_says_when_there_is_no_key(run: Resolve) -> None:
     ("CFTRUNNER_TRACE_SHAPE", "csv", 'CFTRUNNER_TRACE_SHAPE must be one of "tutorial", "batch"'),
     ("CFTRUNNER_LOG_LEVEL", "loud", "CFTRUNNER_LOG_LEVEL must be one of"),
     ("CFTRUNNER_BASE_URL", "ftp://x", "CFTRUNNER_BASE_URL must be a URL starting with http://"),
+    ("CFTRUNNER_BASE_URL", "https://:443", "CFTRUNNER_BASE_URL must be a URL starting with http://"),
     ("CFTRUNNER_DB", "cftrunner.db", "CFTRUNNER_DB must be an SQLAlchemy URL"),
 ])
 def test_a_bad_environment_value_is_an_error_naming_the_variable(
