@@ -45,7 +45,7 @@ RANDOM_KILL_LATENCY = 0.02
 # a random point of the run's progress: after so many more requests reach the sandbox, fewer than
 # a whole run sends, so that the first process is always killed, however fast this host is.
 STARTUP_KILLS = 0.25
-MAX_LIVES = 15  # processes one random-kill case may start before it must have launched
+MAX_LIVES = 15  # processes one random-kill case starts at most; the last is not killed
 
 
 @dataclass(frozen=True)
@@ -286,27 +286,32 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> Measured:
 def test_random_kills_of_start_and_resume_end_launched_with_every_effect_once(
         make_sandbox: Callable[..., Sandbox], db_url: str, tmp_path: Path, seed: int,
         measured: Measured, record_property: Callable[[str, object], None]) -> None:
-    """Each process, `start` or then `resume`, is killed after a random delay until one finishes."""
+    """Each process, `start` or then `resume`, is killed after a random delay until one finishes
+    (the last one that may be started is not killed)."""
     sandbox = make_sandbox(latency=RANDOM_KILL_LATENCY)
     cli = Cli(sandbox, db_url, tmp_path)
     rand = random.Random(seed)
     killed_in: list[str | None] = []
     lives: list[str] = []  # what each killed process left, for the failure message
-    for _ in range(MAX_LIVES):
+    for life in range(MAX_LIVES):
         state = stored_state(db_url)
         args = cli.start_args(RUN_ID) if state is None else ["resume", RUN_ID]
         began, sent = time.monotonic(), requests_sent(sandbox)
-        ended = run_until(cli, args, measured.kill_when(rand, sandbox))
+        # The last process is left alone: it must finish what the killed ones left, however
+        # little each of them got done on a busy host.
+        last = life == MAX_LIVES - 1
+        ended = run_until(cli, args, (lambda: False) if last else measured.kill_when(rand, sandbox))
         if ended.returncode == 0:
             break
+        if last:
+            pytest.fail(f"the process left alone after {len(lives)} kills ({measured}) ended "
+                        f"{ended.returncode}: {tail(ended.stderr)}\nthe killed ones:\n"
+                        + "\n".join(lives))
         assert ended.returncode == KILLED, tail(ended.stderr)
         killed_in.append(stored_state(db_url))
         lives.append(f"{killed_in[-1]} after {time.monotonic() - began:.2f} s and "
                      f"{requests_sent(sandbox) - sent} requests, items {stored_progress(db_url)}, "
                      f"last events {last_events(ended.stderr)}")
-    else:
-        pytest.fail(f"not launched after {MAX_LIVES} processes ({measured}); each was killed:\n"
-                    + "\n".join(lives))
 
     record_property("kills", len(killed_in))
     print(f"\nseed {seed}: {len(killed_in)} kills ({measured}), in states {killed_in}")
