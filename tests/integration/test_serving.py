@@ -63,9 +63,10 @@ def test_cold_models_are_asked_up_and_judged_only_once_they_run(
 def test_models_loading_are_looked_at_soon_then_backing_off_to_the_poll_interval(
         make_sandbox: Callable[..., Sandbox], make_harness: Callable[..., Harness]) -> None:
     """At the default waits (the harness records each and sleeps at most 0.05 s of it). The
-    training wait, capped at training_poll (0.01 s here), is the last one before the models'."""
+    training wait, capped at training_poll (0.01 s here), is the last one before the models'.
+    The models load in 2 s: three short waits and their looks end well before, on a busy host too."""
     sandbox, harness, run_id = _promoting(
-        make_sandbox, make_harness, {"model_load_delay": 0.5, "processing_seconds": 0.0},
+        make_sandbox, make_harness, {"model_load_delay": 2.0, "processing_seconds": 0.0},
         poll_interval=5.0)
     run = harness.runner.drive(run_id)
     assert run.state is RunState.PROMOTED
