@@ -147,9 +147,10 @@ class Performer:
                     with (crashpoints.storing_intent(effect.then),
                           tx_for(item, effect.then is not None) as tx):
                         # Marked found, not done here: when it was written is not known.
-                        tx.finish_effect(stored, EffectStatus.DONE, {**found, "found": True},
-                                         verdict="settled" if stored.settled else "reconciled")
-                        return effect.record(tx, found)
+                        return tx.finish_effect_with(
+                            stored, EffectStatus.DONE, functools.partial(effect.record, tx, found),
+                            {**found, "found": True},
+                            verdict="settled" if stored.settled else "reconciled")
             crashpoints.reach(f"{kind}.before_intent")
             with tx_for(item) as tx:
                 prepared = tx.prepare_effect(effect.run.id, effect.key, kind,
@@ -162,8 +163,9 @@ class Performer:
         except ApiError as exc:
             if isinstance(exc, RejectedError) and not isinstance(exc, AuthError):
                 with tx_for(item) as tx:
-                    tx.finish_effect(prepared, EffectStatus.FAILED, error=exc.message)
-                    rejected = effect.rejected(tx, exc)
+                    rejected = tx.finish_effect_with(prepared, EffectStatus.FAILED,
+                                                     functools.partial(effect.rejected, tx, exc),
+                                                     error=exc.message)
                 log.warning("effect_rejected", key=effect.key, error=exc.kind,
                             status_code=exc.status_code)
                 return rejected
@@ -179,8 +181,8 @@ class Performer:
         host.store.sent(effect.run.id, effect.key)  # a crash point once some of a batch are sent
         # An outcome alone can be lost with the power: the effect is then reconciled.
         with crashpoints.storing_intent(effect.then), tx_for(item, effect.then is not None) as tx:
-            tx.finish_effect(prepared, EffectStatus.DONE, outcome)
-            recorded = effect.record(tx, outcome)
+            recorded = tx.finish_effect_with(prepared, EffectStatus.DONE,
+                                             functools.partial(effect.record, tx, outcome), outcome)
         crashpoints.reach(f"{kind}.after_outcome")
         return recorded
 

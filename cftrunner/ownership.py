@@ -162,8 +162,9 @@ def claimed(store: Store, item_id: int, worker: Lease, durable: bool = True) -> 
     any of its items); the worker is lost if not. See `Store.tx` for `durable`."""
     try:
         with store.tx(durable=durable) as tx:
-            tx.fence_item(item_id, worker)
+            tx.claim(item_id, worker)
             yield tx
+            tx.check_claim()
     except LeaseLost:
         worker.lost.set()
         raise

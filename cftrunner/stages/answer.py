@@ -40,9 +40,9 @@ def generate(ctx: Context, run: Run, item: Item, _entered: Stored | None) -> Sto
             raise
         _refuse_missing_model(ctx, run, exc, "model_alias", run.model_alias)
         with ctx.item_tx(item, durable=False) as tx:
-            tx.record_completion(item, "generate", 1, "rejected", error=exc.message)
             failed = tx.update_item(item, ItemStage.GEN_FAILED, error_kind=exc.kind,
                                     error=exc.message)
+            tx.record_completion(item, "generate", 1, "rejected", error=exc.message)
         log.warning("item_failed", item=item.position, stage="generate", error=exc.kind)
         return Stored(failed)
     crashpoints.reach("generate.after_answer")
@@ -50,8 +50,9 @@ def generate(ctx: Context, run: Run, item: Item, _entered: Stored | None) -> Sto
         return Stored(_no_answer(ctx, run, item, result))
     # Not synced to disk (see Store.tx): an answer lost with the power is asked for again.
     with ctx.item_tx(item, durable=False) as tx:
-        tx.record_completion(item, "generate", 1, "ok", result=result)
+        # The item's update first, in each of its steps: it checks the claim (Tx.claim).
         item = tx.update_item(item, ItemStage.GENERATED, answer=result.content)
+        tx.record_completion(item, "generate", 1, "ok", result=result)
     ctx.tokens.add(run.id, result.tokens)
     crashpoints.reach("generate.after_store")
     return Stored(item)
@@ -72,8 +73,8 @@ def _no_answer(ctx: Context, run: Run, item: Item, result: replies.ChatResult) -
     """Fail the item whose model answered no content, keeping why the model stopped."""
     reason = f"the model answered no content (finish_reason: {result.finish_reason or 'none'})"
     with ctx.item_tx(item, durable=False) as tx:
-        tx.record_completion(item, "generate", 1, "no_content", result=result, error=reason)
         failed = tx.update_item(item, ItemStage.GEN_FAILED, error_kind="no_content", error=reason)
+        tx.record_completion(item, "generate", 1, "no_content", result=result, error=reason)
     ctx.tokens.add(run.id, result.tokens)
     log.warning("item_failed", item=item.position, stage="generate", error="no_content",
                 finish_reason=result.finish_reason)
@@ -123,23 +124,23 @@ def judge(ctx: Context, run: Run, item: Item, _entered: Stored | None) -> Stored
             log.warning("judge_" + outcome, item=item.position, attempt=attempts, reason=reason)
             last = attempts >= ctx.settings.judge_attempts
             with ctx.item_tx(item, durable=False) as tx:
-                tx.record_completion(item, "judge", attempts, outcome, result=result,
-                                     request=request, error=reason)
                 raw = None if result.no_content else result.content
                 if last:
                     item = tx.update_item(item, ItemStage.JUDGE_FAILED, judge_attempts=attempts,
                                           judge_raw=raw, error_kind=exc.kind, error=reason)
                 else:
                     item = tx.update_item(item, judge_attempts=attempts, judge_raw=raw)
+                tx.record_completion(item, "judge", attempts, outcome, result=result,
+                                     request=request, error=reason)
             ctx.tokens.add(run.id, result.tokens)
             if last:
                 return Stored(item)
             continue
         with crashpoints.storing_intent("trace"), ctx.item_tx(item) as tx:
-            tx.record_completion(item, "judge", attempts, "ok", result=result, request=request)
             item = tx.update_item(item, ItemStage.JUDGED, judge_attempts=attempts,
                                   judge_raw=result.content, feedback=judgment.feedback,
                                   reasoning=judgment.reasoning, score=judgment.score)
+            tx.record_completion(item, "judge", attempts, "ok", result=result, request=request)
             intent = tx.prepare_effect(run.id, trace_key(item), "trace", item.id,
                                        trace_request(ctx, run, item), None)
         ctx.tokens.add(run.id, result.tokens)

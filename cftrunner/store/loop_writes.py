@@ -20,7 +20,9 @@ from cftrunner.store.schema import cycles, evaluations, items, prompt_uses, rech
 class LoopWrites:
     """Part of `writes.Tx`: what its transaction reads and writes across a cycle's runs."""
 
-    conn: sa.Connection
+    @property
+    def conn(self) -> sa.Connection:
+        raise NotImplementedError  # Tx's
 
     def lock_cycle(self, name: str) -> None:
         """Hold the cycle's row until commit, so two ticks cannot both start a run for it."""

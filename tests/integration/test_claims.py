@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -12,13 +13,14 @@ import sqlalchemy as sa
 
 from cftrunner import ownership
 from cftrunner.clock import utcnow
-from cftrunner.exceptions import LeaseLost
+from cftrunner.exceptions import LeaseLost, StaleStateError
 from cftrunner.holds import Lease
 from cftrunner.ownership import current_owner
-from cftrunner.records import Owner
+from cftrunner.records import Item, Owner
 from cftrunner.states import ItemStage
 from cftrunner.store import Store
-from cftrunner.store.schema import events, items, workers
+from cftrunner.store.schema import completions, effects, events, items, workers
+from cftrunner.store.writes import Tx
 from cftrunner.views import status
 from tests.conftest import make_run
 
@@ -141,6 +143,58 @@ def test_the_fence_refuses_a_write_to_an_item_another_worker_took(run_store: Sto
         tx.update_item(item, answer="too late")
     assert first.lost.is_set()
     assert run_store.item(item.id).answer == "mine"
+
+
+def _update(tx: Tx, item: Item) -> None:
+    tx.update_item(item, answer="too late")
+
+
+def _completion_then_update(tx: Tx, item: Item) -> None:
+    tx.record_completion(item, "generate", 1, "ok")
+    tx.update_item(item, answer="too late")
+
+
+def _intent_only(tx: Tx, item: Item) -> None:
+    tx.prepare_effect(item.run_id, f"trace:{item.position}", "trace", item.id, {"x": 1}, None)
+
+
+def _nothing(tx: Tx, item: Item) -> None:
+    pass
+
+
+@pytest.mark.parametrize("writes", [_update, _completion_then_update, _intent_only, _nothing])
+@pytest.mark.parametrize("taken", ["claimed_again", "worker_gone"])
+def test_every_unit_on_an_item_checks_the_claim_whatever_it_writes_first(
+        run_store: Store, writes: Callable[[Tx, Item], None], taken: str) -> None:
+    """The claim is checked by the item's update when that comes first, else before the first
+    statement, else at the end: a worker whose item was claimed by another, or which is no
+    longer registered, writes nothing and learns it lost its items."""
+    first = joined(run_store, other_host("host-a"))
+    item = ownership.claim(run_store, first, 1)[0]
+    if taken == "claimed_again":
+        expire(run_store, first)
+        assert positions(ownership.claim(run_store, joined(run_store), 1)) == [0]
+    else:
+        with run_store.tx() as tx:
+            tx.conn.execute(workers.delete().where(workers.c.token == first.token))
+    with pytest.raises(LeaseLost), ownership.claimed(run_store, item.id, first) as tx:
+        writes(tx, item)
+    assert first.lost.is_set()
+    assert run_store.item(item.id).answer is None
+    with run_store.reading() as tx:
+        assert tx.conn.execute(sa.select(sa.func.count()).select_from(completions)).scalar() == 0
+        assert tx.conn.execute(sa.select(sa.func.count()).select_from(effects)).scalar() == 0
+
+
+def test_a_stale_stage_under_a_held_claim_is_stale_not_lost(run_store: Store) -> None:
+    worker = joined(run_store)
+    item = ownership.claim(run_store, worker, 1)[0]
+    with ownership.claimed(run_store, item.id, worker) as tx:
+        tx.update_item(item, ItemStage.GENERATED, answer="first")
+    with pytest.raises(StaleStateError), ownership.claimed(run_store, item.id, worker) as tx:
+        tx.update_item(item, ItemStage.GENERATED, answer="again")  # item as it was: PENDING
+    assert not worker.lost.is_set()
+    assert run_store.item(item.id).answer == "first"
 
 
 def test_status_shows_each_worker_and_the_items_it_holds(run_store: Store) -> None:
