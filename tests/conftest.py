@@ -3,7 +3,7 @@
 The state database is a fresh SQLite file per test; when CFTRUNNER_TEST_DATABASE_URL names a
 PostgreSQL server (postgresql://postgres@127.0.0.1:5432/test), it is a fresh schema of its own there,
 and the whole suite, subprocesses included, runs on PostgreSQL. Tests about SQLite files are marked
-`sqlite_only` and skipped then."""
+`sqlite_only` and skipped then; tests about a PostgreSQL server, `postgres_only`, run only then."""
 
 from __future__ import annotations
 
@@ -174,6 +174,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         skip = pytest.mark.skip(reason="about SQLite files: it runs when the suite runs on SQLite")
         for item in items:
             if item.get_closest_marker("sqlite_only"):
+                item.add_marker(skip)
+    else:
+        skip = pytest.mark.skip(reason="about a PostgreSQL server: it runs when the suite runs "
+                                       f"on PostgreSQL ({TEST_DATABASE_VARIABLE})")
+        for item in items:
+            if item.get_closest_marker("postgres_only"):
                 item.add_marker(skip)
 
 

@@ -1,4 +1,5 @@
-"""Database errors a retry may fix stay worth a retry (exit 3), on a real SQLite file."""
+"""Database errors a retry may fix stay worth a retry (exit 3), on a real SQLite file; a pooled
+PostgreSQL connection the server dropped is replaced before it is used."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import sqlite3
 from collections.abc import Callable
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from cftrunner.cli import exits
 from cftrunner.store import Store, dialect
-from tests.conftest import make_run
+from tests.conftest import connected, make_run
 
 
 def error_of(call: Callable[[], object]) -> Exception:
@@ -37,3 +39,55 @@ def test_a_database_still_locked_after_the_busy_timeout_is_worth_a_retry(
     message, code = exits._outcome(error)
     assert code == exits.EXIT_STOPPED
     assert message == "state database: OperationalError: database is locked"
+
+
+def _backends(store: Store) -> set[int]:
+    """The server processes of the connections the store's pool holds now."""
+    pool = store.engine.pool
+    held = [pool.connect() for _ in range(pool.checkedin())]
+    try:
+        return {conn.driver_connection.info.backend_pid for conn in held}  # type: ignore[union-attr]
+    finally:
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.postgres_only
+def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_before_use(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinged before use once idle (here at once): the write goes through on a new connection."""
+    store = Store(db_url)
+    pings: list[object] = []
+    ping = store.engine.dialect.do_ping
+    monkeypatch.setattr(store.engine.dialect, "do_ping", lambda c: pings.append(c) or ping(c))
+    try:
+        store.create_run(make_run(), ["a"])
+        dropped = _backends(store)
+        with connected(db_url) as admin:
+            for pid in dropped:
+                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 0.0)
+        store.create_run(make_run("r2"), ["b"])
+        assert store.run("r2").id == "r2" and pings
+        assert not dropped & _backends(store)
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres_only
+def test_a_connection_used_just_now_is_not_pinged(db_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(db_url)
+    pings: list[object] = []
+    ping = store.engine.dialect.do_ping
+    monkeypatch.setattr(store.engine.dialect, "do_ping", lambda c: pings.append(c) or ping(c))
+    monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 60.0)  # "just now", on a busy host too
+    try:
+        for n in range(5):
+            store.create_run(make_run(f"r{n}"), ["a"])
+        assert pings == []
+        monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 0.0)
+        store.create_run(make_run("r9"), ["a"])
+        assert len(pings) == 1
+    finally:
+        store.close()
