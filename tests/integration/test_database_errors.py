@@ -91,3 +91,22 @@ def test_a_connection_used_just_now_is_not_pinged(db_url: str,
         assert len(pings) == 1
     finally:
         store.close()
+
+
+@pytest.mark.postgres_only
+def test_a_connection_dropped_in_use_fails_its_transaction_worth_a_retry(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not pinged (used just now), so the write is what finds it dropped: exit 3, nothing stored."""
+    monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 60.0)
+    store = Store(db_url)
+    try:
+        store.create_run(make_run(), ["a"])
+        with connected(db_url) as admin:
+            for pid in _backends(store):
+                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        error = error_of(lambda: store.create_run(make_run("r2"), ["b"]))
+        message, code = exits._outcome(error)
+        assert code == exits.EXIT_STOPPED and message.startswith("state database: "), message
+        assert [run.id for run in store.runs()] == ["r1"]  # on a fresh connection
+    finally:
+        store.close()
