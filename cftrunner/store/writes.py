@@ -94,6 +94,7 @@ class Tx(LoopWrites):
         self._claim = (item_id, holder)
 
     def check_claim(self) -> None:
+        """The claim, if no statement has checked it yet (LeaseLost if it is lost)."""
         if self._claim is not None:
             self.fence_item(*self._claim)
 
@@ -175,16 +176,16 @@ class Tx(LoopWrites):
             values["stage"] = target.value
         now = utcnow()
         params = {"item_id": item.id, "from_stage": item.stage.value, "updated_at": now, **values}
-        claim, self._claim = self._claim, None
-        if claim is not None and claim[0] == item.id:
+        claim = self._claim
+        if claim is not None and claim[0] == item.id:  # checked by this update (see `claim`)
+            self._claim = None
             result = self._conn.execute(_UPDATE_CLAIMED_ITEM,
                                         {**params, "held_token": claim[1].token})
+            if result.rowcount != 1:
+                self.fence_item(*claim)  # LeaseLost if that is why
         else:
-            self._claim = claim
             result = self.conn.execute(_UPDATE_ITEM, params)
         if result.rowcount != 1:
-            if claim is not None and claim[0] == item.id:
-                self.fence_item(*claim)  # LeaseLost if that is why
             raise StaleStateError(f"item {item.position} is no longer {item.stage.value}")
         if target is not None:
             detail = {"error_kind": fields["error_kind"]} if "error_kind" in fields else {}
