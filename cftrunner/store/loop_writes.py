@@ -22,7 +22,8 @@ class LoopWrites:
 
     @property
     def conn(self) -> sa.Connection:
-        raise NotImplementedError  # Tx's
+        """The transaction's connection: Tx's (a property there, which checks a pending claim)."""
+        raise NotImplementedError
 
     def lock_cycle(self, name: str) -> None:
         """Hold the cycle's row until commit, so two ticks cannot both start a run for it."""

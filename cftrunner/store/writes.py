@@ -82,26 +82,26 @@ class Tx(LoopWrites):
     def conn(self) -> sa.Connection:
         """The transaction's connection, for its next statement: a claim not checked yet is
         checked first (see `claim`)."""
-        if self._claim is not None:
-            self.fence_item(*self._claim)
+        self.check_claim()
         return self._conn
 
     def claim(self, item_id: int, holder: Holder) -> None:
         """Write only while the worker `holder` holds the item's claim (LeaseLost if not), checked
         as the first statement runs: an update of that item checks it in its own WHERE clause,
         which saves a locking read (a round trip on PostgreSQL) in each of an item's steps; any
-        other statement runs after `fence_item`. `check_claim` checks it if nothing ran."""
+        other statement runs after a locking read checks it. `check_claim` checks it if nothing
+        ran."""
         self._claim = (item_id, holder)
 
     def check_claim(self) -> None:
         """The claim, if no statement has checked it yet (LeaseLost if it is lost)."""
-        if self._claim is not None:
-            self.fence_item(*self._claim)
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            self._fence_item(*claim)
 
-    def fence_item(self, item_id: int, holder: Holder) -> None:
+    def _fence_item(self, item_id: int, holder: Holder) -> None:
         """Fail (LeaseLost) unless the worker `holder` still holds the item's claim and is still
         registered (nobody took any of its items), with the item's row locked until commit."""
-        self._claim = None
         token = self._conn.execute(_CLAIM_TOKEN, {"item_id": item_id}).scalar()
         if token != holder.token:
             raise LeaseLost(f"run {holder.run_id}: this worker's items were taken over by "
@@ -179,10 +179,10 @@ class Tx(LoopWrites):
         claim = self._claim
         if claim is not None and claim[0] == item.id:  # checked by this update (see `claim`)
             self._claim = None
-            result = self._conn.execute(_UPDATE_CLAIMED_ITEM,
-                                        {**params, "held_token": claim[1].token})
+            params["held_token"] = claim[1].token
+            result = self._conn.execute(_UPDATE_CLAIMED_ITEM, params)
             if result.rowcount != 1:
-                self.fence_item(*claim)  # LeaseLost if that is why
+                self._fence_item(*claim)  # LeaseLost if that is why
         else:
             result = self.conn.execute(_UPDATE_ITEM, params)
         if result.rowcount != 1:

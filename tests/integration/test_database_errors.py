@@ -52,61 +52,57 @@ def _backends(store: Store) -> set[int]:
             conn.close()
 
 
+def _drop_pooled(store: Store, db_url: str) -> set[int]:
+    """Have the server end every connection the store's pool holds; their server processes."""
+    dropped = _backends(store)
+    with connected(db_url) as admin:
+        for pid in dropped:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return dropped
+
+
+def _pings(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The connections pinged from now on, each as it is pinged."""
+    pinged: list[object] = []
+    ping = store.engine.dialect.do_ping
+    monkeypatch.setattr(store.engine.dialect, "do_ping", lambda c: pinged.append(c) or ping(c))
+    return pinged
+
+
 @pytest.mark.postgres_only
 def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_before_use(
-        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pinged before use once idle (here at once): the write goes through on a new connection."""
-    store = Store(db_url)
-    pings: list[object] = []
-    ping = store.engine.dialect.do_ping
-    monkeypatch.setattr(store.engine.dialect, "do_ping", lambda c: pings.append(c) or ping(c))
-    try:
-        store.create_run(make_run(), ["a"])
-        dropped = _backends(store)
-        with connected(db_url) as admin:
-            for pid in dropped:
-                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 0.0)
-        store.create_run(make_run("r2"), ["b"])
-        assert store.run("r2").id == "r2" and pings
-        assert not dropped & _backends(store)
-    finally:
-        store.close()
+    pinged = _pings(store, monkeypatch)
+    store.create_run(make_run(), ["a"])
+    dropped = _drop_pooled(store, db_url)
+    monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 0.0)
+    store.create_run(make_run("r2"), ["b"])
+    assert store.run("r2").id == "r2" and pinged
+    assert not dropped & _backends(store)
 
 
 @pytest.mark.postgres_only
-def test_a_connection_used_just_now_is_not_pinged(db_url: str,
+def test_a_connection_used_just_now_is_not_pinged(store: Store,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    store = Store(db_url)
-    pings: list[object] = []
-    ping = store.engine.dialect.do_ping
-    monkeypatch.setattr(store.engine.dialect, "do_ping", lambda c: pings.append(c) or ping(c))
+    pinged = _pings(store, monkeypatch)
     monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 60.0)  # "just now", on a busy host too
-    try:
-        for n in range(5):
-            store.create_run(make_run(f"r{n}"), ["a"])
-        assert pings == []
-        monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 0.0)
-        store.create_run(make_run("r9"), ["a"])
-        assert len(pings) == 1
-    finally:
-        store.close()
+    for n in range(5):
+        store.create_run(make_run(f"r{n}"), ["a"])
+    assert pinged == []
+    monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 0.0)
+    store.create_run(make_run("r9"), ["a"])
+    assert len(pinged) == 1
 
 
 @pytest.mark.postgres_only
 def test_a_connection_dropped_in_use_fails_its_transaction_worth_a_retry(
-        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not pinged (used just now), so the write is what finds it dropped: exit 3, nothing stored."""
     monkeypatch.setattr(dialect, "PING_AFTER_IDLE_S", 60.0)
-    store = Store(db_url)
-    try:
-        store.create_run(make_run(), ["a"])
-        with connected(db_url) as admin:
-            for pid in _backends(store):
-                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        error = error_of(lambda: store.create_run(make_run("r2"), ["b"]))
-        message, code = exits._outcome(error)
-        assert code == exits.EXIT_STOPPED and message.startswith("state database: "), message
-        assert [run.id for run in store.runs()] == ["r1"]  # on a fresh connection
-    finally:
-        store.close()
+    store.create_run(make_run(), ["a"])
+    _drop_pooled(store, db_url)
+    error = error_of(lambda: store.create_run(make_run("r2"), ["b"]))
+    message, code = exits._outcome(error)
+    assert code == exits.EXIT_STOPPED and message.startswith("state database: "), message
+    assert [run.id for run in store.runs()] == ["r1"]  # on a fresh connection

@@ -105,6 +105,31 @@ def test_every_change_leaves_an_event(store: Store) -> None:
     assert kinds == ["run_created", "item_transitioned", "run_transitioned"]
 
 
+def test_an_effects_outcome_is_stored_after_what_it_makes_true_and_read_before_it(
+        store: Store) -> None:
+    """finish_effect_with runs `record` first (an item's update checks its claim) and keeps the
+    events, and the log lines, in the order they happened: the effect's, then the item's."""
+    store.create_run(make_run(), ["a"])
+    item = store.items("r1")[0]
+    with store.tx() as tx:
+        prepared = tx.prepare_effect("r1", "trace:0", "trace", item.id, {}, None)
+    with store.tx() as tx:
+        seen: list[list[str]] = []  # what the transaction had written when `record` ran
+
+        def record() -> int:
+            seen.append([kind for kind, _ in tx.logged])
+            return tx.update_item(item, ItemStage.GENERATED, answer="x").id
+
+        assert tx.finish_effect_with(prepared, EffectStatus.DONE, record, {"trace_id": "t"}) \
+            == item.id
+        logged = [kind for kind, _ in tx.logged]
+    assert seen == [[]]
+    assert [e.kind for e in store.events("r1")][-3:] == [
+        "effect_prepared", "effect_done", "item_transitioned"]
+    assert logged == ["effect_done", "item_transitioned"]
+    assert store.effect("r1", "trace:0").status is EffectStatus.DONE
+
+
 def test_a_trace_id_belongs_to_one_item_only(store: Store) -> None:
     store.create_run(make_run(), ["a", "b"])
     first, second = store.items("r1")
