@@ -145,9 +145,11 @@ class PremClient:
         self.transport: Transport = pool
         # The base URL's path, or the whole URL when an HTTP proxy is asked for it.
         self._prefix = self._adapter.request_url(probe, proxies)[:-1]
-        headers = {**session.headers, "Authorization": f"Bearer {api_key}",
-                   "User-Agent": "cftrunner"}
-        self._headers: dict[str, str] = {k: str(v) for k, v in headers.items()}
+        # requests' Accept (*/*) and Connection (keep-alive) say what HTTP/1.1 means without
+        # them; each header costs CPU in every request (http.client checks it).
+        self._headers: dict[str, str] = {
+            "Accept-Encoding": str(session.headers["Accept-Encoding"]),
+            "Authorization": f"Bearer {api_key}", "User-Agent": "cftrunner"}
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
 
     def advised_wait(self) -> float | None:
