@@ -21,6 +21,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from cftrunner import logs
+from cftrunner.connections import one_write
 from cftrunner.exceptions import (
     AuthError,
     BadResponseError,
@@ -142,11 +143,11 @@ class PremClient:
         assert isinstance(pool, urllib3.HTTPConnectionPool)  # HTTPS's is one too
         self._adapter.cert_verify(pool, self.base_url, verify, None)  # type: ignore[no-untyped-call]
         # The pool adds a proxy's own headers (Proxy-Authorization) to each request itself.
+        pool.ConnectionCls = one_write(pool.ConnectionCls)  # see connections.py
         self.transport: Transport = pool
         # The base URL's path, or the whole URL when an HTTP proxy is asked for it.
         self._prefix = self._adapter.request_url(probe, proxies)[:-1]
-        # requests' Accept (*/*) and Connection (keep-alive) say what HTTP/1.1 means without
-        # them; each header costs CPU in every request (http.client checks it).
+        # Not requests' Accept and Connection (what HTTP/1.1 means anyway): each costs CPU.
         self._headers: dict[str, str] = {
             "Accept-Encoding": str(session.headers["Accept-Encoding"]),
             "Authorization": f"Bearer {api_key}", "User-Agent": "cftrunner"}
