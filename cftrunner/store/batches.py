@@ -26,6 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cftrunner import crashpoints
+from cftrunner.store.dialect import begin_immediate
 from cftrunner.store.writes import Tx, insert_events
 
 MAX_UNITS = 64  # writes of this many threads at most in one commit
@@ -85,7 +86,8 @@ class Batches:
             batch = self._batch
             leader = batch is None
             if batch is None:
-                batch = self._batch = _Batch(self._connect(durable).begin(), durable, self.window)
+                batch = self._batch = _Batch(begin_immediate(self._connect(durable)), durable,
+                                             self.window)
             self._executing = True
         conn = batch.trans.connection
         tx = Tx(conn)

@@ -62,14 +62,16 @@ class Core:
             # SQLite lets one transaction write at a time: the threads of this process share one
             # connection for writing, kept open, and their writes share commits (batches.py);
             # other processes queue on the busy timeout.
-            self._batches = (Batches(self._writer_at) if self.engine.dialect.name == "sqlite"
-                             else None)
+            sqlite = self.engine.dialect.name == "sqlite"
+            self._batches = Batches(self._writer_at) if sqlite else None
+            # What writes go through: on SQLite an engine of its own (see dialect.sqlite_writer).
+            self.write_engine = dialect.sqlite_writer(self.engine) if sqlite else self.engine
             self._writer: sa.Connection | None = None
             self._writer_durable = True  # its synchronous level: FULL, as every connection starts
             try:
                 migrations.upgrade(self.engine)
             except BaseException:
-                self.engine.dispose()
+                self.close()
                 raise
 
     @property
@@ -80,6 +82,8 @@ class Core:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()
         self.engine.dispose()
 
     @property
@@ -96,7 +100,7 @@ class Core:
     def _writer_at(self, durable: bool) -> sa.Connection:
         """The writer connection, outside any transaction, at the synchronous level asked for."""
         if self._writer is None or self._writer.invalidated:
-            self._writer = self.engine.connect()
+            self._writer = self.write_engine.connect()
             self._writer_durable = True
         if durable != self._writer_durable:
             # Outside any transaction (SQLite refuses it inside one), on the driver's

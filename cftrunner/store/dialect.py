@@ -123,7 +123,54 @@ def _unusable(error: BaseException, database: Path) -> UnusableDatabaseError | N
     return UnusableDatabaseError(f"the state database {database} cannot be used: {reason}")
 
 
+def sqlite_writer(engine: sa.Engine) -> sa.Engine:
+    """An engine on `engine`'s SQLite file for the one connection a process writes through
+    (core.py), its transactions begun by `begin_immediate`. It has no `begin` listener: a
+    listener of any of SQLAlchemy's connection events turns them all on, for every statement of
+    the engine's connections, and they were some 3% of an item's CPU."""
+    database = engine.url.database
+    assert database is not None
+    writer = sa.create_engine(engine.url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+                              poolclass=sa.pool.NullPool)
+    _prepare_sqlite(writer, Path(database))
+    return writer
+
+
+def begin_immediate(conn: sa.Connection) -> sa.RootTransaction:
+    """A write transaction on a connection of `sqlite_writer`, holding the write lock (or
+    queued for it on the busy timeout) from its start."""
+    trans = conn.begin()
+    try:
+        _begin(conn, "BEGIN IMMEDIATE")
+    except BaseException:
+        trans.rollback()
+        raise
+    return trans
+
+
+def _begin(conn: sa.Connection, statement: str) -> None:
+    # On the driver's connection: through SQLAlchemy's execution machinery, each BEGIN cost as
+    # much CPU as a statement, for every transaction.
+    try:
+        conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        # Raised outside SQLAlchemy's execution, it escapes its wrapping and the error hook: a
+        # database still locked after the busy timeout would pass for a bug.
+        database = Path(conn.engine.url.database or "")
+        raise _unusable(exc, database) or sa.exc.DBAPIError.instance(
+            statement, None, exc, sqlite3.Error) from exc
+
+
 def _fence_sqlite(engine: sa.Engine, database: Path) -> None:
+    _prepare_sqlite(engine, database)
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        _begin(connection, "BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _prepare_sqlite(engine: sa.Engine, database: Path) -> None:
     @sa.event.listens_for(engine, "handle_error")
     def on_error(context: sa.engine.ExceptionContext) -> BaseException | None:
         # Every error of the engine's connections, first connection included, comes through here.
@@ -140,20 +187,6 @@ def _fence_sqlite(engine: sa.Engine, database: Path) -> None:
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def on_begin(connection: sa.Connection) -> None:
-        read_only = connection.get_execution_options().get(READ_ONLY, False)
-        # On the driver's connection: through SQLAlchemy's execution machinery, each BEGIN
-        # cost as much CPU as a statement, for every write transaction.
-        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
-        try:
-            connection.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
-        except sqlite3.Error as exc:
-            # Raised in an event hook, it escapes SQLAlchemy's wrapping and the error hook: a
-            # database still locked after the busy timeout would pass for a bug.
-            raise _unusable(exc, database) or sa.exc.DBAPIError.instance(
-                statement, None, exc, sqlite3.Error) from exc
 
 
 def _use_wal(cursor: sqlite3.Cursor) -> None:

@@ -52,7 +52,7 @@ def test_every_intent_is_on_disk_before_its_request_and_outcomes_need_not_be(
             driver = conn.connection.driver_connection
             levels[kind].add(driver.execute("PRAGMA synchronous").fetchone()[0])  # type: ignore[union-attr]
 
-    sa.event.listen(harness.store.engine, "before_cursor_execute", before)
+    sa.event.listen(harness.store.write_engine, "before_cursor_execute", before)
     run = harness.runner.drive(harness.start())
 
     assert run.state is RunState.LAUNCHED

@@ -3,6 +3,7 @@ its own savepoint, and every thread goes on only once its writes are on disk."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ def commits(store: Store) -> list[int]:
         if not conn.get_execution_options().get(dialect.READ_ONLY, False):
             seen.append(1)
 
-    sa.event.listen(store.engine, "commit", commit)
+    sa.event.listen(store.write_engine, "commit", commit)
     return seen
 
 
@@ -128,7 +129,7 @@ def test_writes_that_need_not_be_durable_never_wait_in_a_durable_commit(store: S
             level = driver.execute("PRAGMA synchronous").fetchone()[0]  # type: ignore[union-attr]
             levels.extend([level] * (len(parameters) if many else 1))
 
-    sa.event.listen(store.engine, "before_cursor_execute", before)
+    sa.event.listen(store.write_engine, "before_cursor_execute", before)
     counted = commits(store)
     errors = together(writer(store, "a", hold=0.3), writer(store, "b", durable=False),
                       writer(store, "c"))
@@ -148,3 +149,18 @@ def test_with_a_commit_window_a_write_waits_for_one_that_comes_soon_after(store:
     errors = together(writer(store, "c"), writer(store, "d"), first_holds=0.6)
     assert errors == []
     assert len(counted) == 3  # without a window each went alone
+
+
+def test_a_write_transaction_holds_the_write_lock_before_it_writes(store: Store,
+                                                                   tmp_path: Path) -> None:
+    """Begun IMMEDIATE, as its own engine begins it (dialect.begin_immediate): another process
+    queues for the lock from the start, and the transaction never has to upgrade a read lock,
+    which SQLite may refuse without waiting."""
+    other = sqlite3.connect(tmp_path / "group.db", timeout=0, isolation_level=None)
+    try:
+        with store.tx(), pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # once it committed
+        other.execute("ROLLBACK")
+    finally:
+        other.close()

@@ -78,8 +78,9 @@ def test_stage_counts_are_the_run_state_and_its_items_per_stage(store: Store, ru
 def test_off_a_terminal_the_display_starts_no_thread_and_sends_no_query(
         store: Store, run: str) -> None:
     sent: list[str] = []
-    sa.event.listen(store.engine, "before_cursor_execute",
-                    lambda _conn, _cursor, statement, *_: sent.append(statement))
+    for engine in (store.engine, store.write_engine):
+        sa.event.listen(engine, "before_cursor_execute",
+                        lambda _conn, _cursor, statement, *_: sent.append(statement))
     threads = threading.active_count()
     stream = io.StringIO()
     with RunProgress(store, run, stream, interval=0.01) as shown:
