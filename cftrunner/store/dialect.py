@@ -54,12 +54,21 @@ def create_engine(url: str) -> sa.Engine:
         raise InputError(f"the state database folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"the state database folder {parent} is not writable")
-    path = Path(os.path.abspath(Path(database).expanduser()))
+    path = _file_of(parsed)
     _create_private(path)
-    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
-                              poolclass=sa.pool.QueuePool, **SQLITE_POOL)
-    _fence_sqlite(engine, path)
+    engine = _sqlite_engine(parsed, poolclass=sa.pool.QueuePool, **SQLITE_POOL)
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        _begin(connection, "BEGIN" if read_only else "BEGIN IMMEDIATE")
+
     return engine
+
+
+def _file_of(url: URL) -> Path:
+    """The SQLite file `url` names, as every message names it: an absolute path."""
+    return Path(os.path.abspath(Path(url.database or "").expanduser()))
 
 
 def _create_private(database: Path) -> None:
@@ -128,12 +137,7 @@ def sqlite_writer(engine: sa.Engine) -> sa.Engine:
     (core.py), its transactions begun by `begin_immediate`. It has no `begin` listener: a
     listener of any of SQLAlchemy's connection events turns them all on, for every statement of
     the engine's connections, and they were some 3% of an item's CPU."""
-    database = engine.url.database
-    assert database is not None
-    writer = sa.create_engine(engine.url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
-                              poolclass=sa.pool.NullPool)
-    _prepare_sqlite(writer, Path(database))
-    return writer
+    return _sqlite_engine(engine.url, poolclass=sa.pool.NullPool)
 
 
 def begin_immediate(conn: sa.Connection) -> sa.RootTransaction:
@@ -156,21 +160,16 @@ def _begin(conn: sa.Connection, statement: str) -> None:
     except sqlite3.Error as exc:
         # Raised outside SQLAlchemy's execution, it escapes its wrapping and the error hook: a
         # database still locked after the busy timeout would pass for a bug.
-        database = Path(conn.engine.url.database or "")
-        raise _unusable(exc, database) or sa.exc.DBAPIError.instance(
+        raise _unusable(exc, _file_of(conn.engine.url)) or sa.exc.DBAPIError.instance(
             statement, None, exc, sqlite3.Error) from exc
 
 
-def _fence_sqlite(engine: sa.Engine, database: Path) -> None:
-    _prepare_sqlite(engine, database)
+def _sqlite_engine(url: URL, **pool: Any) -> sa.Engine:
+    """An engine on the SQLite file of `url`: WAL, the busy timeout, foreign keys, transactions
+    left to cftrunner, and the errors that say the file cannot be used translated."""
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **pool)
+    database = _file_of(url)
 
-    @sa.event.listens_for(engine, "begin")
-    def on_begin(connection: sa.Connection) -> None:
-        read_only = connection.get_execution_options().get(READ_ONLY, False)
-        _begin(connection, "BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-
-def _prepare_sqlite(engine: sa.Engine, database: Path) -> None:
     @sa.event.listens_for(engine, "handle_error")
     def on_error(context: sa.engine.ExceptionContext) -> BaseException | None:
         # Every error of the engine's connections, first connection included, comes through here.
@@ -187,6 +186,8 @@ def _prepare_sqlite(engine: sa.Engine, database: Path) -> None:
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
+
+    return engine
 
 
 def _use_wal(cursor: sqlite3.Cursor) -> None:

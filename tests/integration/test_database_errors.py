@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from cftrunner.cli import exits
+from cftrunner.exceptions import UnusableDatabaseError
 from cftrunner.store import Store, dialect
 from tests.conftest import connected, make_run
 
@@ -106,3 +108,22 @@ def test_a_connection_dropped_in_use_fails_its_transaction_worth_a_retry(
     message, code = exits._outcome(error)
     assert code == exits.EXIT_STOPPED and message.startswith("state database: "), message
     assert [run.id for run in store.runs()] == ["r1"]  # on a fresh connection
+
+
+@pytest.mark.sqlite_only
+def test_a_write_to_a_file_that_became_unusable_names_it_by_its_absolute_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer connection has an engine of its own (dialect.sqlite_writer): its errors name
+    the file as every other message does, however the URL named it."""
+    monkeypatch.chdir(tmp_path)
+    store = Store("sqlite:///state.db")  # opened, and brought to the schema, by the reads' engine
+    try:
+        for leftover in tmp_path.glob("state.db*"):
+            leftover.unlink()
+        (tmp_path / "state.db").mkdir()
+        error = error_of(lambda: store.create_run(make_run(), ["a"]))
+    finally:
+        store.close()
+    assert isinstance(error, UnusableDatabaseError)
+    assert str(error) == (f"the state database {tmp_path / 'state.db'} cannot be used: "
+                          "it is a directory")

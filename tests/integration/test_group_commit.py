@@ -151,12 +151,11 @@ def test_with_a_commit_window_a_write_waits_for_one_that_comes_soon_after(store:
     assert len(counted) == 3  # without a window each went alone
 
 
-def test_a_write_transaction_holds_the_write_lock_before_it_writes(store: Store,
-                                                                   tmp_path: Path) -> None:
+def test_a_write_transaction_holds_the_write_lock_before_it_writes(store: Store) -> None:
     """Begun IMMEDIATE, as its own engine begins it (dialect.begin_immediate): another process
     queues for the lock from the start, and the transaction never has to upgrade a read lock,
     which SQLite may refuse without waiting."""
-    other = sqlite3.connect(tmp_path / "group.db", timeout=0, isolation_level=None)
+    other = sqlite3.connect(store.engine.url.database or "", timeout=0, isolation_level=None)
     try:
         with store.tx(), pytest.raises(sqlite3.OperationalError, match="database is locked"):
             other.execute("BEGIN IMMEDIATE")
