@@ -14,6 +14,7 @@ from cftrunner.exceptions import LeaseLost, StaleStateError
 from cftrunner.payloads.replies import ChatResult
 from cftrunner.records import Effect, EffectStatus, Holder, Item
 from cftrunner.states import ITEM_FAILED, ItemStage, RunState, check_item_transition, check_run_transition
+from cftrunner.store import statements
 from cftrunner.store.loop_writes import LoopWrites
 from cftrunner.store.schema import (
     completions,
@@ -54,7 +55,7 @@ _UPDATE_EFFECT = effects.update().where(
 
 def insert_events(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(_INSERT_EVENT, rows)
+        statements.execute_many(conn, _INSERT_EVENT, rows)
 
 
 class Tx(LoopWrites):
@@ -180,12 +181,12 @@ class Tx(LoopWrites):
         if claim is not None and claim[0] == item.id:  # checked by this update (see `claim`)
             self._claim = None
             params["held_token"] = claim[1].token
-            result = self._conn.execute(_UPDATE_CLAIMED_ITEM, params)
-            if result.rowcount != 1:
+            changed = statements.execute(self._conn, _UPDATE_CLAIMED_ITEM, params)
+            if changed != 1:
                 self._fence_item(*claim)  # LeaseLost if that is why
         else:
-            result = self.conn.execute(_UPDATE_ITEM, params)
-        if result.rowcount != 1:
+            changed = statements.execute(self.conn, _UPDATE_ITEM, params)
+        if changed != 1:
             raise StaleStateError(f"item {item.position} is no longer {item.stage.value}")
         if target is not None:
             detail = {"error_kind": fields["error_kind"]} if "error_kind" in fields else {}
@@ -197,7 +198,7 @@ class Tx(LoopWrites):
                           result: ChatResult | None = None, request: dict[str, Any] | None = None,
                           error: str | None = None) -> None:
         """Keep one completion of `item`'s step (or its refusal), with the tokens it used."""
-        self.conn.execute(_INSERT_COMPLETION, {
+        statements.execute(self.conn, _INSERT_COMPLETION, {
             "run_id": item.run_id, "item_id": item.id, "kind": kind, "attempt": attempt,
             "request": request, "content": (result.content if result and kind == "judge"
                                              and not result.no_content else None),
@@ -213,7 +214,7 @@ class Tx(LoopWrites):
         now = utcnow()
         self.intents.append((run_id, key))
         if previous is None:
-            self.conn.execute(_INSERT_EFFECT, {
+            statements.execute(self.conn, _INSERT_EFFECT, {
                 "run_id": run_id, "key": key, "kind": kind, "item_id": item_id,
                 "status": EffectStatus.PREPARED.value, "request": request, "prepared_at": now,
                 "attempts": 1, "updated_at": now})
@@ -281,9 +282,9 @@ class Tx(LoopWrites):
         return dataclasses.replace(effect, updated_at=now, error=error)
 
     def _set_effect(self, effect: Effect, now: datetime, **values: Any) -> None:
-        result = self.conn.execute(_UPDATE_EFFECT, {
+        changed = statements.execute(self.conn, _UPDATE_EFFECT, {
             "effect_run": effect.run_id, "effect_key": effect.key,
             "from_status": effect.status.value, "from_attempts": effect.attempts,
             **values, "updated_at": now})
-        if result.rowcount != 1:
+        if changed != 1:
             raise StaleStateError(f"effect {effect.key} of run {effect.run_id} changed meanwhile")
