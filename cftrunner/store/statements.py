@@ -25,11 +25,11 @@ class _Compiled:
     positional: bool
 
     def values(self, given: Values) -> tuple[Any, ...] | dict[str, Any]:
-        converted = tuple(given[name] if fn is None else fn(given[name])
-                          for name, fn in zip(self.names, self.convert, strict=True))
+        converted = [given[name] if fn is None else fn(given[name])
+                     for name, fn in zip(self.names, self.convert)]  # noqa: B905 - same length
         if self.positional:
-            return converted
-        return dict(zip(self.placeholders, converted, strict=True))
+            return tuple(converted)
+        return dict(zip(self.placeholders, converted))  # noqa: B905 - the same length
 
 
 _cache: dict[tuple[sa.Executable, str, frozenset[str], bool], _Compiled | None] = {}
