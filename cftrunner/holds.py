@@ -25,17 +25,15 @@ class Lease:
         self.seconds = seconds
         self.token = secrets.token_hex(16)
         self.lost = threading.Event()
+        # One float, set and read whole (no lock: checked before every request and every write).
         self._valid_until = 0.0
-        self._lock = threading.Lock()
 
     def renewed(self, at_monotonic: float) -> None:
         """Record a renewal that began at `at_monotonic`; a margin keeps clock skew on our side."""
-        with self._lock:
-            self._valid_until = at_monotonic + self.seconds * 0.8
+        self._valid_until = at_monotonic + self.seconds * 0.8
 
     def locally_valid(self) -> bool:
-        with self._lock:
-            return not self.lost.is_set() and time.monotonic() < self._valid_until
+        return not self.lost.is_set() and time.monotonic() < self._valid_until
 
 
 class Heartbeat:
