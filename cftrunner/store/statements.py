@@ -4,6 +4,7 @@ SQLAlchemy converts them, without its per-execution work."""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,11 @@ class _Compiled:
         return dict(zip(self.placeholders, converted))  # noqa: B905 - the same length
 
 
-_cache: dict[tuple[sa.Executable, str, frozenset[str], bool], _Compiled | None] = {}
+# By dialect (an engine's own: its driver and server version shape the SQL), then by statement,
+# names and whether it runs for several rows; kept while the engine is.
+_Key = tuple[sa.Executable, frozenset[str], bool]
+_cache: weakref.WeakKeyDictionary[sa.Dialect, dict[_Key, _Compiled | None]] = (
+    weakref.WeakKeyDictionary())
 _cache_lock = threading.Lock()
 
 
@@ -45,7 +50,7 @@ def execute(conn: sa.Connection, statement: sa.Executable, values: Values) -> in
     statement is compiled once, by SQLAlchemy, for each database and set of names, and each run
     converts the values with its types' own bind processors and goes through `exec_driver_sql`,
     which keeps SQLAlchemy's error handling. A statement it cannot run that way (defaults computed
-    in Python, expanding parameters) goes through `Connection.execute`."""
+    in Python, expanding parameters, execution options) goes through `Connection.execute`."""
     compiled = _compiled(conn, statement, values, many=False)
     if compiled is None:
         return conn.execute(statement, dict(values)).rowcount
@@ -66,14 +71,14 @@ def execute_many(conn: sa.Connection, statement: sa.Executable, rows: Sequence[V
 def _compiled(conn: sa.Connection, statement: sa.Executable, values: Values,
               many: bool) -> _Compiled | None:
     dialect = conn.dialect
-    key = (statement, dialect.name, frozenset(values), many)
+    key = (statement, frozenset(values), many)
     try:
-        return _cache[key]
+        return _cache[dialect][key]
     except KeyError:
         pass
-    compiled = _compile(statement, dialect, key[2], many)
+    compiled = _compile(statement, dialect, key[1], many)
     with _cache_lock:
-        return _cache.setdefault(key, compiled)
+        return _cache.setdefault(dialect, {}).setdefault(key, compiled)
 
 
 def _compile(statement: sa.Executable, dialect: sa.Dialect, names: frozenset[str],
@@ -84,7 +89,8 @@ def _compile(statement: sa.Executable, dialect: sa.Dialect, names: frozenset[str
                                  column_keys=sorted(names),
                                  for_executemany=many or isinstance(statement, sa.Insert))
     if (compiled.insert_prefetch or compiled.update_prefetch or compiled.literal_execute_params
-            or compiled.post_compile_params or compiled.escaped_bind_names):
+            or compiled.post_compile_params or compiled.escaped_bind_names
+            or statement.get_execution_options()):
         return None
     positional = bool(dialect.positional)
     placeholders = tuple(compiled.positiontup if positional else compiled.binds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,3 +128,20 @@ def test_a_refused_statement_raises_what_sqlalchemy_raises(conn: sa.Connection) 
     statements.execute(conn, writes._INSERT_EFFECT, intent)
     with pytest.raises(sa.exc.IntegrityError):
         statements.execute(conn, writes._INSERT_EFFECT, intent)
+
+
+def test_a_statement_runs_on_databases_of_both_kinds_in_one_process(
+        conn: sa.Connection, tmp_path: Path) -> None:
+    """Compiled for each engine's own dialect: SQL compiled for one kind never reaches the other."""
+    other = Store(f"sqlite:///{tmp_path}/other.db")
+    try:
+        other.create_run(make_run("r1"), ["a"])
+        update = {"stage": "GENERATED", "updated_at": AT, "from_stage": "PENDING"}
+        with other.write_engine.connect() as sqlite, sqlite.begin():
+            assert statements.execute(sqlite, writes._UPDATE_ITEM,
+                                      {**update, "item_id": item_id(sqlite, "r1")}) == 1
+        assert statements.execute(conn, writes._UPDATE_ITEM,
+                                  {**update, "item_id": item_id(conn, "r1")}) == 1
+        assert [i.stage.value for i in other.items("r1")] == ["GENERATED"]
+    finally:
+        other.close()
