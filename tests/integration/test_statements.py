@@ -91,15 +91,18 @@ def test_an_outcome_stores_what_sqlalchemy_stores(conn: sa.Connection) -> None:
     assert stored(conn, effects, "r1")[0]["status"] == "DONE"
 
 
-def test_events_are_stored_together_as_sqlalchemy_stores_them(conn: sa.Connection) -> None:
+@pytest.mark.parametrize("count", [1, 2, statements.MULTI_ROW_INSERT + 1])
+def test_events_are_stored_together_as_sqlalchemy_stores_them(conn: sa.Connection,
+                                                               count: int) -> None:
+    """A few as one INSERT of several rows (on PostgreSQL), more through executemany."""
     def rows(run: str) -> list[dict[str, Any]]:
-        return [{"run_id": run, "item_id": item_id(conn, run, n), "at": AT + timedelta(n),
+        return [{"run_id": run, "item_id": item_id(conn, run, n % 2), "at": AT + timedelta(n),
                  "kind": "item_transitioned", "data": {"item": n, "stage": "GENERATED"}}
-                for n in (0, 1)]
+                for n in range(count)]
 
     statements.execute_many(conn, writes._INSERT_EVENT, rows("r1"))
     conn.execute(writes._INSERT_EVENT, rows("r2"))
-    assert len(stored(conn, events, "r1")) == 2
+    assert len(stored(conn, events, "r1")) == count
     assert stored(conn, events, "r1") == stored(conn, events, "r2")
 
 
