@@ -27,8 +27,8 @@ from cftrunner.store.schema import (
 
 R = TypeVar("R")
 
-# The statements of every item step, built once (found in SQLAlchemy's compiled cache, not built
-# and hashed again); an UPDATE's columns are the keys of the parameters it is executed with.
+# The statements of every item step, built once and, the writes, compiled once (statements.py);
+# an UPDATE's columns are the keys of the values it is run with.
 _LEASE_TOKEN = (sa.select(runs.c.lease_token).where(runs.c.id == sa.bindparam("run_id"))
                 .with_for_update())
 # Only the item's row is locked: locking the worker's own row would queue all of its threads on
