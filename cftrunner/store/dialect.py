@@ -205,6 +205,14 @@ def _use_wal(cursor: sqlite3.Cursor) -> None:
             time.sleep(0.01)
 
 
+def rows_in_one_insert(dialect: sa.Dialect) -> bool:
+    """Whether a few rows go in faster as one INSERT of several rows than through the driver's
+    executemany: not on SQLite, whose executemany is a loop in C; on PostgreSQL, where psycopg's
+    goes through its pipeline mode, a transaction inserting two rows took 235-255 µs of CPU
+    that way against 370-410 µs."""
+    return dialect.name != "sqlite" and dialect.supports_multivalues_insert
+
+
 def lock_for_migration(conn: sa.Connection) -> None:
     """Hold, until the transaction ends, the lock that serializes schema upgrades between processes.
 

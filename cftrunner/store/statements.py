@@ -11,6 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cftrunner.store.dialect import rows_in_one_insert
+
 Values = Mapping[str, Any]
 # How a statement is compiled: for one row, for executemany, or (a positive number) as one
 # INSERT of that many rows, which it is for at most MULTI_ROW_INSERT rows.
@@ -31,7 +33,7 @@ class _Compiled:
 
     def values(self, given: Values) -> tuple[Any, ...] | dict[str, Any]:
         converted = [given[name] if fn is None else fn(given[name])
-                     for name, fn in zip(self.names, self.convert)]  # noqa: B905 - same length
+                     for name, fn in zip(self.names, self.convert)]  # noqa: B905 - the same length
         if self.positional:
             return tuple(converted)
         return dict(zip(self.placeholders, converted))  # noqa: B905 - the same length
@@ -64,13 +66,12 @@ def execute(conn: sa.Connection, statement: sa.Executable, values: Values) -> in
 def execute_many(conn: sa.Connection, statement: sa.Executable, rows: Sequence[Values]) -> None:
     """Run `statement` once for each of `rows`, which all have the same keys, in one call.
 
-    On SQLite, the driver's executemany, a loop in C. Elsewhere a few rows to insert are one
-    INSERT of several rows: psycopg's executemany went through its pipeline mode, and cost a
-    transaction of two rows half as much CPU again (370-410 µs against 235-255 µs)."""
+    A few rows to insert are one INSERT of several rows where that is the faster way
+    (`dialect.rows_in_one_insert`), else the driver's executemany."""
     if not rows:
         return
     if (len(rows) <= MULTI_ROW_INSERT and isinstance(statement, sa.Insert)
-            and conn.dialect.name != "sqlite" and conn.dialect.supports_multivalues_insert):
+            and rows_in_one_insert(conn.dialect)):
         compiled = _compiled(conn, statement, rows[0], len(rows))
         if compiled is not None:
             flat = {f"{name}_m{n}": value for n, row in enumerate(rows)

@@ -54,8 +54,7 @@ _UPDATE_EFFECT = effects.update().where(
 
 
 def insert_events(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        statements.execute_many(conn, _INSERT_EVENT, rows)
+    statements.execute_many(conn, _INSERT_EVENT, rows)  # none: nothing
 
 
 class Tx(LoopWrites):

@@ -3,6 +3,8 @@ exactly what `Connection.execute` stores, on the database the suite runs on."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from cftrunner.exceptions import UnusableDatabaseError
 from cftrunner.store import Store, statements, writes
 from cftrunner.store.schema import completions, effects, events, items
 from tests.conftest import make_run
@@ -148,3 +151,15 @@ def test_a_statement_runs_on_databases_of_both_kinds_in_one_process(
         assert [i.stage.value for i in other.items("r1")] == ["GENERATED"]
     finally:
         other.close()
+
+
+@pytest.mark.sqlite_only
+def test_a_statement_the_file_refuses_names_the_file(conn: sa.Connection, store: Store) -> None:
+    """Its errors go through the engine's error hook as `Connection.execute`'s do: SQLite's
+    READONLY becomes UnusableDatabaseError, naming the state file."""
+    conn.connection.driver_connection.execute("PRAGMA query_only = ON")  # type: ignore[union-attr]
+    update = {"item_id": item_id(conn, "r1"), "from_stage": "PENDING", "stage": "GENERATED",
+              "updated_at": AT}
+    path = os.path.abspath(store.engine.url.database or "")
+    with pytest.raises(UnusableDatabaseError, match=re.escape(f"the state database {path} cannot")):
+        statements.execute(conn, writes._UPDATE_ITEM, update)
