@@ -144,12 +144,14 @@ class Trace:
     def added_to_dataset(self) -> bool:
         return self.added_at is not None
 
-    def listed(self, now: float, lag: float) -> dict[str, Any] | None:
-        """The trace as the trace list, `lag` seconds behind for it, shows it at `now`; None
-        while it shows none."""
+    def seen(self, now: float, lag: float) -> float | None:
+        """The moment as of which the trace list, `lag` seconds behind for this trace, shows it
+        at `now`; None while it does not show it yet."""
         seen = now - lag
-        if seen < self.created_clock:
-            return None
+        return None if seen < self.created_clock else seen
+
+    def listed(self, seen: float) -> dict[str, Any]:
+        """The trace as the trace list shows it as of `seen` (see `seen`)."""
         shown = self.to_json(seen)
         if self.added_at is None or self.added_at > seen:
             shown.update(addedToDataset=False, processingStatus="none")
