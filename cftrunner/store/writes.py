@@ -193,6 +193,15 @@ class Tx(LoopWrites):
                        from_stage=item.stage.value, stage=target.value, **detail)
         return dataclasses.replace(item, stage=target or item.stage, updated_at=now, **fields)
 
+    def corrections_done(self, run_id: str, item_ids: list[int]) -> None:
+        """The platform's corrections of these added items are done: one statement. An item
+        that is no longer ADDED (another worker's look failed it) is left as it is."""
+        if item_ids:
+            self.conn.execute(items.update().where(
+                items.c.run_id == run_id, items.c.id.in_(item_ids),
+                items.c.stage == ItemStage.ADDED.value).values(processing_status="none",
+                                                               updated_at=utcnow()))
+
     def record_completion(self, item: Item, kind: str, attempt: int, outcome: str, *,
                           result: ChatResult | None = None, request: dict[str, Any] | None = None,
                           error: str | None = None) -> None:

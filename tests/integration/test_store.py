@@ -218,3 +218,27 @@ def test_the_additions_still_processing_are_those_added_whose_status_is_not_sett
     ids = {i.position: i.id for i in store.items("r1")}
     assert store.processing("r1") == [(ids[0], "t0"), (ids[1], "t1")]
     assert [i.position for i in store.items_by_id([ids[3], ids[1]])] == [1, 3]
+
+
+def test_corrections_done_settles_only_that_runs_items_still_added(
+        store: Store) -> None:
+    """The finished corrections a look saw: those items' processing is done, with nothing else
+    changed; an item set aside meanwhile (no longer ADDED) and another run's items stay as
+    they are."""
+    store.create_run(make_run(), ["a", "b", "c"])
+    store.create_run(make_run("r2"), ["a"])
+    for item in [*store.items("r1"), *store.items("r2")]:
+        with store.tx() as tx:
+            for target in (ItemStage.GENERATED, ItemStage.JUDGED, ItemStage.TRACED):
+                item = tx.update_item(item, target)
+            item = tx.update_item(item, ItemStage.ADDED, processing_status="processing")
+            if item.position == 2:
+                tx.update_item(item, ItemStage.ADD_FAILED, processing_status="failed")
+    other = store.items("r2")[0]
+    ids = [i.id for i in store.items("r1")]
+    with store.tx() as tx:
+        tx.corrections_done("r1", [*ids, other.id])
+    assert [(i.stage, i.processing_status) for i in store.items("r1")] == [
+        (ItemStage.ADDED, "none"), (ItemStage.ADDED, "none"), (ItemStage.ADD_FAILED, "failed")]
+    assert store.items("r2")[0].processing_status == "processing"
+    assert store.processing("r1") == []
