@@ -71,10 +71,11 @@ def _corrections_left(ctx: Context, run: Run) -> int:
     for start in range(0, len(ids), SETTLED_PER_TRANSACTION):
         chunk = ids[start:start + SETTLED_PER_TRANSACTION]
         failed = [item_id for item_id in chunk if settled[item_id] == "failed"]
+        failed_items = ctx.store.items_by_id(failed) if failed else []
         with ctx.tx() as tx:
             tx.corrections_done(run.id, [item_id for item_id in chunk
                                          if settled[item_id] != "failed"])
-            for item in ctx.store.items_by_id(failed) if failed else []:
+            for item in failed_items:
                 if item.stage is ItemStage.ADDED:  # else another worker's look failed it
                     tx.update_item(item, ItemStage.ADD_FAILED, processing_status="failed",
                                    error_kind="correction_failed",
