@@ -48,7 +48,10 @@ What it measures, in order:
     (8), against a sandbox at --latency. Figures: wall time from starting them to the run LAUNCHED
     and every one ended; requests per route; bound = requests x latency / (k x concurrency);
     efficiency = bound / wall (and excluding the slowest worker's startup, spawn to
-    `Driver.work()`); items per second; speed-up = wall time at k = 1 / wall time at k. Each k
+    `Driver.work()`); items per second; speed-up = wall time at k = 1 / wall time at k. Then
+    the parts of each, as the sandbox received the requests: the start (to the first request),
+    the items (the first item request to the last addition) and their own speed-up, and the
+    run-level steps after them (to the job), the corrections check included. Each k
     is checked: every worker exited 0 and the sandbox holds N traces, one addition per trace, one
     snapshot, one job; the benchmark exits 1 if not. With psycopg missing or PostgreSQL
     unreachable the phase prints "skipped: <reason>". On 2 cores the k workers, the sandbox and
@@ -336,23 +339,23 @@ def cycle(tmp: Path, name: str, n: int, latency: float, concurrency: int,
 
 
 @contextlib.contextmanager
-def first_request(sandbox: Sandbox) -> Iterator[tuple[threading.Event, list[tuple[float, str]]]]:
-    """Record when, and on which route, the sandbox receives its first request from now on: a hook
-    on its request ledger, which the server calls on receipt, before the latency sleep."""
+def receipts(sandbox: Sandbox) -> Iterator[tuple[threading.Event, list[tuple[float, str]]]]:
+    """Every request the sandbox receives from now on, as (perf_counter, route) in the order
+    received, and an event set at the first: a hook on its request ledger, which the server calls
+    on receipt, before the latency sleep."""
     seen = threading.Event()
-    first: list[tuple[float, str]] = []
+    got: list[tuple[float, str]] = []
     ledger = sandbox.world.ledger
     received = ledger.received
 
     def hooked(route: str) -> None:
-        if not seen.is_set():
-            first.append((time.perf_counter(), route))
-            seen.set()
+        got.append((time.perf_counter(), route))
+        seen.set()
         received(route)
 
     ledger.received = hooked  # type: ignore[method-assign]
     try:
-        yield seen, first
+        yield seen, got
     finally:
         del ledger.received  # the class's method again
 
@@ -360,7 +363,7 @@ def first_request(sandbox: Sandbox) -> Iterator[tuple[threading.Event, list[tupl
 def time_to_first_request(sandbox: Sandbox, command: list[str], env: dict[str, str],
                           cwd: Path) -> dict[str, Any]:
     """Spawn `command`; seconds from spawning it to the sandbox's first request, then stop it."""
-    with first_request(sandbox) as (seen, first):
+    with receipts(sandbox) as (seen, first):
         return _time_to_first_request(seen, first, command, env, cwd)
 
 
@@ -538,9 +541,10 @@ def workers_cycle(tmp: Path, admin_url: str, k: int, n: int, latency: float, con
         runner.ownership.release()
         runner.client.close()
         sandbox_cpu = time.process_time()  # the sandbox's threads, mostly, from here on
-        started = time.perf_counter()
-        procs = start_workers(k, sandbox.url, db, run_id, concurrency, folder)
-        ended = wait_workers([proc for proc, _ in procs], bound=600)
+        with receipts(sandbox) as (_, got):
+            started = time.perf_counter()
+            procs = start_workers(k, sandbox.url, db, run_id, concurrency, folder)
+            ended = wait_workers([proc for proc, _ in procs], bound=600)
         wall = max(at for at, _ in ended.values()) - started
         sandbox_cpu = time.process_time() - sandbox_cpu
         counts = sandbox.counts()
@@ -575,9 +579,28 @@ def workers_cycle(tmp: Path, admin_url: str, k: int, n: int, latency: float, con
         "items_per_s": n / wall, "exactly_once_problems": problems, "exactly_once": not problems,
         "exit_codes": [w["exit"] for w in per_worker],
         "all_exited_0": all(w["exit"] == 0 for w in per_worker), "joined": joined,
-        "per_worker": per_worker, "sandbox_cpu_s": sandbox_cpu,
+        "per_worker": per_worker, "sandbox_cpu_s": sandbox_cpu, "phases": phases(got, started),
         "loadavg_1m_start": load_start, "loadavg_1m_end": os.getloadavg()[0],
     }
+
+
+ITEM_ROUTES = frozenset({"chat", "trace_create", "add_to_dataset"})
+
+
+def phases(got: list[tuple[float, str]], started: float) -> dict[str, float] | None:
+    """A workers cycle's parts, as the sandbox received its requests: the start (to the first
+    request), the items (the first item request to the last addition), and the run-level steps
+    after them (the last addition to the last request: the job), of which the corrections check
+    (to its last page read)."""
+    items = [at for at, route in got if route in ITEM_ROUTES]
+    added = [at for at, route in got if route == "add_to_dataset"]
+    if not items or not added:
+        return None
+    last_added = max(added)
+    checks = [at for at, route in got if route == "trace_list" and at > last_added]
+    return {"start_s": min(at for at, _ in got) - started, "items_s": last_added - min(items),
+            "run_level_s": max(at for at, _ in got) - last_added,
+            "corrections_s": max(checks) - last_added if checks else 0.0}
 
 
 def workers(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -593,6 +616,8 @@ def workers(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                                     args.worker_concurrency, args.page_size))
     for figures in cycles:
         figures["speedup"] = cycles[0]["wall_s"] / figures["wall_s"]
+        one, this = cycles[0]["phases"], figures["phases"]
+        figures["items_speedup"] = one["items_s"] / this["items_s"] if one and this else None
     return {"admin_url": make_url(args.pg_url).render_as_string(), "n": args.workers_n,
             "latency_s": args.latency, "concurrency": args.worker_concurrency, "cycles": cycles,
             "ok": all(c["exactly_once"] and c["all_exited_0"] and c["state"] == "LAUNCHED"
@@ -830,6 +855,17 @@ def print_workers(w: dict[str, Any]) -> None:
         print(f"  {c['workers']:>2} {c['wall_s']:8.2f} {c['startup_s']:9.2f} {c['requests_total']:9,} "
               f"{c['bound_s']:8.2f} {c['efficiency']:7.3f} {c['efficiency_excluding_startup']:13.3f} "
               f"{c['items_per_s']:8.1f} {c['speedup']:7.2f}x  {c['loadavg_1m_end']:7.2f}")
+    print("  as the sandbox received the requests: start = to the first request; items = the first "
+          "item request to the last addition; run-level = from there to the job, corrections check "
+          "included; items speed-up = the items at k = 1 / the items at k")
+    for c in w["cycles"]:
+        p = c["phases"]
+        if p is None:
+            print(f"  {c['workers']:>2} (no addition received)")
+            continue
+        print(f"  {c['workers']:>2} start {p['start_s']:5.2f} s, items {p['items_s']:6.2f} s "
+              f"(speed-up {c['items_speedup']:.2f}x), run-level {p['run_level_s']:5.2f} s "
+              f"(corrections check {p['corrections_s']:.2f} s)")
     for c in w["cycles"]:
         k = c["workers"]
         routes = ", ".join(f"{route} {count:,}" for route, count in c["requests"].items())
