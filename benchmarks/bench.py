@@ -863,8 +863,9 @@ def print_workers(w: dict[str, Any]) -> None:
         if p is None:
             print(f"  {c['workers']:>2} (no addition received)")
             continue
+        speedup = "?" if c["items_speedup"] is None else f"{c['items_speedup']:.2f}x"
         print(f"  {c['workers']:>2} start {p['start_s']:5.2f} s, items {p['items_s']:6.2f} s "
-              f"(speed-up {c['items_speedup']:.2f}x), run-level {p['run_level_s']:5.2f} s "
+              f"(speed-up {speedup}), run-level {p['run_level_s']:5.2f} s "
               f"(corrections check {p['corrections_s']:.2f} s)")
     for c in w["cycles"]:
         k = c["workers"]
